@@ -1,0 +1,45 @@
+# ambient-mesh: the two commands are `make demo` and `make test`.
+# Both run scripts/setup.sh first: idempotent, fast when nothing is missing.
+VENV := .venv
+PY := $(VENV)/bin/python
+PKGS := mesh ebpf nodeagent waypoint controller ambientctl
+
+.PHONY: setup test lint unit netns e2e demo down bench proto clean
+
+setup:
+	@bash scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check $(PKGS) tests bench
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest tests/unit -q
+
+netns: setup
+	$(PY) -m pytest tests/netns -q -m netns
+
+e2e: setup
+	$(PY) -m pytest tests/e2e -q
+
+test: setup lint
+	$(PY) -m pytest tests -q
+
+demo: setup
+	$(VENV)/bin/ambientctl up
+	$(PY) -m ambientctl.demo_traffic
+	$(VENV)/bin/ambientctl status
+	@echo
+	@echo "Look around: .venv/bin/ambientctl get pods -A ; .venv/bin/ambientctl metrics"
+	@echo "Stop it:     .venv/bin/ambientctl down"
+
+down: setup
+	$(VENV)/bin/ambientctl down
+
+bench: setup
+	$(PY) -m bench
+
+proto: setup
+
+clean:
+	rm -rf $(VENV) .setup-stamps .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+"""What every part of ambient-mesh shares: the config model, SPIFFE identity and
+certificates, the HBONE tunnel, the control-plane API, telemetry and the local runtime.
+
+Owns no process of its own and imports none of the component packages
+(controller, nodeagent, waypoint, ambientctl, ebpf)."""
