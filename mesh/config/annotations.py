@@ -1,0 +1,39 @@
+"""The labels and annotations ambient-mesh reads, and the rules for reading them
+(label or annotation, which object wins), kept in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+DATAPLANE_MODE = "ambientmesh.io/dataplane-mode"
+DATAPLANE_AMBIENT = "ambient"
+DATAPLANE_NONE = "none"
+USE_WAYPOINT = "ambientmesh.io/use-waypoint"
+USE_WAYPOINT_NONE = "none"
+EXCLUDE_PORTS = "ambientmesh.io/exclude-ports"
+WAYPOINT_FOR = "ambientmesh.io/waypoint-for"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+DEPLOYMENT_LABEL = "ambientmesh.io/deployment"
+WAYPOINT_CLASS = "ambient-waypoint"
+ROOT_NAMESPACE = "ambient-system"
+
+
+def lookup(labels: Mapping[str, str], annotations: Mapping[str, str], key: str) -> str | None:
+    """Annotation first, then label: both spellings are accepted everywhere."""
+    if key in annotations:
+        return annotations[key]
+    return labels.get(key)
+
+
+def parse_port_list(text: str) -> list[int]:
+    """Parse "9000,9001" into ports; raises ValueError naming the bad entry."""
+    ports: list[int] = []
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ValueError(f"{item!r} is not a port number 1-65535")
+        ports.append(int(item))
+    return ports
