@@ -1,0 +1,184 @@
+"""The kubelet + CNI role of the node agent in local mode.
+
+Given the pods the controller scheduled on this node, make the node match: create
+missing pods (netns, veth, IP, cgroup) through the local runtime, run their
+containers as processes, restart crashed ones with backoff, delete pods that are no
+longer wanted (or whose uid changed), and report every pod's IP and phase.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from mesh.api import config_pb2 as pb
+from mesh.runtime import LocalRuntime, Pod, PodNotFound
+
+log = structlog.get_logger("nodeagent.pods")
+
+MAX_RESTART_BACKOFF = 30.0
+
+
+@dataclass
+class ContainerProcess:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    last_exit: int | None = None
+
+
+@dataclass
+class RunningPod:
+    spec: pb.PodToRun
+    pod: Pod
+    containers: list[ContainerProcess] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec.namespace}/{self.spec.name}"
+
+    def phase(self) -> pb.PodPhase.ValueType:
+        if not self.containers:
+            return pb.RUNNING
+        alive = [c.proc is not None and c.proc.poll() is None for c in self.containers]
+        return pb.RUNNING if all(alive) else pb.PENDING
+
+
+class PodSupervisor:
+    """Owns the pods of one local node. Not thread-safe: one caller (the agent loop)."""
+
+    def __init__(self, runtime: LocalRuntime, node: str, state_dir: Path) -> None:
+        self.runtime = runtime
+        self.node = node
+        self.log_dir = state_dir / "logs"
+        self.uid_dir = state_dir / "pod-uids"
+        self.uid_dir.mkdir(parents=True, exist_ok=True)
+        self.pods: dict[str, RunningPod] = {}
+
+    def reconcile(self, wanted: Sequence[pb.PodToRun], hosts: Mapping[str, str]) -> None:
+        """Make the node's pods match `wanted`; adopt pods a previous agent created."""
+        wanted_by_key = {f"{p.namespace}/{p.name}": p for p in wanted}
+        for pod in self.runtime.list_pods(node=self.node):
+            spec = wanted_by_key.get(pod.key)
+            if spec is None or self._uid_on_disk(pod) not in ("", spec.uid):
+                self._delete(pod.namespace, pod.name)
+        for key, spec in wanted_by_key.items():
+            running = self.pods.get(key)
+            if running is not None and running.spec.uid != spec.uid:
+                self._delete(spec.namespace, spec.name)
+                running = None
+            if running is None:
+                running = self._create(spec)
+            running.spec = spec
+            self.runtime.set_hosts(running.pod, hosts)
+        self.tick()
+
+    def tick(self) -> None:
+        """Start containers that are due (first start or restart after backoff)."""
+        now = time.monotonic()
+        for running in self.pods.values():
+            for c in running.containers:
+                if c.proc is not None and c.proc.poll() is None:
+                    continue
+                if c.proc is not None and c.last_exit is None:
+                    c.last_exit = c.proc.returncode
+                    c.restarts += 1
+                    backoff = min(MAX_RESTART_BACKOFF, 0.5 * 2 ** min(c.restarts, 6))
+                    c.next_start = now + backoff
+                    log.warning("container exited", pod=running.key, container=c.name,
+                                code=c.last_exit, restart_in=backoff)
+                if now >= c.next_start:
+                    self._start(running, c)
+
+    def statuses(self) -> list[pb.PodStatus]:
+        return [
+            pb.PodStatus(namespace=r.spec.namespace, name=r.spec.name, uid=r.spec.uid,
+                         pod_ip=str(r.pod.ip), pod_ipv6=str(r.pod.ip6), phase=r.phase())
+            for r in self.pods.values()
+        ]
+
+    def running(self, namespace: str, name: str) -> RunningPod | None:
+        return self.pods.get(f"{namespace}/{name}")
+
+    def stop_all(self) -> None:
+        """Stop container processes but keep the pods (their netns survive the agent)."""
+        for running in self.pods.values():
+            for c in running.containers:
+                if c.proc is not None and c.proc.poll() is None:
+                    c.proc.terminate()
+
+    # ---- internals ---------------------------------------------------------------
+    def _uid_file(self, namespace: str, name: str) -> Path:
+        """The uid a pod was created for, kept so a restarted agent can adopt it."""
+        return self.uid_dir / f"{namespace}.{name}"
+
+    def _uid_on_disk(self, pod: Pod) -> str:
+        try:
+            return self._uid_file(pod.namespace, pod.name).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def _create(self, spec: pb.PodToRun) -> RunningPod:
+        pod = self.runtime.create_pod(self.node, spec.namespace, spec.name)
+        marker = self._uid_file(pod.namespace, pod.name)
+        adopted = marker.exists() and marker.read_text() == spec.uid
+        marker.write_text(spec.uid)
+        containers = [
+            ContainerProcess(
+                name=c.name or f"c{i}", argv=list(c.command),
+                env={e.name: e.value for e in c.env}, cwd=c.working_dir or None)
+            for i, c in enumerate(spec.containers) if c.command
+        ]
+        running = RunningPod(spec, pod, containers)
+        if adopted and pod.cgroup_path.exists() and (pod.cgroup_path / "cgroup.procs").read_text():
+            # A previous agent started these processes; they live on in the pod's cgroup.
+            running.containers = []
+            log.info("pod adopted", pod=running.key, ip=str(pod.ip))
+        self.pods[running.key] = running
+        log.info("pod started", pod=running.key, ip=str(pod.ip), containers=len(containers))
+        return running
+
+    def _start(self, running: RunningPod, c: ContainerProcess) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        logfile: IO[Any] = open(  # noqa: SIM115 - handed to the child, closed below
+            self.log_dir / f"{running.spec.namespace}.{running.spec.name}.{c.name}.log", "ab")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "POD_NAME": running.spec.name,
+               "POD_NAMESPACE": running.spec.namespace, "POD_IP": str(running.pod.ip),
+               "NODE_NAME": self.node, **c.env}
+        try:
+            c.proc = self.runtime.spawn(running.pod, c.argv, stdout=logfile,
+                                        stderr=subprocess.STDOUT, env=env, cwd=c.cwd)
+        except OSError as e:
+            c.last_exit = None
+            c.restarts += 1
+            c.next_start = time.monotonic() + min(MAX_RESTART_BACKOFF, 2.0 ** c.restarts)
+            log.error("container failed to start", pod=running.key, container=c.name,
+                      error=str(e))
+        else:
+            c.last_exit = None
+        finally:
+            logfile.close()
+
+    def _delete(self, namespace: str, name: str) -> None:
+        running = self.pods.pop(f"{namespace}/{name}", None)
+        if running is not None:
+            for c in running.containers:
+                if c.proc is not None:
+                    c.proc.kill()
+                    c.proc.wait()
+        self._uid_file(namespace, name).unlink(missing_ok=True)
+        try:
+            self.runtime.delete_pod(namespace, name)
+        except PodNotFound:
+            return
