@@ -1,0 +1,85 @@
+"""What enrolling a pod means to the data path, as a plain record and a pure
+translation into the pod's map value (unit-testable without a kernel)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ebpf import constants as C
+from ebpf.errors import EnrollmentError
+from ebpf.layout import PodConfig
+
+
+@dataclass(frozen=True)
+class EnrolledPod:
+    """A pod handed to the redirector.
+
+    cgroup_path: the pod's cgroup v2 directory; its id (the directory's inode) selects
+      the pod's sockets for outbound capture. cgroup_id may be given instead/as well.
+    netns: name under /var/run/netns or an absolute path (/proc/<pid>/ns/net); the
+      sk_lookup program is linked there.
+    ips: the pod's addresses; inbound capture applies to connections to these.
+    """
+
+    name: str
+    netns: str | Path
+    cgroup_path: Path | None = None
+    cgroup_id: int | None = None
+    ips: tuple[str, ...] = ()
+    outbound_excluded_ports: tuple[int, ...] = ()
+    inbound_excluded_ports: tuple[int, ...] = ()
+    capture_outbound: bool = True
+    capture_inbound: bool = True
+
+    def __post_init__(self) -> None:
+        for ip in self.ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise EnrollmentError(
+                    f"pod {self.name}: ips: {ip!r} is not an IP address"
+                ) from None
+        check_ports(self.name, "outbound_excluded_ports", self.outbound_excluded_ports)
+        check_ports(self.name, "inbound_excluded_ports", self.inbound_excluded_ports)
+        if self.cgroup_path is None and self.cgroup_id is None:
+            raise EnrollmentError(f"pod {self.name}: give cgroup_path or cgroup_id")
+
+    def resolved_cgroup_id(self) -> int:
+        """The kernel's cgroup id is the inode number of the cgroup directory."""
+        if self.cgroup_id is not None:
+            return self.cgroup_id
+        assert self.cgroup_path is not None
+        try:
+            return os.stat(self.cgroup_path).st_ino
+        except FileNotFoundError:
+            raise EnrollmentError(
+                f"pod {self.name}: cgroup {self.cgroup_path} does not exist (pod deleted?)"
+            ) from None
+
+
+def check_ports(pod: str, field_name: str, ports: Sequence[int]) -> None:
+    if len(ports) > C.MAX_EXCLUDED_PORTS:
+        raise EnrollmentError(
+            f"pod {pod}: {field_name}: {len(ports)} ports, at most {C.MAX_EXCLUDED_PORTS} "
+            "may be excluded per direction"
+        )
+    for port in ports:
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise EnrollmentError(f"pod {pod}: {field_name}: {port!r} is not a port (1-65535)")
+
+
+def pod_config(pod: EnrolledPod, netns_cookie: int) -> PodConfig:
+    """The am_pods value for a pod: exclusion lists are zero-terminated arrays."""
+    config = PodConfig(netns_cookie=netns_cookie)
+    for i, port in enumerate(sorted(set(pod.outbound_excluded_ports))):
+        config.outbound_excluded[i] = port
+    for i, port in enumerate(sorted(set(pod.inbound_excluded_ports))):
+        config.inbound_excluded[i] = port
+    config.flags = (C.FLAG_CAPTURE_OUTBOUND if pod.capture_outbound else 0) | (
+        C.FLAG_CAPTURE_INBOUND if pod.capture_inbound else 0
+    )
+    return config

@@ -1,0 +1,208 @@
+"""Map layouts, declared once: ctypes structures the Python side reads and writes,
+rendered into the C header the programs are compiled with.
+
+Changing a struct or a map here changes both sides; a pinned map whose sizes no
+longer match is refused at load time (MapLayoutMismatch) instead of being misread.
+Addresses are 16 bytes in network order, IPv4 as v4-mapped (::ffff:a.b.c.d), so one
+key type serves both families; ports are host byte order unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ebpf import constants as C
+
+Addr16 = ctypes.c_uint32 * 4
+
+
+class PodConfig(ctypes.Structure):
+    """am_pods value, keyed by the pod's cgroup id (u64)."""
+
+    _fields_ = [
+        ("netns_cookie", ctypes.c_uint64),
+        ("outbound_excluded", ctypes.c_uint16 * C.MAX_EXCLUDED_PORTS),
+        ("inbound_excluded", ctypes.c_uint16 * C.MAX_EXCLUDED_PORTS),
+        ("flags", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+class AddrKey(ctypes.Structure):
+    """am_inbound_ips key: a pod IP (value: the pod's cgroup id, u64)."""
+
+    _fields_ = [("addr", Addr16)]
+
+
+class OrigDst(ctypes.Structure):
+    """Where a captured connect() was going. family is that of the original address
+    (a v4-mapped destination of an AF_INET6 socket is recorded as AF_INET)."""
+
+    _fields_ = [
+        ("addr", Addr16),
+        ("port", ctypes.c_uint16),
+        ("family", ctypes.c_uint16),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+class TupleKey(ctypes.Structure):
+    """am_orig_tuple key: the captured client's side of the connection to the proxy,
+    exactly what the proxy sees as the peer of the socket it accepted."""
+
+    _fields_ = [
+        ("netns_cookie", ctypes.c_uint64),
+        ("addr", Addr16),
+        ("port", ctypes.c_uint16),
+        ("_pad0", ctypes.c_uint16),
+        ("_pad1", ctypes.c_uint32),
+    ]
+
+
+class ListenerKey(ctypes.Structure):
+    """am_listeners key: the pod (by netns cookie) and the address family served."""
+
+    _fields_ = [
+        ("netns_cookie", ctypes.c_uint64),
+        ("family", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str
+    kind: str  # bcc table type
+    map_type: int  # enum bpf_map_type, to validate a pinned map
+    key: type[ctypes._SimpleCData] | type[ctypes.Structure]
+    value: type[ctypes._SimpleCData] | type[ctypes.Structure]
+    max_entries: int
+    doc: str
+
+    @property
+    def key_size(self) -> int:
+        return ctypes.sizeof(self.key)
+
+    @property
+    def value_size(self) -> int:
+        return ctypes.sizeof(self.value)
+
+
+MAP_PODS = MapSpec(
+    "am_pods", "hash", 1, ctypes.c_uint64, PodConfig, C.MAX_PODS,
+    "cgroup id -> PodConfig: which pods are enrolled and their exclusions",
+)
+MAP_INBOUND_IPS = MapSpec(
+    "am_inbound_ips", "hash", 1, AddrKey, ctypes.c_uint64, 2 * C.MAX_PODS,
+    "pod IP -> cgroup id: lets sk_lookup (which sees no cgroup) find the pod",
+)
+MAP_ORIG_COOKIE = MapSpec(
+    "am_orig_cookie", "lru_hash", 9, ctypes.c_uint64, OrigDst, C.MAX_ORIGINAL_DESTINATIONS,
+    "client socket cookie -> OrigDst: written by connect4/6, read by getpeername and sockops",
+)
+MAP_ORIG_TUPLE = MapSpec(
+    "am_orig_tuple", "lru_hash", 9, TupleKey, OrigDst, C.MAX_ORIGINAL_DESTINATIONS,
+    "(netns cookie, client addr, client port) -> OrigDst: read by the proxy",
+)
+MAP_LISTENERS = MapSpec(
+    "am_listeners", "sockhash", 18, ListenerKey, ctypes.c_uint64, 2 * C.MAX_PODS,
+    "(netns cookie, family) -> the pod's inbound (15006) listening socket",
+)
+MAPS: tuple[MapSpec, ...] = (
+    MAP_PODS, MAP_INBOUND_IPS, MAP_ORIG_COOKIE, MAP_ORIG_TUPLE, MAP_LISTENERS,
+)
+
+STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
+    ("am_pod_config", PodConfig),
+    ("am_addr_key", AddrKey),
+    ("am_orig_dst", OrigDst),
+    ("am_tuple_key", TupleKey),
+    ("am_listener_key", ListenerKey),
+)
+
+_CTYPE_NAMES = {
+    ctypes.c_uint8: "__u8",
+    ctypes.c_uint16: "__u16",
+    ctypes.c_uint32: "__u32",
+    ctypes.c_uint64: "__u64",
+}
+
+_DEFINES = {
+    "AM_OUTBOUND_PORT": C.OUTBOUND_PORT,
+    "AM_INBOUND_PORT": C.INBOUND_PORT,
+    "AM_HBONE_PORT": C.HBONE_PORT,
+    "AM_PROXY_MARK": C.PROXY_MARK,
+    "AM_MAX_EXCLUDED_PORTS": C.MAX_EXCLUDED_PORTS,
+    "AM_AF_INET": C.AF_INET,
+    "AM_AF_INET6": C.AF_INET6,
+    "AM_IPPROTO_TCP": C.IPPROTO_TCP,
+    "AM_LOOPBACK_IFINDEX": C.LOOPBACK_IFINDEX,
+    "AM_FLAG_CAPTURE_OUTBOUND": C.FLAG_CAPTURE_OUTBOUND,
+    "AM_FLAG_CAPTURE_INBOUND": C.FLAG_CAPTURE_INBOUND,
+}
+
+
+def _c_type(ctype: type) -> str:
+    if ctype in _CTYPE_NAMES:
+        return _CTYPE_NAMES[ctype]
+    for known, name in _CTYPE_NAMES.items():
+        if ctypes.sizeof(ctype) == ctypes.sizeof(known) and ctype.__name__ == known.__name__:
+            return name
+    for name, struct in STRUCTS:
+        if ctype is struct:
+            return f"struct {name}"
+    raise TypeError(f"no C spelling for {ctype!r}")
+
+
+def _c_field(name: str, ctype: type) -> str:
+    length = getattr(ctype, "_length_", None)
+    if length is not None:
+        return f"{_c_type(ctype._type_)} {name}[{length}];"  # type: ignore[attr-defined]
+    return f"{_c_type(ctype)} {name};"
+
+
+def render_c_header(pin_dir: Path) -> str:
+    """The C prelude: constants, structs (size-checked) and pinned map declarations."""
+    lines = ["/* Generated by ebpf/layout.py: edit there, not here. */"]
+    lines += [f"#define {name} {value}" for name, value in _DEFINES.items()]
+    for cname, struct in STRUCTS:
+        lines.append(f"struct {cname} {{")
+        lines += [f"    {_c_field(f, t)}" for f, t in struct._fields_]  # type: ignore[misc]
+        lines.append("};")
+        lines.append(
+            f"_Static_assert(sizeof(struct {cname}) == {ctypes.sizeof(struct)}, "
+            f'"{cname} layout differs between C and Python");'
+        )
+    for spec in MAPS:
+        path = pin_dir / "maps" / spec.name
+        lines.append(
+            f'BPF_TABLE_PINNED("{spec.kind}", {_c_type(spec.key)}, {_c_type(spec.value)}, '
+            f'{spec.name}, {spec.max_entries}, "{path}");'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def addr_bytes(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """16 bytes, network order, IPv4 as v4-mapped: the map spelling of an address."""
+    parsed = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    if isinstance(parsed, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + parsed.packed).packed
+    return parsed.packed
+
+
+def addr_from_bytes(raw: bytes, family: int) -> str:
+    """The text form of a 16-byte map address: dotted quad when family is AF_INET."""
+    if family == C.AF_INET:
+        return str(ipaddress.IPv4Address(raw[12:16]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def set_addr(field: ctypes.Array, raw: bytes) -> None:
+    ctypes.memmove(ctypes.addressof(field), raw, 16)
+
+
+def get_addr(field: ctypes.Array) -> bytes:
+    return ctypes.string_at(ctypes.addressof(field), 16)
