@@ -96,7 +96,7 @@ def compile_and_load(pins: PinLayout) -> LoadedPrograms:
     stderr = io.StringIO()
     try:
         with _captured_stderr(stderr):
-            bpf = BPF(text=text, cflags=["-Wno-unused-function", "-Wno-macro-redefined"])
+            bpf = BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-macro-redefined"])
     except Exception as exc:
         raise CompileError(f"{exc}\n{stderr.getvalue()[-4000:]}") from exc
     compiled = time.monotonic()
@@ -104,7 +104,7 @@ def compile_and_load(pins: PinLayout) -> LoadedPrograms:
     for spec in PROGRAMS:
         try:
             with _captured_stderr(stderr):
-                fn = bpf.load_func(spec.name, spec.prog_type, None, spec.attach_type)
+                fn = bpf.load_func(spec.name.encode(), spec.prog_type, None, spec.attach_type)
         except Exception as exc:
             bpf.cleanup()
             raise CompileError(
