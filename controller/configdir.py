@@ -1,0 +1,190 @@
+"""The file source: a directory of Kubernetes-style YAML, the persistent home of every
+user object in local mode.
+
+Each object lives in exactly one file (its "home"). Re-applying an object rewrites
+its document in its home file; a new object is appended to a file named after the
+applied source. Files edited by hand are picked up by the watcher: a file that no
+longer validates is refused as a whole and what it held before stays in force."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+
+from controller.state import write_atomic
+from mesh.config import ConfigError, ConfigIssue, Document, ObjectKey, Resource, parse_documents
+from mesh.config.kinds import KINDS
+
+_log = structlog.get_logger("controller.configdir")
+SUFFIXES = (".yaml", ".yml")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Change:
+    key: ObjectKey
+    action: str  # created | configured | unchanged | deleted | not found
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.key.kind, "namespace": self.key.namespace, "name": self.key.name,
+                "action": self.action}
+
+
+def _file_name(source: str) -> str:
+    name = _SAFE.sub("-", Path(source).name or "applied").strip("-.") or "applied"
+    if not name.endswith(SUFFIXES):
+        name += ".yaml"
+    return name
+
+
+def _dump(docs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+
+
+class ConfigDirectory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, list[Document]] = {}
+        self._errors: dict[str, ConfigError] = {}
+
+    # -- reading ------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read every file; returns whether what is in force changed."""
+        before = self.objects()
+        present = {p.name for p in self.path.iterdir()
+                   if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith(".")}
+        for name in list(self._files):
+            if name not in present:
+                del self._files[name]
+                self._errors.pop(name, None)
+        for name in sorted(present):
+            try:
+                text = (self.path / name).read_text()
+                self._files[name] = parse_documents(text, name)
+                self._errors.pop(name, None)
+            except (OSError, UnicodeDecodeError) as e:
+                self._errors[name] = ConfigError([ConfigIssue(name, 0, "", "", str(e))])
+            except ConfigError as e:
+                if name not in self._errors or str(self._errors[name]) != str(e):
+                    _log.warning("config_file_refused", file=name, error=str(e))
+                self._errors[name] = e
+        return self._resources(before) != self._resources(self.objects())
+
+    @staticmethod
+    def _resources(docs: dict[ObjectKey, Document]) -> dict[ObjectKey, Resource]:
+        return {k: d.resource for k, d in docs.items()}
+
+    def objects(self) -> dict[ObjectKey, Document]:
+        """The merged view: the first file (by name) defining an object wins."""
+        out: dict[ObjectKey, Document] = {}
+        for name in sorted(self._files):
+            for doc in self._files[name]:
+                if doc.key in out:
+                    _log.warning("duplicate_object", object=str(doc.key), file=name,
+                                 kept=out[doc.key].file)
+                    continue
+                out[doc.key] = doc
+        return out
+
+    def resources(self) -> dict[ObjectKey, Resource]:
+        return self._resources(self.objects())
+
+    @property
+    def errors(self) -> list[ConfigIssue]:
+        return [i for e in self._errors.values() for i in e.issues]
+
+    # -- writing ------------------------------------------------------------------
+
+    def _home(self, key: ObjectKey) -> str | None:
+        for name in sorted(self._files):
+            if any(d.key == key for d in self._files[name]):
+                return name
+        return None
+
+    def _write(self, name: str, docs: list[Document]) -> None:
+        path = self.path / name
+        if docs:
+            write_atomic(path, _dump([d.raw for d in docs]).encode())
+            # Re-read what was written so indexes match the file on disk.
+            self._files[name] = parse_documents(path.read_text(), name)
+        else:
+            path.unlink(missing_ok=True)
+            self._files.pop(name, None)
+        self._errors.pop(name, None)
+
+    def apply(self, text: str, source: str) -> list[Change]:
+        """Validate everything first (ConfigError: nothing written), then persist."""
+        docs = parse_documents(text, Path(source).name or source)
+        current = self.objects()
+        target = _file_name(source)
+        touched: dict[str, list[Document]] = {}
+        changes = []
+        for doc in docs:
+            old = current.get(doc.key)
+            home = self._home(doc.key) or target
+            files = touched.setdefault(home, list(self._files.get(home, [])))
+            if old is not None and old.resource == doc.resource:
+                changes.append(Change(doc.key, "unchanged"))
+                continue
+            for i, existing in enumerate(files):
+                if existing.key == doc.key:
+                    files[i] = doc
+                    break
+            else:
+                files.append(doc)
+            changes.append(Change(doc.key, "configured" if old is not None else "created"))
+        for name, files in touched.items():
+            if files != self._files.get(name):
+                self._write(name, files)
+        return changes
+
+    def delete(self, keys: list[ObjectKey]) -> list[Change]:
+        changes = []
+        touched: dict[str, list[Document]] = {}
+        for key in keys:
+            home = self._home(key)
+            if home is None:
+                changes.append(Change(key, "not found"))
+                continue
+            files = touched.setdefault(home, list(self._files.get(home, [])))
+            files[:] = [d for d in files if d.key != key]
+            changes.append(Change(key, "deleted"))
+        for name, files in touched.items():
+            self._write(name, files)
+        return changes
+
+
+def keys_from_yaml(text: str, source: str) -> list[ObjectKey]:
+    """Objects named by a YAML text, for `delete -f`: only kind and metadata are read,
+    so a file that no longer validates can still be deleted."""
+    issues = []
+    keys = []
+    try:
+        raw_docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        raise ConfigError([ConfigIssue(source, 1, "", "", f"invalid YAML: {e}")]) from e
+    for i, raw in enumerate(raw_docs, start=1):
+        if raw is None:
+            continue
+        kind = raw.get("kind") if isinstance(raw, dict) else None
+        meta = raw.get("metadata") if isinstance(raw, dict) else None
+        cls = KINDS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            issues.append(ConfigIssue(source, i, "", "kind", f"unknown kind {kind!r}"))
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            issues.append(ConfigIssue(source, i, cls.KIND, "metadata.name",
+                                      "required field is missing"))
+            continue
+        ns = (meta.get("namespace") or "default") if cls.NAMESPACED else ""
+        keys.append(ObjectKey(cls.KIND, ns, meta["name"]))
+    if issues:
+        raise ConfigError(issues)
+    return keys
