@@ -1,0 +1,40 @@
+"""HBONE: HTTP/2 CONNECT tunnels over mutual TLS 1.3, as Istio ambient speaks them.
+
+Owns the wire protocol (framing, flow control, half-close), the client connection
+pool and the server accept loop. It does not create sockets in network namespaces
+(callers pass a dialer or a listening socket), decide authorization (the server's
+handler does) or pick destinations (the node proxy does). h2 is used only behind
+`framing.H2Framing`, so the framing can be replaced without touching the rest."""
+
+from mesh.hbone.client import Dialer, HboneClientPool, StaticTls, TlsSource, default_dial
+from mesh.hbone.errors import (
+    HboneConnectError,
+    HboneError,
+    HboneProtocolError,
+    HboneStreamReset,
+    HboneTunnelError,
+)
+from mesh.hbone.relay import RelayResult, relay, reset_socket
+from mesh.hbone.server import HboneRequest, HboneServer
+from mesh.hbone.settings import TunnelSettings
+from mesh.hbone.stream import HboneStream
+
+__all__ = [
+    "Dialer",
+    "HboneClientPool",
+    "HboneConnectError",
+    "HboneError",
+    "HboneProtocolError",
+    "HboneRequest",
+    "HboneServer",
+    "HboneStream",
+    "HboneStreamReset",
+    "HboneTunnelError",
+    "RelayResult",
+    "StaticTls",
+    "TlsSource",
+    "TunnelSettings",
+    "default_dial",
+    "relay",
+    "reset_socket",
+]

@@ -1,0 +1,232 @@
+"""HBONE client: a pool of mTLS HTTP/2 connections, one CONNECT stream per tunnel.
+
+Connections are keyed by (source identity, destination ip, port) and shared by up
+to the peer's stream limit. A connection made with a TLS context that is no longer
+current (the source certificate was renewed) takes no new streams and closes once
+its last stream ends, so rotation never drops a live tunnel and new tunnels always
+present the current certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from mesh.hbone.connection import HboneConnection
+from mesh.hbone.errors import HboneConnectError, HboneProtocolError, HboneTunnelError
+from mesh.hbone.settings import TunnelSettings
+from mesh.hbone.stream import HboneStream
+from mesh.identity.spiffe import SpiffeId
+
+log = structlog.get_logger(__name__)
+
+Dialer = Callable[[str, int], Awaitable[socket.socket]]
+PoolKey = tuple[str, str, int]
+
+
+class TlsSource(Protocol):
+    """Who the tunnel speaks for: an identity and its current client TLS context."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def client_context(self) -> ssl.SSLContext: ...
+
+
+@dataclass(frozen=True)
+class StaticTls:
+    """A TlsSource with a fixed context, or a provider called per new connection."""
+
+    identity: str
+    context: ssl.SSLContext | Callable[[], ssl.SSLContext]
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = self.context
+        return ctx if isinstance(ctx, ssl.SSLContext) else ctx()
+
+
+async def default_dial(host: str, port: int) -> socket.socket:
+    """Plain non-blocking TCP connect in the caller's own network namespace."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class HboneClientPool:
+    def __init__(self, *, settings: TunnelSettings | None = None, dial: Dialer = default_dial,
+                 pooled: bool = True, max_streams_per_connection: int = 1024,
+                 idle_timeout: float = 90.0, connect_timeout: float = 10.0) -> None:
+        self.settings = settings or TunnelSettings()
+        self._dial = dial
+        self._pooled = pooled
+        self._max_streams = max_streams_per_connection
+        self._idle_timeout = idle_timeout
+        self._connect_timeout = connect_timeout
+        self._conns: dict[PoolKey, list[HboneConnection]] = {}
+        self._dialing: dict[PoolKey, asyncio.Future[None]] = {}
+        self._idle_timers: dict[HboneConnection, asyncio.TimerHandle] = {}
+        self._key_of: dict[HboneConnection, PoolKey] = {}
+        self._current_ctx: dict[str, ssl.SSLContext] = {}
+        self._closed = False
+        self.connections_opened = 0
+
+    def connections(self, source_identity: str | None = None) -> list[HboneConnection]:
+        return [c for key, conns in self._conns.items() for c in conns
+                if source_identity is None or key[0] == source_identity]
+
+    async def connect(self, source: TlsSource, dest: tuple[str, int], authority: str, *,
+                      dial: Dialer | None = None, expected_peer: SpiffeId | None = None,
+                      headers: tuple[tuple[str, str], ...] = ()) -> HboneStream:
+        """Open a tunnel to `authority` (the original ip:port) through the HBONE server at
+        `dest`, presenting `source`'s certificate.
+
+        Raises HboneConnectError for a non-2xx answer, HboneTunnelError when the
+        connection cannot be made or the peer is not `expected_peer`."""
+        if self._closed:
+            raise HboneTunnelError("the HBONE pool is closed", peer=f"{dest[0]}:{dest[1]}")
+        ctx = source.client_context()
+        key = (source.identity, dest[0], dest[1])
+        if self._current_ctx.get(source.identity) is not ctx:
+            self._current_ctx[source.identity] = ctx
+            self._retire_stale(source.identity, ctx)
+        conn = await self._connection_for(key, ctx, dial or self._dial)
+        if expected_peer is not None and conn.peer_identity != expected_peer:
+            raise HboneTunnelError(f"peer is {conn.peer_identity}, expected {expected_peer}",
+                                   peer=conn.peer_label)
+        try:
+            stream, answer = conn.open_stream(authority, headers)
+        except HboneProtocolError:
+            conn.go_away()
+            conn = await self._connection_for(key, ctx, dial or self._dial)
+            stream, answer = conn.open_stream(authority, headers)
+        self._cancel_idle(conn)
+        try:
+            status = await answer
+        except BaseException:
+            stream.reset()
+            raise
+        if not 200 <= status < 300:
+            stream.reset()
+            raise HboneConnectError(status, conn.peer_label, authority)
+        return stream
+
+    async def _connection_for(self, key: PoolKey, ctx: ssl.SSLContext,
+                              dial: Dialer) -> HboneConnection:
+        while True:
+            if self._pooled:
+                for conn in self._conns.get(key, ()):
+                    if (not conn.closed and not conn.going_away and conn.ssl_context is ctx
+                            and conn.active_streams < min(conn.peer_max_streams,
+                                                          self._max_streams)):
+                        return conn
+                pending = self._dialing.get(key)
+                if pending is not None:
+                    await asyncio.shield(pending)
+                    continue
+            return await self._dial_new(key, ctx, dial)
+
+    async def _dial_new(self, key: PoolKey, ctx: ssl.SSLContext,
+                        dial: Dialer) -> HboneConnection:
+        loop = asyncio.get_running_loop()
+        marker: asyncio.Future[None] = loop.create_future()
+        if self._pooled:
+            self._dialing[key] = marker
+        peer = (key[1], key[2])
+        label = f"{key[1]}:{key[2]}"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                try:
+                    sock = await dial(key[1], key[2])
+                except OSError as exc:
+                    raise HboneTunnelError(f"cannot connect: {exc.strerror or exc}",
+                                           peer=label) from None
+                conn = HboneConnection(client_side=True, settings=self.settings,
+                                       peer_address=peer, on_idle=self._on_idle,
+                                       on_lost=self._on_lost)
+                conn.ssl_context = ctx
+                try:
+                    await loop.create_connection(
+                        lambda: conn, sock=sock, ssl=ctx, server_hostname="",
+                        ssl_handshake_timeout=self.settings.handshake_timeout)
+                except (OSError, ssl.SSLError) as exc:
+                    sock.close()
+                    raise HboneTunnelError(f"TLS handshake failed: {exc}", peer=label) from None
+                await conn.ready
+        except TimeoutError:
+            raise HboneTunnelError(f"no HBONE connection within {self._connect_timeout}s",
+                                   peer=label) from None
+        finally:
+            if self._dialing.get(key) is marker:
+                del self._dialing[key]
+            marker.set_result(None)
+        self._conns.setdefault(key, []).append(conn)
+        self._key_of[conn] = key
+        self.connections_opened += 1
+        log.debug("hbone.connected", peer=label, source=key[0], peer_identity=str(
+            conn.peer_identity))
+        return conn
+
+    def _on_idle(self, conn: HboneConnection) -> None:
+        key = self._key_of.get(conn)
+        stale = key is None or self._current_ctx.get(key[0]) is not conn.ssl_context
+        if not self._pooled or conn.going_away or stale:
+            conn.go_away()
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        self._cancel_idle(conn)
+        self._idle_timers[conn] = loop.call_later(self._idle_timeout, self._close_idle, conn)
+
+    def _retire_stale(self, identity: str, ctx: ssl.SSLContext) -> None:
+        """The source's certificate changed: idle old connections close now, busy ones
+        once their last stream ends (see _on_idle)."""
+        for conn in self.connections(identity):
+            if conn.ssl_context is not ctx and conn.active_streams == 0:
+                self._cancel_idle(conn)
+                conn.go_away()
+                conn.close()
+
+    def _close_idle(self, conn: HboneConnection) -> None:
+        self._idle_timers.pop(conn, None)
+        if conn.active_streams == 0:
+            conn.go_away()
+            conn.close()
+
+    def _cancel_idle(self, conn: HboneConnection) -> None:
+        timer = self._idle_timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _on_lost(self, conn: HboneConnection) -> None:
+        self._cancel_idle(conn)
+        key = self._key_of.pop(conn, None)
+        if key is not None:
+            conns = self._conns.get(key, [])
+            if conn in conns:
+                conns.remove(conn)
+            if not conns:
+                self._conns.pop(key, None)
+
+    async def aclose(self) -> None:
+        """Close every connection (GOAWAY, then close); streams still open are reset."""
+        self._closed = True
+        conns = self.connections()
+        for conn in conns:
+            self._cancel_idle(conn)
+            conn.go_away()
+            conn.close()
+        if conns:
+            await asyncio.wait([c.lost for c in conns], timeout=5)

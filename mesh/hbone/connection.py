@@ -1,0 +1,285 @@
+"""One HBONE connection (TLS + HTTP/2), client or server side, as an asyncio protocol.
+
+A BufferedProtocol reading into one reused buffer (no allocation per TLS read),
+feeding the sans-I/O framing, dispatching its events to streams, and writing its
+output once per batch. Streams call back into it to send, acknowledge and reset."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import cast
+
+import structlog
+
+from mesh.hbone.errors import HboneProtocolError, HboneTunnelError
+from mesh.hbone.framing import (
+    Answered,
+    ConnectRequested,
+    DataArrived,
+    H2Framing,
+    PeerGoingAway,
+    PeerSettings,
+    StreamAborted,
+    StreamFinished,
+    WindowOpened,
+)
+from mesh.hbone.settings import TunnelSettings
+from mesh.hbone.stream import HboneStream
+from mesh.identity.errors import CertificateError
+from mesh.identity.spiffe import SpiffeId
+from mesh.identity.tls import ALPN, peer_identity
+
+log = structlog.get_logger(__name__)
+
+RequestCallback = Callable[["HboneConnection", ConnectRequested], None]
+IdleCallback = Callable[["HboneConnection"], None]
+
+
+class HboneConnection(asyncio.BufferedProtocol):
+    def __init__(self, *, client_side: bool, settings: TunnelSettings,
+                 peer_address: tuple[str, int], on_request: RequestCallback | None = None,
+                 on_idle: IdleCallback | None = None,
+                 on_lost: IdleCallback | None = None) -> None:
+        self.client_side = client_side
+        self.settings = settings
+        self.peer_address = peer_address
+        self.peer_label = f"{peer_address[0]}:{peer_address[1]}"
+        self.peer_identity: SpiffeId | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+        self._framing = H2Framing(client_side=client_side, settings=settings)
+        self._on_request = on_request
+        self._on_idle = on_idle
+        self._on_lost = on_lost
+        self._buffer = bytearray(settings.read_buffer)
+        self._view = memoryview(self._buffer)
+        self._transport: asyncio.Transport | None = None
+        self.streams: dict[int, HboneStream] = {}
+        self._responses: dict[int, asyncio.Future[int]] = {}
+        self._blocked: set[HboneStream] = set()
+        self.write_paused = False
+        self.closed = False
+        self.going_away = False
+        self.peer_max_streams = 100
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    # ---- asyncio protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=self.settings.transport_high_water)
+        sslobj = transport.get_extra_info("ssl_object")
+        try:
+            if sslobj is None or sslobj.selected_alpn_protocol() != ALPN:
+                raise HboneProtocolError("peer did not negotiate ALPN h2")
+            self.peer_identity = peer_identity(sslobj)
+        except (HboneProtocolError, CertificateError) as exc:
+            log.warning("hbone.peer_rejected", peer=self.peer_label, reason=str(exc))
+            self._fail(HboneTunnelError(str(exc), peer=self.peer_label))
+            transport.abort()
+            return
+        self._framing.start()
+        self._flush()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            events = self._framing.feed(bytes(self._view[:nbytes]))
+        except HboneProtocolError as exc:
+            log.warning("hbone.protocol_error", peer=self.peer_label, error=str(exc))
+            self._flush()
+            self._fail(HboneTunnelError(str(exc), peer=self.peer_label))
+            self.abort()
+            return
+        for ev in events:
+            if isinstance(ev, DataArrived):
+                stream = self.streams.get(ev.stream_id)
+                if stream is None:
+                    self._framing.acknowledge(ev.stream_id, ev.flow_length)
+                else:
+                    stream.on_data(ev.data, ev.flow_length)
+            elif isinstance(ev, WindowOpened):
+                self._window_opened(ev.stream_id)
+            elif isinstance(ev, StreamFinished):
+                stream = self.streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.on_end()
+            elif isinstance(ev, ConnectRequested):
+                if self._on_request is not None and not self.going_away:
+                    self._on_request(self, ev)
+                else:
+                    self._framing.reset(ev.stream_id)
+            elif isinstance(ev, Answered):
+                fut = self._responses.pop(ev.stream_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev.status)
+            elif isinstance(ev, StreamAborted):
+                self._stream_aborted(ev.stream_id, ev.error_code)
+            elif isinstance(ev, PeerSettings):
+                self.peer_max_streams = ev.max_concurrent_streams
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            elif isinstance(ev, PeerGoingAway):
+                self.going_away = True
+                for sid in [s for s in self.streams if s > ev.last_stream_id]:
+                    self._stream_aborted(sid, ev.error_code)
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for stream in list(self.streams.values()):
+            stream.on_writability_changed()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            stream.on_writability_changed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(HboneTunnelError(f"connection lost: {exc or 'closed'}", peer=self.peer_label))
+        for stream in list(self.streams.values()):
+            stream.on_reset(0)
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    # ---- operations used by streams, client and server ------------------------------
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # mark retrieved: nobody may be waiting
+        for fut in self._responses.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+        self._responses.clear()
+
+    def _flush(self) -> None:
+        data = self._framing.output()
+        if data and self._transport is not None and not self.closed:
+            self._transport.write(data)
+
+    def open_stream(self, authority: str, headers: tuple[tuple[str, str], ...] = ()
+                    ) -> tuple[HboneStream, asyncio.Future[int]]:
+        """Send CONNECT; the future resolves to the status the peer answers."""
+        stream_id = self._framing.open_connect(authority, headers)
+        stream = HboneStream(self, stream_id, authority, self.peer_identity,
+                             self.settings.stream_high_water)
+        self.streams[stream_id] = stream
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._responses[stream_id] = fut
+        self._flush()
+        return stream, fut
+
+    def accept_stream(self, request: ConnectRequested) -> HboneStream:
+        stream = HboneStream(self, request.stream_id, request.authority, self.peer_identity,
+                             self.settings.stream_high_water)
+        self.streams[request.stream_id] = stream
+        return stream
+
+    def answer(self, stream_id: int, status: int) -> bool:
+        if self.closed:
+            return False
+        ok = 200 <= status < 300
+        sent = self._framing.answer(stream_id, status, end_stream=not ok)
+        self._flush()
+        return sent
+
+    def pump(self, stream: HboneStream) -> None:
+        """Move a stream's queued bytes into frames as far as flow control allows."""
+        if self.closed:
+            return
+        sid = stream.stream_id
+        pending = stream.pending
+        while pending:
+            chunk = pending[0]
+            n = self._framing.send_data(sid, chunk)
+            if n == 0:
+                break
+            stream.pending_size -= n
+            if n == len(chunk):
+                pending.popleft()
+            else:
+                pending[0] = chunk[n:]
+                break
+        if pending:
+            self._blocked.add(stream)
+        else:
+            self._blocked.discard(stream)
+            if stream.eof_queued and not stream.eof_sent:
+                stream.eof_sent = True
+                self._framing.end_stream(sid)
+        self._flush()
+        stream.on_writability_changed()
+        if stream.eof_sent:
+            stream.maybe_done()
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id == 0:
+            for stream in list(self._blocked):
+                self.pump(stream)
+        else:
+            one = self.streams.get(stream_id)
+            if one is not None and one in self._blocked:
+                self.pump(one)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        if self.closed:
+            return
+        self._framing.acknowledge(stream_id, size)
+        self._flush()
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        if self.closed:
+            return
+        self._framing.reset(stream_id, error_code)
+        self._flush()
+
+    def _stream_aborted(self, stream_id: int, error_code: int) -> None:
+        fut = self._responses.pop(stream_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(HboneTunnelError(
+                f"stream {stream_id} reset before an answer (HTTP/2 error {error_code})",
+                peer=self.peer_label))
+            fut.exception()
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_reset(error_code)
+
+    def stream_done(self, stream: HboneStream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        self._blocked.discard(stream)
+        self._responses.pop(stream.stream_id, None)
+        if not self.streams and self._on_idle is not None:
+            self._on_idle(self)
+
+    def go_away(self) -> None:
+        """Refuse new streams; existing ones finish."""
+        if self.closed or self.going_away:
+            return
+        self.going_away = True
+        self._framing.go_away()
+        self._flush()
+
+    def close(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def active_streams(self) -> int:
+        return len(self.streams)

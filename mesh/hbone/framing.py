@@ -1,0 +1,245 @@
+"""HTTP/2 framing for HBONE: the only module that touches h2.
+
+Sans-I/O: bytes in, events out; calls in, bytes to send out. Events are our own
+types so a faster codec can replace h2 behind this same small interface."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from mesh.hbone.errors import HboneProtocolError
+from mesh.hbone.settings import TunnelSettings
+
+DEFAULT_WINDOW = 65535
+CANCEL = h2.errors.ErrorCodes.CANCEL
+CONNECT_ERROR = h2.errors.ErrorCodes.CONNECT_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequested:
+    stream_id: int
+    method: str
+    authority: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    stream_id: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataArrived:
+    stream_id: int
+    data: bytes
+    flow_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFinished:
+    """The peer sent END_STREAM: it will send no more data on this stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAborted:
+    stream_id: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened:
+    """Send window grew; stream_id 0 means the connection window (all streams)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSettings:
+    max_concurrent_streams: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGoingAway:
+    last_stream_id: int
+    error_code: int
+
+
+Event = (ConnectRequested | Answered | DataArrived | StreamFinished | StreamAborted
+         | WindowOpened | PeerSettings | PeerGoingAway)
+
+
+class H2Framing:
+    def __init__(self, *, client_side: bool, settings: TunnelSettings) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client_side, header_encoding=None,
+            validate_outbound_headers=False, normalize_outbound_headers=False)
+        self._conn = h2.connection.H2Connection(config=config)
+        self._settings = settings
+        self._client_side = client_side
+
+    def start(self) -> None:
+        """Queue the connection preface, our SETTINGS and the big connection window."""
+        s = self._settings
+        local = {
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: s.stream_window,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: s.max_frame_size,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        }
+        if not self._client_side:
+            local[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = s.max_concurrent_streams
+        self._conn.local_settings = h2.settings.Settings(
+            client=self._client_side, initial_values=local)
+        self._conn.initiate_connection()
+        # h2 applies our MAX_FRAME_SIZE only once the peer ACKs it, and checks frames
+        # against the value from the start of each receive_data call, so an ACK and a
+        # big frame in one TLS record would fail. Accepting big frames early is safe.
+        self._conn.max_inbound_frame_size = s.max_frame_size
+        if s.connection_window > DEFAULT_WINDOW:
+            self._conn.increment_flow_control_window(s.connection_window - DEFAULT_WINDOW)
+
+    # ---- input --------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Event]:
+        try:
+            raw = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            raise HboneProtocolError(f"HTTP/2 protocol error from peer: {exc}") from None
+        events: list[Event] = []
+        for ev in raw:
+            if isinstance(ev, h2.events.DataReceived):
+                assert ev.stream_id is not None and ev.data is not None
+                events.append(DataArrived(ev.stream_id, ev.data, ev.flow_controlled_length or 0))
+            elif isinstance(ev, h2.events.StreamEnded):
+                assert ev.stream_id is not None
+                events.append(StreamFinished(ev.stream_id))
+            elif isinstance(ev, h2.events.WindowUpdated):
+                events.append(WindowOpened(ev.stream_id or 0))
+            elif isinstance(ev, h2.events.RequestReceived):
+                assert ev.stream_id is not None
+                events.append(self._request(ev.stream_id, ev.headers or []))
+            elif isinstance(ev, h2.events.ResponseReceived):
+                assert ev.stream_id is not None
+                events.append(Answered(ev.stream_id, _status(ev.headers or [])))
+            elif isinstance(ev, h2.events.StreamReset):
+                assert ev.stream_id is not None
+                events.append(StreamAborted(ev.stream_id, int(ev.error_code or 0)))
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                events.append(PeerSettings(self._conn.remote_settings.max_concurrent_streams))
+                # A bigger initial window opens every stream's window at once.
+                events.append(WindowOpened(0))
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                events.append(PeerGoingAway(ev.last_stream_id or 0, int(ev.error_code or 0)))
+        return events
+
+    @staticmethod
+    def _request(stream_id: int, headers: list[tuple[bytes, bytes]] | list) -> ConnectRequested:
+        method = authority = ""
+        extra: list[tuple[str, str]] = []
+        for name, value in headers:
+            n = name.decode("latin-1") if isinstance(name, bytes) else name
+            v = value.decode("latin-1") if isinstance(value, bytes) else value
+            if n == ":method":
+                method = v
+            elif n == ":authority":
+                authority = v
+            elif not n.startswith(":"):
+                extra.append((n, v))
+        return ConnectRequested(stream_id, method, authority, tuple(extra))
+
+    # ---- output -------------------------------------------------------------------
+
+    def open_connect(self, authority: str, headers: tuple[tuple[str, str], ...] = ()) -> int:
+        """Queue a CONNECT for `authority`; returns the new stream id.
+
+        Raises HboneProtocolError when this connection has no stream ids left."""
+        try:
+            stream_id = self._conn.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            raise HboneProtocolError("connection has used all its stream ids") from None
+        block = [(b":method", b"CONNECT"), (b":authority", authority.encode())]
+        block += [(k.lower().encode(), v.encode()) for k, v in headers]
+        self._conn.send_headers(stream_id, block)
+        return stream_id
+
+    def answer(self, stream_id: int, status: int, *, end_stream: bool) -> bool:
+        """False when the stream is already gone (the client gave up first)."""
+        try:
+            self._conn.send_headers(stream_id, [(b":status", str(status).encode())],
+                                    end_stream=end_stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return False
+        return True
+
+    def send_window(self, stream_id: int) -> int:
+        try:
+            return self._conn.local_flow_control_window(stream_id)
+        except h2.exceptions.StreamClosedError:
+            return 0
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+        """Frame as much of `data` as the flow-control windows allow; returns bytes taken.
+
+        END_STREAM rides on the frame carrying the last byte when all of it fits."""
+        window = self.send_window(stream_id)
+        take = min(window, len(data))
+        if take <= 0:
+            return 0
+        frame = self._conn.max_outbound_frame_size
+        view = memoryview(data)
+        sent = 0
+        while sent < take:
+            n = min(frame, take - sent)
+            last = end_stream and sent + n == len(data)
+            chunk = data if n == len(data) else bytes(view[sent:sent + n])
+            self._conn.send_data(stream_id, chunk, end_stream=last)
+            sent += n
+        return sent
+
+    def end_stream(self, stream_id: int) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._conn.end_stream(stream_id)
+
+    def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self._conn.reset_stream(stream_id, error_code)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        """Give `size` consumed bytes back to the peer's windows (WINDOW_UPDATE when due)."""
+        if size > 0:
+            # h2 credits the connection window even when the stream is already closed.
+            self._conn.acknowledge_received_data(size, stream_id)
+
+    def go_away(self, error_code: int = 0) -> None:
+        self._conn.close_connection(error_code)
+
+    def output(self) -> bytes:
+        return self._conn.data_to_send()
+
+    @property
+    def peer_max_concurrent_streams(self) -> int:
+        return int(self._conn.remote_settings.max_concurrent_streams)
+
+    @property
+    def open_outbound_streams(self) -> int:
+        return int(self._conn.open_outbound_streams)
+
+
+def _status(headers: list) -> int:
+    for name, value in headers:
+        if name in (b":status", ":status"):
+            try:
+                return int(value)
+            except ValueError:
+                break
+    return 0

@@ -1,0 +1,185 @@
+"""HBONE server: accepts mTLS HTTP/2 connections on a socket the caller listens on
+(inside a pod's network namespace) and hands each CONNECT to a handler.
+
+The TLS context comes from a provider called per accepted connection, so a renewed
+certificate applies to new connections while established ones carry on. Each
+connection owns its handler tasks; they are cancelled when it goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from mesh.hbone.connection import HboneConnection
+from mesh.hbone.framing import ConnectRequested
+from mesh.hbone.settings import TunnelSettings
+from mesh.hbone.stream import HboneStream
+from mesh.identity.spiffe import SpiffeId
+
+log = structlog.get_logger(__name__)
+
+ContextProvider = Callable[[], ssl.SSLContext]
+
+
+def parse_authority(authority: str) -> tuple[str, int] | None:
+    """`ip:port` or `[v6]:port` as HBONE requires (no host names); None if malformed."""
+    host, sep, port = authority.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    port_no = int(port)
+    if not 0 < port_no < 65536:
+        return None
+    return str(ip), port_no
+
+
+@dataclass
+class HboneRequest:
+    """A CONNECT the handler must accept (then relay) or reject with a status."""
+
+    authority: str
+    target: tuple[str, int]
+    peer_identity: SpiffeId
+    peer_address: tuple[str, int]
+    headers: tuple[tuple[str, str], ...]
+    _conn: HboneConnection = field(repr=False)
+    _event: ConnectRequested = field(repr=False)
+    stream: HboneStream | None = field(default=None, repr=False)
+    status: int | None = None
+
+    async def accept(self) -> HboneStream:
+        """Answer 200 and return the tunnel's byte stream."""
+        if self.status is not None:
+            raise RuntimeError(f"CONNECT {self.authority} already answered {self.status}")
+        self.stream = self._conn.accept_stream(self._event)
+        self.status = 200
+        if not self._conn.answer(self._event.stream_id, 200):
+            self.stream.on_reset(0)
+        return self.stream
+
+    async def reject(self, status: int = 503) -> None:
+        """Answer a non-2xx status (403 denied, 503 upstream refused, ...) and end it."""
+        if not 300 <= status < 600:
+            raise ValueError(f"reject needs a 3xx-5xx status, not {status}")
+        if self.status is not None:
+            return
+        self.status = status
+        self._conn.answer(self._event.stream_id, status)
+
+
+Handler = Callable[[HboneRequest], Awaitable[None]]
+
+
+class HboneServer:
+    def __init__(self, ssl_context_provider: ContextProvider, handler: Handler, *,
+                 settings: TunnelSettings | None = None) -> None:
+        self._provider = ssl_context_provider
+        self._handler = handler
+        self.settings = settings or TunnelSettings()
+        self._connections: set[HboneConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handshake_failures = 0
+
+    @property
+    def connections(self) -> set[HboneConnection]:
+        return set(self._connections)
+
+    async def serve(self, listening_socket: socket.socket) -> None:
+        """Accept until cancelled; on the way out send GOAWAY, cancel handlers, close."""
+        loop = asyncio.get_running_loop()
+        listening_socket.setblocking(False)
+        try:
+            while True:
+                sock, addr = await loop.sock_accept(listening_socket)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._spawn(self._start(sock, (addr[0], addr[1])))
+        finally:
+            await self._shutdown()
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _start(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ctx = self._provider()
+        except Exception as exc:
+            log.error("hbone.no_tls_context", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
+            sock.close()
+            return
+        conn = HboneConnection(client_side=False, settings=self.settings, peer_address=addr,
+                               on_request=self._on_request, on_lost=self._connections.discard)
+        conn.ssl_context = ctx
+        try:
+            await loop.connect_accepted_socket(
+                lambda: conn, sock, ssl=ctx,
+                ssl_handshake_timeout=self.settings.handshake_timeout)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.handshake_failures += 1
+            log.info("hbone.handshake_failed", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
+            sock.close()
+            return
+        if not conn.closed:
+            self._connections.add(conn)
+
+    def _on_request(self, conn: HboneConnection, ev: ConnectRequested) -> None:
+        target = parse_authority(ev.authority)
+        if ev.method != "CONNECT" or target is None or conn.peer_identity is None:
+            status = 405 if ev.method != "CONNECT" else 400
+            log.info("hbone.bad_request", peer=conn.peer_label, method=ev.method,
+                     authority=ev.authority, status=status)
+            conn.answer(ev.stream_id, status)
+            return
+        request = HboneRequest(ev.authority, target, conn.peer_identity, conn.peer_address,
+                               ev.headers, conn, ev)
+        self._spawn(self._run_handler(request))
+
+    async def _run_handler(self, request: HboneRequest) -> None:
+        try:
+            await self._handler(request)
+        except asyncio.CancelledError:
+            if request.stream is not None:
+                request.stream.reset()
+            raise
+        except Exception:
+            log.exception("hbone.handler_failed", authority=request.authority,
+                          peer=str(request.peer_identity))
+            if request.stream is not None:
+                request.stream.reset()
+        finally:
+            if request.status is None:
+                await request.reject(503)
+        if request.stream is not None:
+            await request.stream.aclose()
+
+    async def _shutdown(self) -> None:
+        for conn in list(self._connections):
+            conn.go_away()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        conns = list(self._connections)
+        for conn in conns:
+            conn.close()
+        if conns:
+            await asyncio.wait([c.lost for c in conns], timeout=2)
+
+    async def aclose(self) -> None:
+        await self._shutdown()

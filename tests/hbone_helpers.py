@@ -1,0 +1,119 @@
+"""Loopback HBONE fixtures: a CA, certificates, an HBONE server in front of TCP apps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.hbone import HboneRequest, HboneServer, StaticTls, relay
+from mesh.hbone.settings import TunnelSettings
+from mesh.identity import tls
+from mesh.identity.ca import CertificateAuthority
+from mesh.identity.spiffe import SpiffeId
+from tests.identity_helpers import mint, new_ca
+
+CLIENT_ID = SpiffeId.for_workload("shop", "cart")
+SERVER_ID = SpiffeId.for_workload("shop", "payments")
+
+
+def listen(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def dial_app(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def relay_handler(seen: list[HboneRequest] | None = None,
+                  allow: Callable[[HboneRequest], bool] | None = None
+                  ) -> Callable[[HboneRequest], Awaitable[None]]:
+    """What the node proxy does inbound: optional policy, dial the app, relay, or 503."""
+
+    async def handle(request: HboneRequest) -> None:
+        if seen is not None:
+            seen.append(request)
+        if allow is not None and not allow(request):
+            await request.reject(403)
+            return
+        try:
+            app = await dial_app(*request.target)
+        except OSError:
+            await request.reject(503)
+            return
+        stream = await request.accept()
+        await relay(stream, app)
+
+    return handle
+
+
+@dataclass
+class Mesh:
+    ca: CertificateAuthority
+    client_tls: StaticTls
+    server_port: int
+    server: HboneServer
+    seen: list[HboneRequest] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def hbone_mesh(tmp: Path, *, settings: TunnelSettings | None = None,
+                     allow: Callable[[HboneRequest], bool] | None = None,
+                     ca: CertificateAuthority | None = None) -> AsyncIterator[Mesh]:
+    ca = ca or new_ca(tmp / "ca")
+    server_ck, bundle = mint(ca, SERVER_ID)
+    client_ck, _ = mint(ca, CLIENT_ID)
+    server_ctx = tls.server_context(server_ck, bundle)
+    client = StaticTls(str(CLIENT_ID), tls.client_context(client_ck, bundle))
+    seen: list[HboneRequest] = []
+    server = HboneServer(lambda: server_ctx, relay_handler(seen, allow), settings=settings)
+    lsock = listen()
+    task = asyncio.ensure_future(server.serve(lsock))
+    try:
+        yield Mesh(ca, client, lsock.getsockname()[1], server, seen)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        lsock.close()
+
+
+@contextlib.asynccontextmanager
+async def tcp_app(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                    Awaitable[None]]) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, limit=1 << 20)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo until EOF, then half-close: exercises FIN propagation both ways."""
+    try:
+        while data := await reader.read(1 << 20):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+        await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()

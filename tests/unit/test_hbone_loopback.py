@@ -1,0 +1,145 @@
+"""HBONE client + server over real TLS on loopback (no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mesh.hbone import HboneClientPool, HboneConnectError, HboneStreamReset
+from tests.hbone_helpers import CLIENT_ID, SERVER_ID, echo, hbone_mesh, tcp_app
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    return ("asyncio", {"use_uvloop": True})
+
+
+async def read_all(stream: object) -> bytes:
+    from mesh.hbone import HboneStream
+    assert isinstance(stream, HboneStream)
+    parts = []
+    while True:
+        try:
+            parts.append(await stream.receive())
+        except anyio.EndOfStream:
+            return b"".join(parts)
+
+
+@pytest.mark.anyio
+async def test_echo_through_tunnel_with_half_close(tmp_path: Path) -> None:
+    async with hbone_mesh(tmp_path) as mesh, tcp_app(echo) as app_port:
+        pool = HboneClientPool()
+        try:
+            stream = await pool.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                        f"127.0.0.1:{app_port}")
+            assert stream.peer_identity == SERVER_ID
+            payload = os.urandom(3 * 1024 * 1024 + 17)
+            await stream.send(payload)
+            await stream.send_eof()  # END_STREAM -> app sees EOF -> app FIN -> END_STREAM
+            got = await asyncio.wait_for(read_all(stream), 10)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+            await stream.aclose()
+        finally:
+            await pool.aclose()
+        req = mesh.seen[0]
+        assert req.peer_identity == CLIENT_ID
+        assert req.authority == f"127.0.0.1:{app_port}"
+        assert req.target == ("127.0.0.1", app_port)
+
+
+@pytest.mark.anyio
+async def test_refused_upstream_is_503(tmp_path: Path) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    async with hbone_mesh(tmp_path) as mesh:
+        pool = HboneClientPool()
+        try:
+            with pytest.raises(HboneConnectError) as info:
+                await pool.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                   f"127.0.0.1:{port}")
+            assert info.value.status == 503
+            # the connection survives a refused stream and is reused
+            with pytest.raises(HboneConnectError):
+                await pool.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                   f"127.0.0.1:{port}")
+            assert pool.connections_opened == 1
+        finally:
+            await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_policy_reject_403_and_bad_authority_400(tmp_path: Path) -> None:
+    async with hbone_mesh(tmp_path, allow=lambda r: r.target[1] != 9) as mesh:
+        pool = HboneClientPool()
+        try:
+            with pytest.raises(HboneConnectError) as info:
+                await pool.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                   "127.0.0.1:9")
+            assert info.value.status == 403
+            with pytest.raises(HboneConnectError) as info:
+                await pool.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                   "example.com:80")
+            assert info.value.status == 400
+        finally:
+            await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_upstream_reset_resets_stream(tmp_path: Path) -> None:
+    async def rst(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        sock = writer.get_extra_info("socket")
+        import struct
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async with hbone_mesh(tmp_path) as mesh, tcp_app(rst) as app_port:
+        pool = HboneClientPool()
+        try:
+            stream = await pool.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                        f"127.0.0.1:{app_port}")
+            await stream.send(b"x")
+            with pytest.raises(HboneStreamReset):
+                await asyncio.wait_for(read_all(stream), 5)
+        finally:
+            await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_streams_share_one_pooled_connection(tmp_path: Path) -> None:
+    async with hbone_mesh(tmp_path) as mesh, tcp_app(echo) as app_port:
+        pool = HboneClientPool()
+        try:
+            async def one(i: int) -> bytes:
+                s = await pool.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                       f"127.0.0.1:{app_port}")
+                await s.send(f"hello {i}".encode())
+                await s.send_eof()
+                return await read_all(s)
+
+            results = await asyncio.gather(*(one(i) for i in range(50)))
+            assert results == [f"hello {i}".encode() for i in range(50)]
+            assert pool.connections_opened == 1
+            unpooled = HboneClientPool(pooled=False)
+            try:
+                for _ in range(5):
+                    s = await unpooled.connect(mesh.client_tls, ("127.0.0.1", mesh.server_port),
+                                               f"127.0.0.1:{app_port}")
+                    await s.send(b"u")
+                    await s.send_eof()
+                    assert await read_all(s) == b"u"
+                assert unpooled.connections_opened == 5
+                await asyncio.sleep(0.1)
+                assert len(unpooled.connections()) == 0  # each closed with its stream
+            finally:
+                await unpooled.aclose()
+        finally:
+            await pool.aclose()
