@@ -12,6 +12,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from ebpf.enrollment import EnrolledPod
 from ebpf.errors import EbpfError
 from ebpf.pins import installed_pin_names
@@ -108,6 +110,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # stdout carries the JSON answers; logs go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
