@@ -58,16 +58,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _num(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _reason(err: Mapping[str, Any]) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     value = err.get("input")
     got = f" (got {_short(value)})" if not isinstance(value, dict | list) else ""
     simple = {
-        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
-        "greater_than": lambda: f"must be > {ctx.get('gt')}",
-        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
-        "less_than": lambda: f"must be < {ctx.get('lt')}",
+        "greater_than_equal": lambda: f"must be >= {_num(ctx.get('ge'))}",
+        "greater_than": lambda: f"must be > {_num(ctx.get('gt'))}",
+        "less_than_equal": lambda: f"must be <= {_num(ctx.get('le'))}",
+        "less_than": lambda: f"must be < {_num(ctx.get('lt'))}",
         "int_parsing": lambda: "must be an integer",
         "int_type": lambda: "must be an integer",
         "int_from_float": lambda: "must be a whole number",
