@@ -54,8 +54,9 @@ class EndpointPicker:
         unhealthy = [b for b in rotated if b not in healthy]
         return healthy + unhealthy
 
-    def report_failure(self, backend: Backend, now: float) -> None:
-        self._failed_until[backend.key] = now + self.cooldown
+    def report_failure(self, key: tuple[str, int], now: float) -> None:
+        """`key` is (address, target port), as Backend.key."""
+        self._failed_until[key] = now + self.cooldown
 
-    def report_success(self, backend: Backend) -> None:
-        self._failed_until.pop(backend.key, None)
+    def report_success(self, key: tuple[str, int]) -> None:
+        self._failed_until.pop(key, None)

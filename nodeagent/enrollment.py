@@ -1,0 +1,140 @@
+"""Enrollment: the pods of this node that the mesh captures, kept in step with config.
+
+Order matters for "no lapse": to enroll, the proxy's listeners in the pod are opened
+and registered first, then the BPF maps start steering traffic to them; to unenroll,
+capture stops first, then the listeners close. Unenrolling never touches the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+
+from ebpf.enrollment import EnrolledPod
+from ebpf.redirector import Redirector
+from mesh.api import config_pb2 as pb
+from mesh.runtime import Pod
+from nodeagent.proxy.handlers import (
+    ProxyContext,
+    handle_hbone,
+    handle_inbound_plaintext,
+    handle_outbound,
+)
+from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
+
+log = structlog.get_logger("nodeagent.enrollment")
+
+
+@dataclass
+class Enrolled:
+    endpoint: PodEndpoint
+    bpf: EnrolledPod
+    listeners: PodListeners
+    serving: asyncio.Task[None]
+
+
+def bpf_record(spec: pb.PodToRun, pod: Pod) -> EnrolledPod:
+    return EnrolledPod(
+        name=f"{spec.namespace}/{spec.name}", netns=pod.netns, cgroup_path=pod.cgroup_path,
+        cgroup_id=pod.cgroup_id, ips=(str(pod.ip), str(pod.ip6)),
+        outbound_excluded_ports=tuple(spec.excluded_ports),
+        inbound_excluded_ports=tuple(spec.excluded_ports),
+    )
+
+
+@dataclass
+class EnrollmentController:
+    redirector: Redirector
+    ctx: ProxyContext
+    pods: dict[str, Enrolled] = field(default_factory=dict)
+    connections: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def reconcile(self, wanted: dict[str, tuple[pb.PodToRun, Pod]]) -> list[str]:
+        """Enroll/unenroll so exactly `wanted` (key -> (spec, local pod)) is captured.
+        Returns error messages for pods that could not be enrolled (the rest proceed)."""
+        errors = []
+        for key in [k for k in self.pods if k not in wanted]:
+            await self.unenroll(key)
+        for key, (spec, pod) in wanted.items():
+            current = self.pods.get(key)
+            if current is not None and current.endpoint.uid == spec.uid:
+                record = bpf_record(spec, pod)
+                if record != current.bpf:  # exclusions changed: update the map in place
+                    self.redirector.enroll(record)
+                    current.bpf = record
+                continue
+            if current is not None:
+                await self.unenroll(key)
+            try:
+                self.enroll(spec, pod)
+            except Exception as e:  # one pod's failure never blocks the others
+                log.error("enrollment failed", pod=key, error=str(e))
+                errors.append(f"{key}: {e}")
+        self.ctx.metrics.enrolled_pods.set(len(self.pods))
+        return errors
+
+    def enroll(self, spec: pb.PodToRun, pod: Pod) -> None:
+        endpoint = PodEndpoint(spec.namespace, spec.name, spec.uid, pod.netns, str(pod.ip),
+                               str(pod.ip6), spec.identity)
+        listeners = PodListeners.bind(pod.netns)
+        try:
+            for sock in listeners.inbound_sockets:
+                self.redirector.register_inbound_listener(pod.netns, sock)
+            serving = asyncio.create_task(self._serve(endpoint, listeners),
+                                          name=f"serve {endpoint.key}")
+            record = bpf_record(spec, pod)
+            self.redirector.enroll(record)
+        except BaseException:
+            listeners.close()
+            raise
+        self.pods[endpoint.key] = Enrolled(endpoint, record, listeners, serving)
+        log.info("pod captured", pod=endpoint.key, ip=endpoint.ip, identity=endpoint.identity)
+
+    async def _serve(self, pod: PodEndpoint, listeners: PodListeners) -> None:
+        ctx, conns = self.ctx, self.connections
+        async with asyncio.TaskGroup() as tg:
+            for sock in listeners.outbound_sockets:
+                tg.create_task(accept_loop(sock, lambda s: handle_outbound(ctx, pod, s), conns))
+            for sock in listeners.inbound_sockets:
+                tg.create_task(accept_loop(
+                    sock, lambda s: handle_inbound_plaintext(ctx, pod, s), conns))
+            tg.create_task(ctx.tunnels.serve(pod, listeners.hbone_sockets,
+                                             lambda request: handle_hbone(ctx, pod, request)))
+
+    async def _stop_serving(self, enrolled: Enrolled) -> None:
+        enrolled.serving.cancel()
+        with contextlib.suppress(BaseException):
+            await enrolled.serving
+        enrolled.listeners.close()
+
+    async def unenroll(self, key: str) -> None:
+        enrolled = self.pods.pop(key, None)
+        if enrolled is None:
+            return
+        for step in (lambda: self.redirector.unenroll(enrolled.bpf),
+                     lambda: self.redirector.unregister_inbound_listener(enrolled.endpoint.netns)):
+            try:
+                step()
+            except Exception as e:  # the pod may be gone already: keep releasing
+                log.warning("unenroll step failed", pod=key, error=str(e))
+        await self._stop_serving(enrolled)
+        log.info("pod released", pod=key)
+
+    async def drain(self, deadline: float, keep_capture: bool) -> None:
+        """Stop accepting, let connections finish up to `deadline` seconds, then stop.
+        With keep_capture the BPF state stays in force (an agent restart)."""
+        for key in list(self.pods):
+            if keep_capture:
+                await self._stop_serving(self.pods.pop(key))
+            else:
+                await self.unenroll(key)
+        if self.connections:
+            _, pending = await asyncio.wait(set(self.connections), timeout=deadline)
+            for task in pending:
+                task.cancel()
+
+    def enrolled_keys(self) -> list[str]:
+        return sorted(self.pods)

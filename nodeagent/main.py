@@ -1,0 +1,61 @@
+"""`ambient-nodeagent`: the per-node agent process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import structlog
+
+from mesh.logs import configure_logging
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--node", required=True, help="Name of the node this agent serves.")
+@click.option("--cluster", default="amesh", show_default=True,
+              help="Local cluster prefix (names of netns, cgroups, pins).")
+@click.option("--controller", default="127.0.0.1:15012", show_default=True,
+              help="Controller gRPC address (config push + CA).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="This node's bootstrap token (from the controller).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="Default: /run/ambientmesh/<cluster>/nodes/<node>.")
+@click.option("--drain-seconds", default=5.0, show_default=True,
+              help="On SIGTERM, how long established connections may finish.")
+@click.option("--log-level", default="info", show_default=True)
+def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: Path | None,
+         drain_seconds: float, log_level: str) -> None:
+    """Run the node agent: pods, eBPF capture and the L4 mTLS node proxy.
+
+    \b
+    Example (what `ambientctl up` runs for each local node):
+      ambient-nodeagent --node node-1 --token-file /run/ambientmesh/amesh/node-1.token
+    """
+    configure_logging(log_level)
+    if os.geteuid() != 0:
+        click.echo("ambient-nodeagent needs root: it loads eBPF programs and enters network "
+                   "namespaces. Run it with sudo.", err=True)
+        sys.exit(1)
+    from nodeagent.agent import AgentConfig, NodeAgent
+
+    config = AgentConfig(
+        node=node, cluster=cluster, controller=controller,
+        token=token_file.read_text().strip(),
+        state_dir=state_dir or Path("/run/ambientmesh") / cluster / "nodes" / node,
+        drain_seconds=drain_seconds)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        structlog.get_logger().warning("uvloop missing: using the slower stdlib event loop")
+    asyncio.run(NodeAgent(config).run())
+    logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The three connection handlers of the node proxy, one per capture path.
+
+Outbound (15001): original destination -> plan -> HBONE / plaintext -> relay.
+Inbound HBONE (15008): verified peer -> L4 authorization -> the app on loopback.
+Inbound plaintext (15006): PeerAuthentication STRICT refuses; PERMISSIVE authorizes
+(no principal) and relays, labelled plaintext.
+Every connection ends in one access-log record and the Istio TCP metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from mesh import hbone
+from mesh.api import config_pb2 as pb
+from nodeagent import authz
+from nodeagent.accesslog import AccessLog, ConnectionRecord
+from nodeagent.balance import EndpointPicker
+from nodeagent.errors import NoHealthyEndpoint
+from nodeagent.metrics import ConnectionLabels, ProxyMetrics
+from nodeagent.outbound_plan import Hop, Transport, plan
+from nodeagent.proxy.pod_listeners import PodEndpoint
+from nodeagent.proxy.relay import Transfer, relay_sockets
+from nodeagent.proxy.streams import dial
+from nodeagent.proxy.tunnel import (
+    InboundTunnelRequest,
+    MissingCertificate,
+    TunnelFailed,
+    TunnelRefused,
+    Tunnels,
+)
+from nodeagent.state import ProxyState
+
+log = structlog.get_logger("nodeagent.proxy")
+
+OriginalDestination = Callable[[socket.socket], tuple[str, int]]
+CONNECT_TIMEOUT = 5.0
+DENIED = 401  # what ztunnel answers a CONNECT its RBAC refuses
+UPSTREAM_REFUSED = 503
+Upstream = hbone.HboneStream | socket.socket
+
+
+@dataclass
+class ProxyContext:
+    """Everything the handlers share; the state is swapped whole on each snapshot."""
+
+    state: ProxyState
+    metrics: ProxyMetrics
+    access_log: AccessLog
+    tunnels: Tunnels
+    original_destination: OriginalDestination
+    picker: EndpointPicker = field(default_factory=EndpointPicker)
+
+    def workload_of(self, pod: PodEndpoint) -> pb.Workload | None:
+        return self.state.workloads_by_uid.get(pod.uid) or self.state.workload_at(pod.ip)
+
+
+def _names(wl: pb.Workload | None) -> tuple[str, str]:
+    return (wl.name, wl.namespace) if wl is not None else ("unknown", "unknown")
+
+
+def _service_host(service: str | None, trust_domain: str) -> str:
+    if not service:
+        return "unknown"
+    ns, name = service.split("/", 1)
+    return f"{name}.{ns}.svc.{trust_domain}"
+
+
+async def _splice(ctx: ProxyContext, downstream: socket.socket, upstream: Upstream,
+                  labels: ConnectionLabels, record: ConnectionRecord,
+                  downstream_is_client: bool = True) -> None:
+    """Relay until both directions end; account bytes in the request/response sense."""
+    ctx.metrics.connection_opened(labels)
+    transfer = Transfer()
+    try:
+        if isinstance(upstream, socket.socket):
+            await relay_sockets(downstream, upstream, transfer)
+        else:  # an HBONE stream: the callback-driven relay of mesh.hbone
+            result = await hbone.relay(upstream, downstream)
+            up, down = result.to_stream, result.from_stream
+            transfer.request_bytes, transfer.response_bytes = (
+                (up, down) if downstream_is_client else (down, up))
+            if result.reset:
+                record.outcome, record.reason = "reset", "connection reset"
+    finally:
+        record.request_bytes = transfer.request_bytes
+        record.response_bytes = transfer.response_bytes
+        ctx.metrics.connection_closed(labels, transfer.request_bytes, transfer.response_bytes)
+
+
+# ---- outbound ------------------------------------------------------------------------
+async def _connect_first(ctx: ProxyContext, pod: PodEndpoint,
+                         hops: list[Hop]) -> tuple[Hop, Upstream]:
+    """Try hops in order; an endpoint that cannot be reached is skipped for a while.
+    A CONNECT refused by the far side (policy, app down) is final: no other hop."""
+    last: Exception = OSError("no destination")
+    for hop in hops:
+        try:
+            if hop.transport is Transport.HBONE:
+                expected = ctx.state.workload_identity(hop.workload) if hop.workload else None
+                upstream: Upstream = await ctx.tunnels.open(
+                    pod, hop.address, hop.port, hop.authority, expected)
+            else:
+                upstream = await dial(pod.netns, hop.address, hop.port, CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, TunnelFailed) as e:
+            last = e
+            ctx.picker.report_failure((hop.address, hop.target_port), time.monotonic())
+            log.info("destination unreachable", pod=pod.key, to=hop.authority, error=str(e))
+            continue
+        ctx.picker.report_success((hop.address, hop.target_port))
+        return hop, upstream
+    raise last
+
+
+async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.socket) -> None:
+    record = ConnectionRecord("outbound", pod.ip, "", source_identity=pod.identity,
+                              source_workload=pod.key)
+    try:
+        dst_ip, dst_port = ctx.original_destination(client)
+        record.destination_address = f"{dst_ip}:{dst_port}"
+        hops = plan(ctx.state, ctx.picker, dst_ip, dst_port, time.monotonic())
+        hop, upstream = await _connect_first(ctx, pod, hops)
+        mtls = hop.transport is Transport.HBONE
+        dst_name, dst_ns = _names(hop.workload)
+        src_name, src_ns = _names(ctx.workload_of(pod))
+        record.transport = hop.transport.value
+        record.destination_workload = f"{dst_ns}/{dst_name}" if hop.workload else ""
+        record.destination_service = hop.service or ""
+        if mtls and hop.workload is not None:
+            record.destination_identity = ctx.state.workload_identity(hop.workload)
+        labels = ConnectionLabels(
+            reporter="source", source_workload=src_name, source_workload_namespace=src_ns,
+            source_principal=pod.identity, destination_workload=dst_name,
+            destination_workload_namespace=dst_ns,
+            destination_service=_service_host(hop.service, ctx.state.trust_domain),
+            destination_principal=record.destination_identity or "unknown",
+            connection_security_policy="mutual_tls" if mtls else "none",
+        )
+        await _splice(ctx, client, upstream, labels, record)
+    except TunnelRefused as e:
+        record.outcome = "denied" if e.status in (401, 403) else "refused"
+        record.reason = str(e)
+        hbone.reset_socket(client)
+    except (NoHealthyEndpoint, MissingCertificate) as e:
+        record.outcome, record.reason = "refused", str(e)
+        hbone.reset_socket(client)
+    except (OSError, TimeoutError, TunnelFailed, hbone.HboneStreamReset) as e:
+        record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
+        hbone.reset_socket(client)
+    finally:
+        client.close()
+        ctx.access_log.write(record)
+
+
+# ---- inbound HBONE -------------------------------------------------------------------
+async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
+                       request: InboundTunnelRequest) -> None:
+    """One CONNECT arriving at the pod: authorize, then reach the app on loopback."""
+    peer = str(request.peer_identity)
+    host, port = request.target
+    record = ConnectionRecord("inbound", request.peer_address[0], request.authority,
+                              source_identity=peer, destination_identity=pod.identity,
+                              destination_workload=pod.key, transport="hbone")
+    try:
+        if host not in (pod.ip, pod.ip6):
+            record.outcome, record.reason = "refused", f"{host} is not this pod ({pod.ip})"
+            await request.reject(400)
+            return
+        wl = ctx.workload_of(pod)
+        verdict = authz.evaluate(ctx.state.authorizations_for(wl) if wl else [],
+                                 authz.Connection(peer, request.peer_address[0], port))
+        record.policy = verdict.policy or ""
+        if not verdict.allowed:
+            record.outcome, record.reason = "denied", verdict.reason
+            await request.reject(DENIED)
+            return
+        try:
+            app = await dial(pod.netns, "::1" if ":" in host else "127.0.0.1", port,
+                             CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as e:
+            record.outcome, record.reason = "refused", f"app port {port}: {e}"
+            await request.reject(UPSTREAM_REFUSED)
+            return
+        stream = await request.accept()
+        src_name, src_ns = _names(ctx.state.workload_at(request.peer_address[0]))
+        dst_name, dst_ns = _names(wl)
+        labels = ConnectionLabels(
+            reporter="destination", source_workload=src_name, source_workload_namespace=src_ns,
+            source_principal=peer, destination_workload=dst_name,
+            destination_workload_namespace=dst_ns, destination_principal=pod.identity,
+            connection_security_policy="mutual_tls")
+        await _splice(ctx, app, stream, labels, record, downstream_is_client=False)
+    except (OSError, hbone.HboneError) as e:
+        record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
+    finally:
+        ctx.access_log.write(record)
+
+
+# ---- inbound plaintext ---------------------------------------------------------------
+async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
+                                   client: socket.socket) -> None:
+    """A plaintext connection to any pod port, steered here by sk_lookup."""
+    peer_ip = client.getpeername()[0].split("%")[0]
+    local_ip, port = client.getsockname()[:2]
+    record = ConnectionRecord("inbound_plaintext", peer_ip, f"{local_ip}:{port}",
+                              destination_identity=pod.identity, destination_workload=pod.key,
+                              transport="plaintext")
+    wl = ctx.workload_of(pod)
+    try:
+        if wl is not None and ctx.state.mtls_mode(wl) == pb.STRICT:
+            policy = ctx.state.policies.get(wl.uid)
+            record.outcome, record.reason = "denied", "STRICT mTLS: plaintext refused"
+            record.policy = policy.mtls_policy if policy else ""
+            hbone.reset_socket(client)
+            return
+        verdict = authz.evaluate(ctx.state.authorizations_for(wl) if wl else [],
+                                 authz.Connection(None, peer_ip, port))
+        record.policy = verdict.policy or ""
+        if not verdict.allowed:
+            record.outcome, record.reason = "denied", verdict.reason
+            hbone.reset_socket(client)
+            return
+        app = await dial(pod.netns, "::1" if ":" in local_ip else "127.0.0.1", port,
+                         CONNECT_TIMEOUT)
+        src_name, src_ns = _names(ctx.state.workload_at(peer_ip))
+        dst_name, dst_ns = _names(wl)
+        labels = ConnectionLabels(
+            reporter="destination", source_workload=src_name, source_workload_namespace=src_ns,
+            destination_workload=dst_name, destination_workload_namespace=dst_ns,
+            destination_principal=pod.identity, connection_security_policy="none")
+        await _splice(ctx, client, app, labels, record)
+    except (OSError, TimeoutError) as e:
+        record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
+        hbone.reset_socket(client)
+    finally:
+        with contextlib.suppress(OSError):
+            client.close()
+        ctx.access_log.write(record)
+
