@@ -7,7 +7,9 @@ from pathlib import Path
 
 from mesh.identity.bundle import TrustBundle
 from mesh.identity.ca import CertificateAuthority
+from mesh.identity.ca_client import SignedCertificate
 from mesh.identity.csr import build_csr, generate_key
+from mesh.identity.errors import CaUnavailableError, CertificateRefusedError
 from mesh.identity.spiffe import SpiffeId
 from mesh.identity.svid import CertifiedKey, load_pem_chain
 
@@ -36,3 +38,29 @@ class ManualClock:
 
     def advance(self, delta: dt.timedelta) -> None:
         self.now += delta
+
+
+class InProcessCa:
+    """A CertificateSource calling a real CertificateAuthority directly (no gRPC), with
+    a switch that makes it unreachable, for certificate-manager tests."""
+
+    def __init__(self, ca: CertificateAuthority, placements: dict[tuple[str, str], str]) -> None:
+        self.ca = ca
+        self.placements = placements  # (namespace, pod) -> service account
+        self.down = False
+        self.calls = 0
+
+    async def create_certificate(self, csr_pem: bytes, namespace: str, pod: str,
+                                 validity: dt.timedelta | None = None) -> SignedCertificate:
+        self.calls += 1
+        if self.down:
+            raise CaUnavailableError("CA is down (test switch)")
+        sa = self.placements.get((namespace, pod))
+        if sa is None:
+            raise CertificateRefusedError(f"pod {namespace}/{pod} unknown",
+                                          code="PERMISSION_DENIED")
+        identity = SpiffeId(self.ca.trust_domain, namespace, sa)
+        issued = self.ca.issue(csr_pem, identity, validity)
+        return SignedCertificate(issued.chain_pem,
+                                 TrustBundle.from_pem(self.ca.trust_domain, issued.bundle_pem),
+                                 identity)

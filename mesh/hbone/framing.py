@@ -5,6 +5,7 @@ types so a faster codec can replace h2 behind this same small interface."""
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 from dataclasses import dataclass
 
@@ -14,11 +15,30 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from mesh.hbone.errors import HboneProtocolError
 from mesh.hbone.settings import TunnelSettings
 
 DEFAULT_WINDOW = 65535
+
+
+def _raw_data_repr(data: bytes | None) -> str:
+    """hyperframe's frame-repr helper with identical output, hexlifying 11 bytes only.
+
+    h2 builds `repr(frame)` eagerly for a trace log on every received frame, and the
+    original helper hexlifies the whole payload before truncating it to 20 characters:
+    a third of the CPU time of a bulk transfer with 1 MiB frames was spent there."""
+    if not data:
+        return "None"
+    r = binascii.hexlify(data[:11]).decode("ascii")
+    if len(r) > 20:
+        r = r[:20] + "..."
+    return "<hex:" + r + ">"
+
+
+_original_raw_data_repr = hyperframe.frame._raw_data_repr
+hyperframe.frame._raw_data_repr = _raw_data_repr
 CANCEL = h2.errors.ErrorCodes.CANCEL
 CONNECT_ERROR = h2.errors.ErrorCodes.CONNECT_ERROR
 
