@@ -11,27 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import structlog
 
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
+from mesh.identity.ca_client import CertificateClient
 from mesh.runtime import LocalRuntime, Node
 from mesh.xds.pods import PodReporter
 from mesh.xds.subscriber import ConfigSubscriber
 from nodeagent import admin
 from nodeagent.accesslog import AccessLog
-from nodeagent.certs import CertificateManager
+from nodeagent.certs import CertificateManager, PodRef
 from nodeagent.enrollment import EnrollmentController
 from nodeagent.metrics import ProxyMetrics
 from nodeagent.pods import PodSupervisor
 from nodeagent.proxy.handlers import ProxyContext
-from nodeagent.proxy.streams import listening_socket
+from nodeagent.proxy.pod_listeners import accept_loop
+from nodeagent.proxy.relay import relay_sockets
+from nodeagent.proxy.streams import dial, listening_socket
 from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
 
@@ -39,6 +45,7 @@ log = structlog.get_logger("nodeagent")
 
 POD_LOOP_INTERVAL = 0.25
 REPORT_EVERY = 5.0
+ENROLL_RETRY = 2.0
 METRICS_PORT = 15020
 
 
@@ -49,6 +56,7 @@ class AgentConfig:
     controller: str
     token: str
     state_dir: Path
+    trust_domain: str = "cluster.local"
     drain_seconds: float = 5.0
 
 
@@ -60,7 +68,10 @@ class NodeAgent:
         self.redirector = Redirector.load(f"{config.cluster}-{config.node}",
                                           self.node.cgroup_path)
         self.pods = PodSupervisor(self.runtime, config.node, config.state_dir)
-        self.certs = CertificateManager.for_node(config.controller, config.node, config.token)
+        self.channel = grpc.aio.insecure_channel(config.controller)
+        self.certs = CertificateManager(
+            CertificateClient(self.channel, config.node, config.token), config.trust_domain)
+        self.cert_pods: set[PodRef] = set()
         self.metrics = ProxyMetrics()
         self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), Tunnels(self.certs),
                                 self.redirector.original_destination)
@@ -82,20 +93,36 @@ class NodeAgent:
                  for name in svc.hostnames}
         self.pods.reconcile(state.pods_to_run, hosts)
         self.ctx.state = state
-        wanted = {}
-        for spec in state.pods_to_run:
-            running = self.pods.running(spec.namespace, spec.name)
-            if spec.enrolled and running is not None:
-                wanted[f"{spec.namespace}/{spec.name}"] = (spec, running.pod)
-                await self.certs.ensure(spec.identity, spec.namespace, spec.name)
-        self.certs.retain({spec.identity for spec, _ in wanted.values()})
-        self.enrollment_errors = await self.enrollment.reconcile(wanted)
+        self._applied = True
+        await self.enroll()
         self.metrics.config_version.clear()
         self.metrics.config_version.labels(snapshot.version).set(1)
-        self._applied = True
         await self.report_pods(force=True)
         log.info("snapshot applied", version=snapshot.version,
-                 pods=len(state.pods_to_run), enrolled=len(wanted))
+                 pods=len(state.pods_to_run), enrolled=len(self.enrollment.pods))
+
+    async def enroll(self) -> None:
+        """Capture exactly the enrolled pods that run here and have a certificate.
+        A pod whose certificate cannot be had yet stays uncaptured and is retried."""
+        wanted, errors = {}, []
+        pod_refs = set()
+        for spec in self.ctx.state.pods_to_run:
+            running = self.pods.running(spec.namespace, spec.name)
+            if not spec.enrolled or running is None:
+                continue
+            ref = PodRef(spec.namespace, spec.name, spec.service_account)
+            pod_refs.add(ref)
+            try:
+                await self.certs.add_pod(ref)
+            except Exception as e:  # refused or CA unreachable: named in status, retried
+                errors.append(f"{ref.namespace}/{ref.name}: certificate: {e}")
+                continue
+            wanted[f"{spec.namespace}/{spec.name}"] = (spec, running.pod)
+        for gone in self.cert_pods - pod_refs:
+            self.certs.remove_pod(gone)
+        self.cert_pods = pod_refs
+        errors += await self.enrollment.reconcile(wanted)
+        self.enrollment_errors = errors
 
     async def report_pods(self, force: bool = False) -> None:
         statuses = self.pods.statuses()
@@ -111,9 +138,13 @@ class NodeAgent:
         self._reported, self._last_report = summary, now
 
     async def _pod_loop(self) -> None:
+        last_retry = 0.0
         while True:
             self.pods.tick()
             await self.report_pods()
+            if self.enrollment_errors and time.monotonic() - last_retry > ENROLL_RETRY:
+                last_retry = time.monotonic()
+                await self.enroll()
             await asyncio.sleep(POD_LOOP_INTERVAL)
 
     # ---- status --------------------------------------------------------------------
@@ -132,7 +163,7 @@ class NodeAgent:
             "enrollment_errors": self.enrollment_errors,
             "pods": [{"pod": f"{s.namespace}/{s.name}", "ip": s.pod_ip,
                       "phase": pb.PodPhase.Name(s.phase)} for s in self.pods.statuses()],
-            "certificates": self.certs.status(),
+            "certificates": [dataclasses.asdict(c) for c in self.certs.status()],
         }
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -147,10 +178,10 @@ class NodeAgent:
         log.info("node agent started", node=self.config.node, controller=self.config.controller,
                  metrics=f"{self.node.host_ip}:{METRICS_PORT} (netns {self.node.netns})")
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with self.certs, asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self.subscriber.run()),
                          tg.create_task(self._pod_loop()),
-                         tg.create_task(self.certs.run())]
+                         tg.create_task(self._controller_relay())]
                 await stop.wait()
                 log.info("draining", deadline=self.config.drain_seconds)
                 for task in tasks:
@@ -160,5 +191,26 @@ class NodeAgent:
             await runner.cleanup()
             with contextlib.suppress(Exception):
                 await self.reporter.aclose()
+            await self.channel.close(None)
             self.redirector.close()
             log.info("node agent stopped", node=self.config.node)
+
+    async def _controller_relay(self) -> None:
+        """Pods (waypoints) reach the controller at <node host IP>:15012, as pods reach
+        a cluster service: relayed to the controller's own address."""
+        host, _, port = self.config.controller.rpartition(":")
+        listener = listening_socket(self.node.netns, str(self.node.host_ip), int(port))
+        conns: set[asyncio.Task[None]] = set()
+
+        async def forward(client: socket.socket) -> None:
+            try:
+                upstream = await dial(None, host, int(port))
+            except OSError:
+                client.close()
+                return
+            await relay_sockets(client, upstream)
+
+        try:
+            await accept_loop(listener, forward, conns)
+        finally:
+            listener.close()

@@ -26,9 +26,10 @@ from mesh.logs import configure_logging
               help="Default: /run/ambientmesh/<cluster>/nodes/<node>.")
 @click.option("--drain-seconds", default=5.0, show_default=True,
               help="On SIGTERM, how long established connections may finish.")
+@click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--log-level", default="info", show_default=True)
 def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: Path | None,
-         drain_seconds: float, log_level: str) -> None:
+         drain_seconds: float, trust_domain: str, log_level: str) -> None:
     """Run the node agent: pods, eBPF capture and the L4 mTLS node proxy.
 
     \b
@@ -46,7 +47,7 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
         node=node, cluster=cluster, controller=controller,
         token=token_file.read_text().strip(),
         state_dir=state_dir or Path("/run/ambientmesh") / cluster / "nodes" / node,
-        drain_seconds=drain_seconds)
+        trust_domain=trust_domain, drain_seconds=drain_seconds)
     try:
         import uvloop
 
