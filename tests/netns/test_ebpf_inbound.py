@@ -100,7 +100,10 @@ def test_reregistering_a_listener_hands_over_without_refusals(world: dict[str, A
         t.start()
         time.sleep(1.0)
         redirector.register_inbound_listener(server.netns, new.sock)
-        world["inbound"].close()  # the old proxy goes away after the handover
+        # The old proxy drains what is already queued on its listener, then goes away:
+        # closing a listener resets connections still in its accept queue.
+        time.sleep(0.3)
+        world["inbound"].close()
         t.join(timeout=30)
     [summary] = outcome["r"]
     counts = summary["counts"]
