@@ -48,17 +48,15 @@ class AdminClient:
         return {"Authorization": f"Bearer {token}"}
 
     def request(self, method: str, path: str, *, write: bool = False,
-                params: dict[str, str] | None = None, content: bytes | None = None,
-                content_type: str = "application/yaml") -> httpx.Response:
+                params: dict[str, str] | None = None, json_body: Any = None,
+                allow_404: bool = False) -> httpx.Response:
         headers = self._headers(write)
-        if content is not None:
-            headers["Content-Type"] = content_type
         try:
-            resp = self._http.request(method, path, params=params, content=content,
+            resp = self._http.request(method, path, params=params, json=json_body,
                                       headers=headers)
         except httpx.TransportError as e:
             raise ControllerUnreachable(self.address, _describe(e), self.log_file) from None
-        if resp.status_code >= 400:
+        if resp.status_code >= 400 and not (allow_404 and resp.status_code == 404):
             raise ControllerRefused(_error_text(resp), _error_hint(resp))
         return resp
 
@@ -78,22 +76,21 @@ class AdminClient:
         items = data.get("items", []) if isinstance(data, dict) else data
         return [i for i in items if isinstance(i, dict)]
 
-    def apply(self, yaml_text: str, filename: str) -> dict[str, Any]:
-        resp = self.request("POST", "/v1/apply", write=True, params={"filename": filename},
-                            content=yaml_text.encode())
-        return _json_or_empty(resp)
+    def apply(self, yaml_text: str, filename: str) -> list[dict[str, Any]]:
+        """Results per object: {kind, namespace, name, action}."""
+        resp = self.request("POST", "/v1/apply", write=True,
+                            json_body={"yaml": yaml_text, "file": filename})
+        return _results(resp)
 
-    def delete(self, yaml_text: str | None = None, filename: str = "",
-               kind: str = "", namespace: str = "", name: str = "") -> dict[str, Any]:
-        if yaml_text is not None:
-            resp = self.request("POST", "/v1/delete", write=True,
-                                params={"filename": filename}, content=yaml_text.encode())
-        else:
-            params = {"kind": kind, "name": name}
-            if namespace:
-                params["namespace"] = namespace
-            resp = self.request("POST", "/v1/delete", write=True, params=params)
-        return _json_or_empty(resp)
+    def delete_yaml(self, yaml_text: str, filename: str) -> list[dict[str, Any]]:
+        resp = self.request("POST", "/v1/delete", write=True, allow_404=True,
+                            json_body={"yaml": yaml_text, "file": filename})
+        return _results(resp)
+
+    def delete_objects(self, objects: list[dict[str, str]]) -> list[dict[str, Any]]:
+        resp = self.request("POST", "/v1/delete", write=True, allow_404=True,
+                            json_body={"objects": objects})
+        return _results(resp)
 
     def config_dump(self, proxy: str) -> dict[str, Any]:
         data = self.get_json(f"/v1/config_dump/{proxy}")
@@ -111,12 +108,13 @@ def _describe(e: httpx.TransportError) -> str:
     return str(e) or type(e).__name__
 
 
-def _json_or_empty(resp: httpx.Response) -> dict[str, Any]:
+def _results(resp: httpx.Response) -> list[dict[str, Any]]:
     try:
         data = resp.json()
     except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {"result": data}
+        return []
+    results = data.get("results", []) if isinstance(data, dict) else []
+    return [r for r in results if isinstance(r, dict)]
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -1,52 +1,93 @@
 """ambientctl: the command line of ambient-mesh.
 
 Each command lives in its own module under ambientctl/commands/ and is registered here.
+Errors a user can act on (AmbientctlError, ConfigError, runtime errors) are printed as
+`error: ...` plus a `hint:` line, without a traceback; the exit code is non-zero.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from typing import Any
 
 import click
 
-from ambientctl import preflight
-from ambientctl.output import FORMATS, emit
+from ambientctl.commands import (
+    apply,
+    certs,
+    check,
+    completion,
+    config,
+    delete,
+    down,
+    exec_,
+    explain,
+    get,
+    install,
+    logs,
+    metrics,
+    status,
+    up,
+)
+from ambientctl.context import MeshContext
+from ambientctl.errors import AmbientctlError
+from ambientctl.layout import DEFAULT_CLUSTER, MeshLayout
+from mesh.config import ConfigError
+from mesh.runtime.errors import RuntimeError_
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+def fail(message: str, hint: str = "", code: int = 1) -> None:
+    click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
+    if hint:
+        click.echo(click.style("hint: ", fg="yellow") + hint, err=True)
+    sys.exit(code)
+
+
+class FriendlyGroup(click.Group):
+    """Turns the errors a user can fix into a message and a hint instead of a trace."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AmbientctlError as e:
+            fail(e.message, e.hint, e.exit_code)
+        except ConfigError as e:
+            fail("invalid configuration, nothing was applied:\n  " +
+                 "\n  ".join(str(i) for i in e.issues),
+                 "fix the named field and run the command again")
+        except RuntimeError_ as e:
+            fail(str(e))
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cluster", envvar="AMBIENTCTL_CLUSTER", default=DEFAULT_CLUSTER,
+              show_default=True, metavar="NAME",
+              help="Which local mesh (state under /run/ambientmesh/NAME). "
+                   "Env: AMBIENTCTL_CLUSTER.")
+@click.option("--admin-addr", envvar="AMBIENTCTL_ADMIN_ADDR", default=None, metavar="HOST:PORT",
+              help="Controller admin API (default: the one `up` started). "
+                   "Env: AMBIENTCTL_ADMIN_ADDR.")
+@click.pass_context
+def cli(ctx: click.Context, cluster: str, admin_addr: str | None) -> None:
     """Drive ambient-mesh: check the machine, run a local mesh, inspect it.
 
     \b
     Start here:
-      ambientctl check        is this machine ready?
-      ambientctl up           start a local mesh with a demo app
-      ambientctl status       is it healthy?
-    """
-
-
-@cli.command()
-@click.option("-o", "--output", "fmt", type=FORMATS, default="table", show_default=True)
-def check(fmt: str) -> None:
-    """Preflight: root, kernel, BPF, cgroup v2, bpffs, bcc, headers, netns.
-
-    Exits non-zero if any check fails; each failure says how to fix it.
+      sudo ambientctl check       is this machine ready?
+      sudo ambientctl up          start a local mesh with a demo shop
+      sudo ambientctl status      is it healthy?
+      sudo ambientctl explain demo/frontend-0 catalog.demo:80/items
+      sudo ambientctl down        remove every trace
 
     \b
-    Example:
-      sudo ambientctl check -o json
+    Shell completion (bash): eval "$(ambientctl completion bash)"
     """
-    results = preflight.run_all()
-    if fmt == "table":
-        for r in results:
-            mark = click.style("✓", fg="green") if r.ok else click.style("✗", fg="red")
-            click.echo(f"{mark} {r.name}: {r.detail}")
-            if not r.ok:
-                click.echo(f"    fix: {r.fix}")
-    else:
-        emit({"ok": all(r.ok for r in results), "checks": [asdict(r) for r in results]}, fmt)
-    sys.exit(0 if all(r.ok for r in results) else 1)
+    ctx.obj = MeshContext(MeshLayout(cluster), admin_addr)
+
+
+for _module in (check, up, down, status, get, apply, delete, exec_, config, certs, metrics,
+                logs, explain, install, completion):
+    cli.add_command(_module.command)
 
 
 def main() -> None:
