@@ -68,6 +68,12 @@ class RequestHead:
     headers: Headers
     scheme: str = "http"
     protocol: str = "HTTP/1.1"  # HTTP/1.0, HTTP/1.1 or HTTP/2, as request_protocol
+    has_body: bool = False  # False: the request ends with its head
+
+    @property
+    def body_length(self) -> int | None:
+        v = header(self.headers, "content-length")
+        return int(v) if v is not None and v.isdigit() else None
 
     @property
     def path(self) -> str:
@@ -85,16 +91,20 @@ class RequestHead:
 
     def copy(self) -> RequestHead:
         return RequestHead(self.method, self.target, self.authority, list(self.headers),
-                           self.scheme, self.protocol)
+                           self.scheme, self.protocol, self.has_body)
 
 
 class BodySource(Protocol):
-    """A message body read once, chunk by chunk; trailers known after the last chunk."""
+    """A message body read once, chunk by chunk; trailers known after the last chunk.
+    `aclose` releases what backs it (an upstream connection) when the reader stops
+    early; it is a no-op once the body was read to the end."""
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
     @property
     def trailers(self) -> Headers | None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class EmptyBody:
@@ -106,6 +116,9 @@ class EmptyBody:
 
     @property
     def trailers(self) -> Headers | None:
+        return None
+
+    async def aclose(self) -> None:
         return None
 
 
@@ -123,6 +136,91 @@ class BytesBody:
     @property
     def trailers(self) -> Headers | None:
         return self._trailers
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ReplayableBody:
+    """Keeps a copy of the request body (up to `limit` bytes) while it streams to the
+    first try, so a retry or a mirror can send it again. Past the limit the copy is
+    dropped and `replayable` turns False: the request is not retried (as Envoy's
+    retry buffer). Only one attempt reads at a time; a new attempt first replays the
+    copy, then continues from the source where the previous attempt stopped."""
+
+    def __init__(self, source: BodySource, limit: int = 1 << 20, empty: bool = False) -> None:
+        self._source = source
+        self._iter: AsyncIterator[bytes] | None = None
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+        self.complete = empty
+        self.overflowed = False
+
+    @property
+    def replayable(self) -> bool:
+        return not self.overflowed
+
+    @property
+    def trailers(self) -> Headers | None:
+        return self._source.trailers
+
+    def content(self) -> bytes | None:
+        """The whole body, when it has been read to the end and kept."""
+        if self.complete and not self.overflowed:
+            return b"".join(self._buf)
+        return None
+
+    def attempt(self) -> BodySource:
+        return _Attempt(self)
+
+    async def _next(self, index: int) -> bytes | None:
+        if index < len(self._buf):
+            return self._buf[index]
+        if self.complete:
+            return None
+        if self._iter is None:
+            self._iter = self._source.chunks().__aiter__()
+        try:
+            chunk = await self._iter.__anext__()
+        except StopAsyncIteration:
+            self.complete = True
+            return None
+        if not self.overflowed:
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self.overflowed = True
+                self._buf.clear()
+            else:
+                self._buf.append(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
+class _Attempt:
+    def __init__(self, parent: ReplayableBody) -> None:
+        self._parent = parent
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        p = self._parent
+        if p.overflowed and p._iter is not None:
+            raise RuntimeError("request body was not kept: it cannot be sent twice")
+        index = 0
+        while True:
+            chunk = await p._next(index)
+            if chunk is None:
+                return
+            index += 1
+            yield chunk
+
+    @property
+    def trailers(self) -> Headers | None:
+        return self._parent.trailers
+
+    async def aclose(self) -> None:
+        return None
 
 
 @dataclass

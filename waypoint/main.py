@@ -1,0 +1,225 @@
+"""`ambient-waypoint`: the L7 proxy process.
+
+In the mesh it subscribes to the controller for its WAYPOINT snapshot, gets its own
+certificate from the controller's CA (authenticated with its node's token) and
+terminates HBONE on 15008. For tests and debugging, `--listen` adds plain HTTP
+listeners and `--snapshot` reads a snapshot from a JSON file instead of the
+controller."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import ssl
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+import click
+import grpc.aio
+import structlog
+from google.protobuf import json_format
+
+from mesh.api import config_pb2 as pb
+from mesh.hbone import HboneClientPool, HboneServer, StaticTls
+from mesh.identity import CertifiedKey, TrustBundle
+from mesh.identity.ca_client import CertificateClient
+from mesh.identity.csr import build_csr, generate_key
+from mesh.identity.spiffe import SpiffeId
+from mesh.identity.tls import client_context, server_context
+from mesh.logs import configure_logging
+from mesh.xds import ConfigSubscriber
+from waypoint.config import WaypointConfig, build, split_hostport
+from waypoint.errors import WaypointError
+from waypoint.otlp import OtlpExporter
+from waypoint.server import HboneDialer, HboneListen, WaypointServer
+from waypoint.state import WaypointState
+from waypoint.upstream import Dialer, tcp_dial
+
+log = structlog.get_logger("waypoint.main")
+
+
+def load_snapshot(path: Path) -> pb.Snapshot:
+    try:
+        return json_format.Parse(path.read_text(), pb.Snapshot())
+    except (OSError, json_format.ParseError) as e:
+        raise click.BadParameter(f"{path}: not a readable snapshot JSON ({e})") from None
+
+
+class Identity:
+    """The waypoint's certificate from the controller's CA, renewed at half-life;
+    TLS contexts are rebuilt on renewal and picked up by new connections."""
+
+    def __init__(self, client: CertificateClient, namespace: str, pod: str,
+                 trust_domain: str, service_account: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.pod = pod
+        self.spiffe = SpiffeId.for_workload(namespace, service_account, trust_domain)
+        self.server_ctx: ssl.SSLContext | None = None
+        self.client_ctx: ssl.SSLContext | None = None
+        self.key: CertifiedKey | None = None
+
+    async def fetch(self) -> None:
+        key = generate_key()
+        signed = await self.client.create_certificate(build_csr(key, self.spiffe),
+                                                      self.namespace, self.pod)
+        from cryptography.hazmat.primitives import serialization
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        ck = CertifiedKey.from_pem(key_pem, signed.chain_pem)
+        bundle: TrustBundle = signed.bundle
+        self.key = ck
+        self.spiffe = signed.identity
+        self.server_ctx = server_context(ck, bundle)
+        self.client_ctx = client_context(ck, bundle)
+        log.info("certificate issued", identity=str(signed.identity),
+                 not_after=ck.not_after.isoformat())
+
+    async def renew_forever(self) -> None:
+        while True:
+            assert self.key is not None
+            wait = (self.key.renew_at() - dt.datetime.now(dt.UTC)).total_seconds()
+            await anyio.sleep(max(5.0, wait))
+            try:
+                await self.fetch()
+            except Exception as e:  # keep the current certificate; try again soon
+                log.warning("certificate renewal failed", error=str(e))
+                await anyio.sleep(10)
+
+    def server_context(self) -> ssl.SSLContext:
+        assert self.server_ctx is not None
+        return self.server_ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        assert self.client_ctx is not None
+        return self.client_ctx
+
+
+def _open_access_log(spec: str) -> TextIO | None:
+    if spec == "none":
+        return None
+    if spec == "stdout":
+        return sys.stdout
+    return open(spec, "a", buffering=1)  # lives as long as the process
+
+
+async def _listeners(addrs: tuple[str, ...]) -> list[anyio.abc.Listener[anyio.abc.SocketStream]]:
+    out: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
+    for a in addrs:
+        host, port = split_hostport(a)
+        if port is None:
+            raise click.BadParameter(f"{a!r}: expected HOST:PORT", param_hint="--listen")
+        out.append(await anyio.create_tcp_listener(local_host=host or "0.0.0.0",
+                                                   local_port=port, reuse_port=False))
+    return out
+
+
+def _hbone_socket(addr: str) -> socket.socket:
+    host, port = split_hostport(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port or 15008))
+    sock.listen(1024)
+    return sock
+
+
+async def _run(opts: dict[str, object]) -> None:
+    snapshot_file = opts["snapshot"]
+    config = WaypointConfig(name=str(opts["name"]), namespace=str(opts["namespace"]))
+    if isinstance(snapshot_file, Path):
+        config = build(load_snapshot(snapshot_file))
+    state = WaypointState(config)
+    exporter = None
+    if opts["otlp_endpoint"]:
+        exporter = OtlpExporter(str(opts["otlp_endpoint"]),
+                                f"{opts['name']}.{opts['namespace']}")
+    plain = await _listeners(opts["listen"])  # type: ignore[arg-type]
+    admin = await _listeners((str(opts["metrics_addr"]),)) if opts["metrics_addr"] else []
+    controller = opts["controller"]
+    dial: Dialer = tcp_dial
+    identity: Identity | None = None
+    channel = None
+    if controller:
+        token_file = opts["token_file"]
+        if not isinstance(token_file, Path):
+            raise click.UsageError("--controller needs --token-file (the node's token)")
+        token = token_file.read_text().strip()
+        node = str(opts["node"])
+        channel = grpc.aio.insecure_channel(str(controller))
+        identity = Identity(CertificateClient(channel, node, token), str(opts["namespace"]),
+                            str(opts["pod"] or opts["name"]), str(opts["trust_domain"]),
+                            str(opts["service_account"] or opts["name"]))
+        await identity.fetch()
+        hbone_pool = HboneClientPool()
+        dial = HboneDialer(hbone_pool, StaticTls(str(identity.spiffe), identity.client_context))
+    server = WaypointServer(state, dial=dial, access_log=_open_access_log(str(opts["access_log"])),
+                            exporter=exporter)
+    hbone = None
+    if identity is not None and opts["hbone_addr"]:
+        hbone = HboneListen(_hbone_socket(str(opts["hbone_addr"])))
+        hbone.server = HboneServer(identity.server_context, server.handle_hbone)
+
+    def apply(snap: pb.Snapshot) -> None:
+        server.update(build(snap))  # RouteConfigError -> NACK, last good stays
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: server.run(plain=plain, admin=admin, hbone=hbone))
+        if controller and identity is not None:
+            sub = ConfigSubscriber(str(controller), kind=pb.WAYPOINT, name=str(opts["name"]),
+                                   namespace=str(opts["namespace"]), node=str(opts["node"]),
+                                   token=Path(str(opts["token_file"])).read_text().strip(),
+                                   apply=apply)
+            tg.start_soon(sub.run)
+            tg.start_soon(identity.renew_forever)
+        await server.ready.wait()
+        log.info("waypoint ready", name=opts["name"], namespace=opts["namespace"],
+                 listen=list(opts["listen"]), metrics=opts["metrics_addr"],  # type: ignore[call-overload]
+                 hbone=opts["hbone_addr"] if hbone else None)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--name", required=True, help="Name of the waypoint Gateway.")
+@click.option("--namespace", default="default", show_default=True,
+              help="Namespace of the waypoint Gateway.")
+@click.option("--controller", default=None, help="Controller gRPC address (host:port).")
+@click.option("--node", default=lambda: os.environ.get("NODE_NAME", ""),
+              help="Node this waypoint runs on (its token authenticates to the CA).")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the node's bootstrap token.")
+@click.option("--pod", default=lambda: os.environ.get("POD_NAME", ""),
+              help="The waypoint's own pod name (for its certificate).")
+@click.option("--service-account", default="", help="Service account (default: --name).")
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--listen", multiple=True,
+              help="Plain HTTP listener HOST:PORT (tests, debugging); repeatable.")
+@click.option("--hbone-addr", default="0.0.0.0:15008", show_default=True,
+              help="Where to terminate HBONE (with --controller).")
+@click.option("--metrics-addr", default="0.0.0.0:15020", show_default=True,
+              help="Admin listener: /metrics, /healthz/ready, /config_dump ('' disables).")
+@click.option("--snapshot", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None, help="Static snapshot JSON instead of the controller.")
+@click.option("--access-log", default="stdout", show_default=True,
+              help="stdout, none, or a file path: one JSON line per request.")
+@click.option("--otlp-endpoint", default=None,
+              help="OTLP/HTTP collector base URL (spans go to <url>/v1/traces).")
+@click.option("--log-level", default="info", show_default=True)
+def main(**opts: object) -> None:
+    """Run a waypoint: the L7 proxy for the services that use it."""
+    configure_logging(str(opts["log_level"]))
+    if not opts["controller"] and not opts["snapshot"]:
+        raise click.UsageError("give --controller (mesh mode) or --snapshot (static mode)")
+    try:
+        anyio.run(_run, opts, backend_options={"use_uvloop": True})
+    except KeyboardInterrupt:
+        pass
+    except WaypointError as e:
+        raise click.ClickException(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,487 @@
+"""The request pipeline: an ordered list of stages, assembled in `build_pipeline` and
+read top to bottom. Each stage gets the exchange and the rest of the pipeline; it
+may answer itself (403, 404, 429, 503, 504...) or call the rest and look at the
+response. Decisions are made by the sans-I/O objects (authz, routing, weighted,
+ratelimit, faults, retry, outlier, limits); stages only apply them.
+
+    observe -> resolve service -> authorize -> route -> rate limit -> faults
+            -> filters (headers, rewrite, mirror) -> retry + timeouts -> balance -> forward
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Literal
+
+import anyio
+import anyio.abc
+import structlog
+
+from waypoint.accesslog import AccessLog, AccessRecord
+from waypoint.authz import RequestFacts, evaluate
+from waypoint.config import ServiceInfo, split_hostport
+from waypoint.errors import LimitExceededError, UpstreamConnectError, UpstreamError
+from waypoint.faults import decide_fault
+from waypoint.http1 import DownstreamInfo, Handler
+from waypoint.limits import OVERFLOW_HEADER
+from waypoint.messages import (
+    BodySource,
+    BytesBody,
+    EmptyBody,
+    Headers,
+    ReplayableBody,
+    RequestHead,
+    Response,
+    header,
+    local_response,
+)
+from waypoint.metrics import RequestLabels, WaypointMetrics
+from waypoint.otlp import OtlpExporter
+from waypoint.retry import DEFAULT_RETRY_CODES, RetryPolicy
+from waypoint.routing import BackendTarget, Mirror, RouteSelection
+from waypoint.state import WaypointState
+from waypoint.tracing import Span, ensure_request_id, inject, start_span
+from waypoint.upstream import Endpoint, UpstreamPool
+
+log = structlog.get_logger("waypoint.pipeline")
+
+RATE_LIMIT_HEADER = "x-ambient-ratelimited"
+MIRROR_MAX_IN_FLIGHT = 64
+RETRY_BUFFER = 1 << 20
+
+
+@dataclass
+class Exchange:
+    """One request on its way through the stages."""
+
+    head: RequestHead
+    body: ReplayableBody
+    info: DownstreamInfo
+    started: float
+    service: ServiceInfo | None = None
+    port: int | None = None
+    selection: RouteSelection | None = None
+    backend: BackendTarget | None = None
+    endpoint: Endpoint | None = None
+    previous_host: str | None = None
+    tries: int = 0
+    span: Span | None = None
+    request_id: str = ""
+    reason: str = ""
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def route_name(self) -> str:
+        return self.selection.rule.name if self.selection else ""
+
+
+Next = Callable[[Exchange], Awaitable[Response]]
+Stage = Callable[[Exchange, Next], Awaitable[Response]]
+
+
+@dataclass
+class Runtime:
+    """What stages share: decision state, the upstream pool, telemetry, and a task
+    group for fire-and-forget work (mirrors) that the server owns."""
+
+    state: WaypointState
+    pool: UpstreamPool
+    background: anyio.abc.TaskGroup
+    metrics: WaypointMetrics
+    access_log: AccessLog
+    exporter: OtlpExporter | None = None
+    mirrors_in_flight: int = 0
+
+
+def build_pipeline(rt: Runtime) -> Handler:
+    """The whole request path, in order."""
+    stages: list[Stage] = [
+        partial(observe, rt),  # request id, trace span, metrics, access log
+        partial(resolve_service, rt),  # which served Service: 404 when none
+        partial(authorize, rt),  # L7 AuthorizationPolicy: 403
+        partial(route, rt),  # HTTPRoute match + weighted backendRef: 404 / 500
+        partial(rate_limit, rt),  # token bucket per route (and source): 429
+        partial(inject_faults, rt),  # TrafficPolicy fault injection: delay / abort
+        partial(apply_filters, rt),  # header modifiers, URL rewrite, request mirror
+        partial(retry_and_timeout, rt),  # request timeout 504, retries within budget
+        partial(balance, rt),  # endpoint choice, outlier ejection bookkeeping
+    ]
+    terminal: Next = partial(forward, rt)  # the backend, through the pool: 503 on overflow
+    return _compose(stages, terminal)
+
+
+def _compose(stages: Sequence[Stage], terminal: Next) -> Handler:
+    nxt = terminal
+    for stage in reversed(stages):
+        nxt = partial(stage, next=nxt)  # type: ignore[call-arg]
+
+    async def handle(head: RequestHead, body: BodySource, info: DownstreamInfo) -> Response:
+        ex = Exchange(head, ReplayableBody(body, RETRY_BUFFER, empty=not head.has_body), info,
+                      time.monotonic())
+        return await nxt(ex)
+
+    return handle
+
+
+# -- stages, in pipeline order ----------------------------------------------------------
+
+
+async def observe(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    ex.request_id = ensure_request_id(ex.head.headers)
+    ex.span = start_span(ex.head.headers, f"{ex.head.authority}{ex.head.path}", time.time_ns())
+    inject(ex.head.headers, ex.span)
+    method, path, authority = ex.head.method, ex.head.path, ex.head.authority
+    start_wall = datetime.now(UTC).isoformat(timespec="milliseconds")
+    try:
+        resp = await next(ex)
+    except BaseException as e:
+        cancelled = isinstance(e, anyio.get_cancelled_exc_class())
+        _finish(rt, ex, 499 if cancelled else 500, ["DC"], 0, "", method, path, authority,
+                start_wall, "")
+        raise
+    flags = ex.flags + resp.flags
+    resp.body = _ObservedBody(resp.body, partial(
+        _finish, rt, ex, resp.status, flags, status_upstream=resp.upstream_host, method=method,
+        path=path, authority=authority, start_wall=start_wall,
+        user_agent=header(ex.head.headers, "user-agent") or ""))
+    return resp
+
+
+async def resolve_service(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    found = rt.state.config.resolve(ex.info.destination, ex.head.authority)
+    if found is None:
+        ex.reason = f"no service of this waypoint for {ex.head.authority or '(no host)'}"
+        return local_response(404, ex.reason, flag="NR")
+    ex.service, ex.port = found
+    if ex.port is None and ex.info.destination:
+        ex.port = split_hostport(ex.info.destination)[1]
+    if ex.port is None:
+        ex.port = ex.service.ports[0].port if ex.service.ports else None
+    return await next(ex)
+
+
+async def authorize(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.service is not None
+    policies = rt.state.config.authz.get(ex.service.key, ())
+    if policies:
+        facts = RequestFacts(ex.info.source_principal, ex.head.method, ex.head.path,
+                             ex.head.authority, ex.port, ex.info.peer.rsplit(":", 1)[0] or None)
+        verdict = evaluate(policies, facts)
+        if not verdict:
+            ex.reason = verdict.reason
+            return local_response(403, verdict.reason, flag="RBAC")
+    return await next(ex)
+
+
+async def route(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.service is not None
+    table = rt.state.config.routes.get(ex.service.key)
+    sel = table.select(ex.head, ex.port) if table is not None else None
+    if sel is None:
+        ex.reason = f"no HTTPRoute rule of {ex.service.key} matches"
+        return local_response(404, "no route matched", flag="NR")
+    ex.selection = sel
+    backend = rt.state.picker(sel.rule).pick()
+    if backend is None or backend.service not in rt.state.config.services:
+        ex.reason = f"rule {sel.rule.name} has no usable backend"
+        return local_response(500, "no usable backend for this route", flag="NR")
+    ex.backend = backend
+    return await next(ex)
+
+
+async def rate_limit(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.service is not None
+    cfg = rt.state.traffic(ex.service.key).rate_limit
+    if cfg is not None:
+        key = f"{ex.service.key}|{ex.route_name}"
+        ok, wait = rt.state.rate_limiter.allow(key, cfg, ex.info.source_principal,
+                                               rt.state.clock())
+        if not ok:
+            ex.reason = "local rate limit"
+            return local_response(429, "local_rate_limited", [
+                (RATE_LIMIT_HEADER, "true"), ("retry-after", str(max(1, math.ceil(wait))))],
+                flag="RL")
+    return await next(ex)
+
+
+async def inject_faults(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.service is not None
+    cfg = rt.state.traffic(ex.service.key).faults
+    if cfg is not None:
+        fault = decide_fault(cfg, rt.state.rng)
+        if fault.delay_ms:
+            ex.flags.append("DI")
+            await anyio.sleep(fault.delay_ms / 1000)
+        if fault.abort_status:
+            ex.reason = "fault injection abort"
+            return local_response(fault.abort_status, "fault filter abort", flag="FI")
+    return await next(ex)
+
+
+async def apply_filters(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.selection is not None
+    filters = ex.selection.rule.filters
+    if filters.request_headers is not None:
+        filters.request_headers.apply(ex.head.headers)
+    if filters.rewrite is not None:
+        filters.rewrite.apply(ex.head, ex.selection.match.path)
+    resp = await next(ex)
+    for mirror in filters.mirrors:
+        _start_mirror(rt, ex, mirror)
+    if filters.response_headers is not None:
+        filters.response_headers.apply(resp.headers)
+    return resp
+
+
+async def retry_and_timeout(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.selection is not None and ex.service is not None
+    rule = ex.selection.rule
+    request_s = rule.timeouts.request_ms / 1000 if rule.timeouts.request_ms else math.inf
+    with anyio.move_on_after(request_s) as scope:
+        resp = await _tries(rt, ex, next)
+    if scope.cancelled_caught:
+        ex.reason = f"request timeout {rule.timeouts.request_ms} ms"
+        return local_response(504, "upstream request timeout", flag="UT")
+    return resp
+
+
+async def _tries(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.selection is not None and ex.service is not None
+    rule = ex.selection.rule
+    cfg = rule.retry
+    policy = RetryPolicy(
+        attempts=cfg.attempts if cfg else 0,
+        codes=cfg.codes if cfg and cfg.codes else DEFAULT_RETRY_CODES,
+        backoff_base_ms=cfg.backoff_ms if cfg else 25,
+        backoff_max_ms=(cfg.backoff_ms if cfg else 25) * 10,
+        per_try_timeout_ms=rule.timeouts.backend_ms,
+    )
+    budget = rt.state.retry_budget(ex.service.key)
+    budget.request_started()
+    in_retry = False
+    try:
+        while True:
+            ex.tries += 1
+            per_try = policy.per_try_timeout_ms / 1000 if policy.per_try_timeout_ms else math.inf
+            with anyio.move_on_after(per_try) as scope:
+                resp = await next(ex)
+            if scope.cancelled_caught:
+                _record_outcome(rt, ex, None)
+                resp = local_response(504, "upstream per-try timeout", flag="UT")
+                status: int | None = None
+            else:
+                status = None if set(resp.flags) & {"UF", "UR"} else resp.status
+            if in_retry:
+                budget.retry_finished()
+                in_retry = False
+            if "UO" in resp.flags or not ex.body.replayable or \
+                    not policy.should_retry(ex.head.method, ex.tries, status, ex.head.is_grpc):
+                return resp
+            if not budget.try_start_retry(rt.state.clock()):
+                rt.metrics.retry_budget_exhausted.labels(ex.service.fqdn).inc()
+                resp.flags.append("URX")
+                return resp
+            in_retry = True
+            rt.metrics.retries.labels(ex.service.fqdn).inc()
+            await resp.body.aclose()
+            ex.previous_host = ex.endpoint.key if ex.endpoint else None
+            await anyio.sleep(policy.backoff_ms(ex.tries, rt.state.rng) / 1000)
+    finally:
+        if in_retry:
+            budget.retry_finished()
+        budget.request_finished()
+
+
+async def balance(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    assert ex.backend is not None and ex.service is not None
+    backend = rt.state.config.services[ex.backend.service]
+    port = ex.backend.port or ex.port or (backend.ports[0].port if backend.ports else 0)
+    endpoints = backend.endpoints.get(port, ())
+    if not endpoints:
+        ex.reason = f"{backend.key} port {port} has no endpoints"
+        return local_response(503, "no healthy upstream", flag="UH")
+    detector = rt.state.outlier(ex.service.key, backend.key)
+    now = rt.state.clock()
+    if detector is not None:
+        endpoints = tuple(detector.available(endpoints, (e.key for e in endpoints), now))
+        rt.metrics.ejected.labels(backend.fqdn).set(len(detector.ejected()))
+    ex.endpoint = rt.state.round_robin(backend.key, port, endpoints, ex.previous_host)
+    resp = await next(ex)
+    if "UO" not in resp.flags:
+        _record_outcome(rt, ex, None if set(resp.flags) & {"UF", "UR"} else resp.status)
+    return resp
+
+
+async def forward(rt: Runtime, ex: Exchange) -> Response:
+    assert ex.endpoint is not None and ex.backend is not None and ex.service is not None
+    backend = rt.state.config.services[ex.backend.service]
+    port_info = backend.port(ex.backend.port or ex.port)
+    h2 = port_info.upstream_h2 if port_info is not None else None
+    if h2 is None:
+        h2 = ex.head.protocol == "HTTP/2"
+    head = ex.head.copy()
+    try:
+        return await rt.pool.request(ex.service.key, rt.state.limits(ex.service.key),
+                                     ex.endpoint, "h2" if h2 else "h1", head, ex.body.attempt())
+    except LimitExceededError as e:
+        ex.reason = str(e)
+        return local_response(503, "upstream connection limit reached",
+                              [(OVERFLOW_HEADER, e.limit)], flag="UO")
+    except UpstreamConnectError as e:
+        ex.reason = str(e)
+        return local_response(503, "upstream connect error", flag="UF")
+    except UpstreamError as e:
+        ex.reason = str(e)
+        return local_response(503, "upstream reset before response headers", flag="UR")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _record_outcome(rt: Runtime, ex: Exchange, status: int | None) -> None:
+    if ex.endpoint is None or ex.backend is None or ex.service is None:
+        return
+    detector = rt.state.outlier(ex.service.key, ex.backend.service)
+    if detector is None:
+        return
+    backend = rt.state.config.services[ex.backend.service]
+    total = len(backend.endpoints.get(ex.endpoint.port, ())) or \
+        max((len(v) for v in backend.endpoints.values()), default=1)
+    ejection = detector.record(ex.endpoint.key, status, rt.state.clock(), total)
+    if ejection is not None:
+        log.info("endpoint ejected", endpoint=ejection.endpoint, service=backend.key,
+                 until_s=round(ejection.until - rt.state.clock(), 3), times=ejection.times)
+
+
+def _start_mirror(rt: Runtime, ex: Exchange, mirror: Mirror) -> None:
+    """Fire and forget: the copy goes out after the primary answered, its response is
+    read and dropped, its failures only logged; when too many are in flight, or the
+    body was too large to keep, the copy is skipped."""
+    content = ex.body.content()
+    if content is None or rt.mirrors_in_flight >= MIRROR_MAX_IN_FLIGHT:
+        return
+    if mirror.percent < 100 and rt.state.rng.random() * 100 >= mirror.percent:
+        return
+    backend = rt.state.config.services.get(mirror.target.service)
+    if backend is None:
+        return
+    port = mirror.target.port or ex.port or (backend.ports[0].port if backend.ports else 0)
+    endpoints = backend.endpoints.get(port, ())
+    if not endpoints:
+        return
+    endpoint = rt.state.round_robin(backend.key, port, endpoints, None)
+    head = ex.head.copy()
+    host, hport = split_hostport(head.authority)
+    head.authority = f"{host}-shadow" + (f":{hport}" if hport else "")
+    port_info = backend.port(port)
+    h2 = port_info.upstream_h2 if port_info else None
+    protocol: Literal["h1", "h2"] = "h2" if (h2 if h2 is not None else head.protocol == "HTTP/2") \
+        else "h1"
+    rt.mirrors_in_flight += 1
+
+    async def send() -> None:
+        try:
+            with anyio.fail_after(10):
+                resp = await rt.pool.request(f"mirror|{backend.key}", None, endpoint, protocol,
+                                             head, _bytes_body(content))
+                async for _ in resp.body.chunks():
+                    pass
+        except Exception as e:  # a shadow must never affect anything
+            log.debug("mirror failed", backend=backend.key, error=repr(e))
+        finally:
+            rt.mirrors_in_flight -= 1
+
+    rt.background.start_soon(send)
+
+
+def _bytes_body(data: bytes) -> BodySource:
+    return BytesBody(data) if data else EmptyBody()
+
+
+class _ObservedBody:
+    """Counts response bytes and reports the request once, when the body is done."""
+
+    def __init__(self, inner: BodySource, done: Callable[..., None]) -> None:
+        self._inner = inner
+        self._done: Callable[..., None] | None = done
+        self.sent = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for data in self._inner.chunks():
+            self.sent += len(data)
+            yield data
+
+    @property
+    def trailers(self) -> Headers | None:
+        return self._inner.trailers
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done(response_bytes=self.sent, trailers=self._inner.trailers)
+
+
+def _finish(rt: Runtime, ex: Exchange, status: int, flags: list[str],
+            response_bytes: int = 0, status_upstream: str = "", method: str = "",
+            path: str = "", authority: str = "", start_wall: str = "", user_agent: str = "",
+            trailers: Headers | None = None) -> None:
+    duration_ms = (time.monotonic() - ex.started) * 1000
+    principal = ex.info.source_principal
+    src_ns = ""
+    if principal:
+        parts = principal.split("/")
+        if "ns" in parts[:-1]:
+            src_ns = parts[parts.index("ns") + 1]
+    backend = rt.state.config.services.get(ex.backend.service) if ex.backend else None
+    dest = backend or ex.service
+    ep = ex.endpoint
+    grpc = ex.head.is_grpc
+    flag_text = ",".join(dict.fromkeys(flags)) or "-"
+    labels = RequestLabels(
+        source_workload="unknown",
+        source_workload_namespace=src_ns or "unknown",
+        source_principal=principal or "unknown",
+        destination_workload=(ep.workload if ep and ep.workload else "unknown"),
+        destination_workload_namespace=(ep.namespace if ep and ep.namespace else
+                                        dest.namespace if dest else "unknown"),
+        destination_service=dest.fqdn if dest else (authority or "unknown"),
+        destination_service_name=dest.name if dest else "unknown",
+        destination_service_namespace=dest.namespace if dest else "unknown",
+        destination_principal=(ep.identity if ep and ep.identity else "unknown"),
+        request_protocol="grpc" if grpc else "http",
+        response_code=status,
+        response_flags=flag_text,
+        connection_security_policy="mutual_tls" if principal else "none",
+    )
+    request_bytes = len(ex.body.content() or b"")
+    rt.metrics.observe(labels, duration_ms, request_bytes, response_bytes)
+    span = ex.span
+    if span is not None:
+        span.end_ns = time.time_ns()
+        span.error = status >= 500
+        span.attributes.update({
+            "http.request.method": method, "url.path": path, "server.address": authority,
+            "http.response.status_code": status, "upstream.address": status_upstream,
+            "route.name": ex.route_name, "x-request-id": ex.request_id,
+        })
+        if rt.exporter is not None:
+            rt.exporter.submit(span)
+    rt.access_log.write(AccessRecord(
+        start_time=start_wall, method=method, path=path, protocol=ex.head.protocol,
+        response_code=status, response_flags=flag_text, duration_ms=round(duration_ms, 3),
+        bytes_received=request_bytes, bytes_sent=response_bytes, authority=authority,
+        request_id=ex.request_id, trace_id=span.context.trace_id if span else "",
+        source_principal=principal or "", destination_service=labels.destination_service,
+        upstream_host=status_upstream, route_name=ex.route_name, attempts=ex.tries,
+        user_agent=user_agent, reason=ex.reason,
+    ))
+
+

@@ -1,0 +1,176 @@
+"""The waypoint server: accepts connections (HBONE tunnels on 15008, or a plain HTTP
+listener for tests and debugging), tells HTTP/2 from HTTP/1.1 by the connection
+preface, and hands requests to the pipeline. Also serves the admin endpoints
+(/metrics, /healthz/ready, /config_dump) on the metrics address.
+
+Owns one task group for the whole server: listeners, connection handlers, the
+upstream pool's background tasks, mirrors and the span exporter all live in it, so
+leaving `run` stops everything and closes every socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import anyio
+import anyio.abc
+import structlog
+
+from mesh.hbone import HboneClientPool, HboneError, HboneRequest, HboneServer, TlsSource
+from mesh.identity import SpiffeId
+from waypoint.accesslog import AccessLog
+from waypoint.config import WaypointConfig
+from waypoint.errors import UpstreamConnectError
+from waypoint.http1 import DownstreamInfo, Handler, Http1ServerConnection
+from waypoint.http2 import PREFACE, Http2ServerConnection
+from waypoint.messages import BodySource, BytesBody, RequestHead, Response, local_response
+from waypoint.metrics import WaypointMetrics
+from waypoint.otlp import OtlpExporter
+from waypoint.pipeline import Runtime, build_pipeline
+from waypoint.state import WaypointState
+from waypoint.upstream import Dialer, Endpoint, UpstreamPool, tcp_dial
+
+log = structlog.get_logger("waypoint.server")
+HBONE_PORT = 15008
+
+
+class HboneDialer:
+    """Endpoints in the mesh are reached through HBONE to <pod ip>:15008 with the
+    waypoint's own certificate (the destination sees the waypoint as its caller, as
+    in Istio); the rest over plain TCP."""
+
+    def __init__(self, pool: HboneClientPool, tls: TlsSource, port: int = HBONE_PORT) -> None:
+        self.pool = pool
+        self.tls = tls
+        self.port = port
+
+    async def __call__(self, endpoint: Endpoint) -> anyio.abc.ByteStream:
+        if not endpoint.in_mesh:
+            return await tcp_dial(endpoint)
+        expected = SpiffeId.parse(endpoint.identity) if endpoint.identity else None
+        try:
+            return await self.pool.connect(self.tls, (endpoint.address, self.port),
+                                           endpoint.key, expected_peer=expected)
+        except HboneError as e:
+            raise UpstreamConnectError(endpoint.key, f"HBONE tunnel failed: {e}") from None
+
+
+async def serve_stream(stream: anyio.abc.ByteStream, handler: Handler, info: DownstreamInfo
+                       ) -> None:
+    """Sniff the protocol (the HTTP/2 preface, else HTTP/1.x) and serve the stream."""
+    data = b""
+    try:
+        while len(data) < len(PREFACE) and PREFACE.startswith(data):
+            data += await stream.receive(65536)
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+            ConnectionError):
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+        return
+    try:
+        if data.startswith(PREFACE):
+            await Http2ServerConnection(stream, handler, info, data).serve()
+        else:
+            await Http1ServerConnection(stream, handler, info, data).serve()
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await stream.aclose()
+
+
+@dataclass
+class HboneListen:
+    """Where and how to terminate HBONE: a bound listening socket and a provider of
+    the server TLS context (called per connection, so renewals apply)."""
+
+    sock: socket.socket
+    server: HboneServer | None = None
+
+
+class WaypointServer:
+    def __init__(self, state: WaypointState, *, dial: Dialer = tcp_dial,
+                 access_log: TextIO | None = None, exporter: OtlpExporter | None = None,
+                 metrics: WaypointMetrics | None = None) -> None:
+        self.state = state
+        self.dial = dial
+        self.metrics = metrics or WaypointMetrics()
+        self.access_log = AccessLog(access_log)
+        self.exporter = exporter
+        self.handler: Handler | None = None
+        self.ready = anyio.Event()
+        self.connections = 0
+
+    def update(self, config: WaypointConfig) -> None:
+        self.state.update(config)
+        log.info("config applied", version=config.version, services=sorted(config.served),
+                 routes=sum(len(t) for t in config.routes.values()))
+
+    async def run(self, *, plain: Sequence[anyio.abc.Listener[anyio.abc.SocketStream]] = (),
+                  admin: Sequence[anyio.abc.Listener[anyio.abc.SocketStream]] = (),
+                  hbone: HboneListen | None = None) -> None:
+        async with anyio.create_task_group() as tg:
+            pool = UpstreamPool(self.dial, tg)
+            rt = Runtime(self.state, pool, tg, self.metrics, self.access_log, self.exporter)
+            self.handler = build_pipeline(rt)
+            if self.exporter is not None:
+                tg.start_soon(self.exporter.run)
+            for listener in plain:
+                tg.start_soon(listener.serve, self._plain_connection, tg)
+            for listener in admin:
+                tg.start_soon(listener.serve, self._admin_connection, tg)
+            if hbone is not None and hbone.server is not None:
+                tg.start_soon(hbone.server.serve, hbone.sock)
+            self.ready.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pool.aclose()
+
+    async def _plain_connection(self, stream: anyio.abc.SocketStream) -> None:
+        assert self.handler is not None
+        peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        info = DownstreamInfo(peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
+        self.connections += 1
+        await serve_stream(stream, self.handler, info)
+
+    async def handle_hbone(self, request: HboneRequest) -> None:
+        """HboneServer handler: every CONNECT is a client connection whose source
+        identity is the peer certificate's and whose destination is :authority."""
+        assert self.handler is not None
+        stream = await request.accept()
+        info = DownstreamInfo(source_principal=str(request.peer_identity),
+                              destination=request.authority,
+                              peer=f"{request.peer_address[0]}:{request.peer_address[1]}")
+        self.connections += 1
+        await serve_stream(stream, self.handler, info)
+
+    async def _admin_connection(self, stream: anyio.abc.SocketStream) -> None:
+        await serve_stream(stream, self._admin, DownstreamInfo())
+
+    async def _admin(self, head: RequestHead, body: BodySource, info: DownstreamInfo
+                     ) -> Response:
+        path = head.path
+        if path == "/metrics" or path == "/stats/prometheus":
+            data = self.metrics.exposition()
+            return Response(200, [("content-type", "text/plain; version=0.0.4"),
+                                  ("content-length", str(len(data)))], BytesBody(data))
+        if path == "/healthz/ready":
+            ok = self.state.config.version != "" or bool(self.state.config.served)
+            return local_response(200 if ok else 503, "ready" if ok else "no config yet")
+        if path == "/config_dump":
+            cfg = self.state.config
+            dump = {
+                "version": cfg.version, "waypoint": f"{cfg.namespace}/{cfg.name}",
+                "identity": cfg.identity, "services": sorted(cfg.served),
+                "routes": {k: len(v) for k, v in cfg.routes.items()},
+                "trafficPolicies": {k: v.policy for k, v in cfg.traffic.items()},
+                "authorizationPolicies": {k: [p.name for p in v] for k, v in cfg.authz.items()},
+            }
+            data = json.dumps(dump, indent=2).encode()
+            return Response(200, [("content-type", "application/json"),
+                                  ("content-length", str(len(data)))], BytesBody(data))
+        return local_response(404, "not found")

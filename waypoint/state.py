@@ -1,0 +1,93 @@
+"""The waypoint's mutable runtime state around the immutable config: the decision
+objects that carry counts across requests (retry budgets, outlier detectors,
+connection limits, rate-limit buckets, round-robin cursors). A new snapshot swaps the
+config; objects whose settings did not change keep their counts."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from waypoint.config import TrafficSettings, WaypointConfig
+from waypoint.limits import ConnectionLimits
+from waypoint.outlier import OutlierDetector
+from waypoint.ratelimit import RateLimiter
+from waypoint.retry import RetryBudget
+from waypoint.routing import BackendTarget, RouteRule
+from waypoint.upstream import Endpoint
+from waypoint.weighted import WeightedPicker
+
+# Without a TrafficPolicy retries still get a budget (Linkerd's default): 20 % of
+# active requests plus 10 per second, so retries can never multiply an outage.
+DEFAULT_RETRY_BUDGET = (20.0, 10)
+
+
+class WaypointState:
+    def __init__(self, config: WaypointConfig, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.rate_limiter = RateLimiter()
+        self._budgets: dict[str, tuple[tuple[float, int], RetryBudget]] = {}
+        self._outliers: dict[tuple[str, str], tuple[object, OutlierDetector]] = {}
+        self._limits: dict[str, tuple[object, ConnectionLimits]] = {}
+        self._pickers: dict[RouteRule, WeightedPicker[BackendTarget]] = {}
+        self._cursor: dict[tuple[str, int], int] = {}
+
+    def update(self, config: WaypointConfig) -> None:
+        self.config = config
+        self._pickers.clear()
+
+    def traffic(self, service: str) -> TrafficSettings:
+        return self.config.traffic_for(service)
+
+    def retry_budget(self, service: str) -> RetryBudget:
+        settings = self.traffic(service).retry_budget or DEFAULT_RETRY_BUDGET
+        held = self._budgets.get(service)
+        if held is None or held[0] != settings:
+            held = (settings, RetryBudget(settings[0], settings[1]))
+            self._budgets[service] = held
+        return held[1]
+
+    def outlier(self, service: str, backend: str) -> OutlierDetector | None:
+        cfg = self.traffic(service).outlier
+        if cfg is None:
+            return None
+        key = (service, backend)
+        held = self._outliers.get(key)
+        if held is None or held[0] != cfg:
+            held = (cfg, OutlierDetector(cfg))
+            self._outliers[key] = held
+        return held[1]
+
+    def limits(self, service: str) -> ConnectionLimits | None:
+        cfg = self.traffic(service).limits
+        if cfg is None:
+            return None
+        held = self._limits.get(service)
+        if held is None or held[0] != cfg:
+            held = (cfg, ConnectionLimits(cfg))
+            self._limits[service] = held
+        return held[1]
+
+    def picker(self, rule: RouteRule) -> WeightedPicker[BackendTarget]:
+        p = self._pickers.get(rule)
+        if p is None:
+            p = self._pickers[rule] = WeightedPicker([(b, b.weight) for b in rule.backends],
+                                                     self.rng)
+        return p
+
+    def round_robin(self, backend: str, port: int, endpoints: Sequence[Endpoint],
+                    avoid: str | None) -> Endpoint:
+        """Next endpoint in turn, skipping the one the previous try failed on when
+        there is another (Envoy's previous-hosts retry predicate)."""
+        key = (backend, port)
+        i = self._cursor.get(key, self.rng.randrange(1 << 16))
+        ep = endpoints[i % len(endpoints)]
+        if avoid is not None and ep.key == avoid and len(endpoints) > 1:
+            i += 1
+            ep = endpoints[i % len(endpoints)]
+        self._cursor[key] = i + 1
+        return ep
