@@ -68,11 +68,20 @@ class NodeAgent:
         self.redirector = Redirector.load(f"{config.cluster}-{config.node}",
                                           self.node.cgroup_path)
         self.pods = PodSupervisor(self.runtime, config.node, config.state_dir)
+        self.metrics = ProxyMetrics()
+        self.pods_lock = asyncio.Lock()
+        self.cert_pods: set[PodRef] = set()
+        self.enrollment_errors: list[str] = []
+        self._reported: list[tuple[str, str, Any]] = []
+        self._last_report = 0.0
+        self._applied = False
+
+    def _connect(self) -> None:
+        """gRPC objects belong to the running event loop: made here, not in __init__."""
+        config = self.config
         self.channel = grpc.aio.insecure_channel(config.controller)
         self.certs = CertificateManager(
             CertificateClient(self.channel, config.node, config.token), config.trust_domain)
-        self.cert_pods: set[PodRef] = set()
-        self.metrics = ProxyMetrics()
         self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), Tunnels(self.certs),
                                 self.redirector.original_destination)
         self.enrollment = EnrollmentController(self.redirector, self.ctx)
@@ -81,17 +90,14 @@ class NodeAgent:
             token=config.token, apply=self.apply,
             pod_cidrs=[str(self.node.pod_cidr), str(self.node.pod_cidr6)])
         self.reporter = PodReporter(config.controller, node=config.node, token=config.token)
-        self.enrollment_errors: list[str] = []
-        self._reported: list[tuple[str, str, Any]] = []
-        self._last_report = 0.0
-        self._applied = False
 
     # ---- snapshot ----------------------------------------------------------------
     async def apply(self, snapshot: pb.Snapshot) -> None:
         state = ProxyState.from_snapshot(snapshot)  # raises SnapshotRejected -> NACK
         hosts = {name: svc.vips[0] for svc in snapshot.services if svc.vips
                  for name in svc.hostnames}
-        self.pods.reconcile(state.pods_to_run, hosts)
+        async with self.pods_lock:  # netlink + subprocess work: off the event loop
+            await asyncio.to_thread(self.pods.reconcile, state.pods_to_run, hosts)
         self.ctx.state = state
         self._applied = True
         await self.enroll()
@@ -140,7 +146,8 @@ class NodeAgent:
     async def _pod_loop(self) -> None:
         last_retry = 0.0
         while True:
-            self.pods.tick()
+            async with self.pods_lock:
+                self.pods.tick()
             await self.report_pods()
             if self.enrollment_errors and time.monotonic() - last_retry > ENROLL_RETRY:
                 last_retry = time.monotonic()
@@ -168,6 +175,7 @@ class NodeAgent:
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
+        self._connect()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

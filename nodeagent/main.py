@@ -48,13 +48,16 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
         token=token_file.read_text().strip(),
         state_dir=state_dir or Path("/run/ambientmesh") / cluster / "nodes" / node,
         trust_domain=trust_domain, drain_seconds=drain_seconds)
+    agent = NodeAgent(config)
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:
         structlog.get_logger().warning("uvloop missing: using the slower stdlib event loop")
-    asyncio.run(NodeAgent(config).run())
+        asyncio.run(agent.run())
+    else:
+        # uvloop.run, not uvloop.install: pyroute2 (netlink) needs stdlib loops in the
+        # worker threads that build pods, so the global policy must stay asyncio's.
+        uvloop.run(agent.run())
     logging.shutdown()
 
 

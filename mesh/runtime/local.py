@@ -215,6 +215,11 @@ class LocalRuntime:
         lines += [f"{ip} {' '.join(names)}" for ip, names in sorted(by_ip.items())]
         path = ETC_NETNS / pod.netns / "hosts"
         path.parent.mkdir(parents=True, exist_ok=True)
+        resolv = path.with_name("resolv.conf")
+        if not resolv.exists():
+            # Names resolve from /etc/hosts only: no DNS query ever leaves a pod (the
+            # host's resolver is unreachable from pod networks and would only stall).
+            resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         with open(path, "a+") as f:
             f.seek(0)
             f.truncate()
