@@ -11,8 +11,13 @@
 
 int am_sockops(struct bpf_sock_ops *skops)
 {
+    /* sockops runs for many TCP events of every socket below the cgroup: leave the
+     * ones we do not need before doing any work. */
+    __u32 op = skops->op;
+    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
+        return 1;
     __u64 cookie = am_socket_cookie(skops);
-    if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+    if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
         struct am_orig_dst *orig = am_orig_cookie.lookup(&cookie);
         if (!orig)
             return 1;
@@ -36,7 +41,7 @@ int am_sockops(struct bpf_sock_ops *skops)
         key.port = (__u16)skops->local_port;
         am_orig_tuple.update(&key, &copy);
         bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
-    } else if (skops->op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
+    } else if (skops->args[1] == BPF_TCP_CLOSE) {
         am_orig_cookie.delete(&cookie);
     }
     return 1;
