@@ -7,10 +7,12 @@ Errors a user can act on (AmbientctlError, ConfigError, runtime errors) are prin
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 import click
+import structlog
 
 from ambientctl.commands import (
     apply,
@@ -34,6 +36,15 @@ from ambientctl.errors import AmbientctlError
 from ambientctl.layout import DEFAULT_CLUSTER, MeshLayout
 from mesh.config import ConfigError
 from mesh.runtime.errors import RuntimeError_
+
+
+def quiet_logging() -> None:
+    """Libraries used in-process (the local runtime) log with structlog: keep their
+    info lines out of the CLI's output, warnings go to stderr."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
 
 
 def fail(message: str, hint: str = "", code: int = 1) -> None:
@@ -82,6 +93,7 @@ def cli(ctx: click.Context, cluster: str, admin_addr: str | None) -> None:
     \b
     Shell completion (bash): eval "$(ambientctl completion bash)"
     """
+    quiet_logging()
     ctx.obj = MeshContext(MeshLayout(cluster), admin_addr)
 
 

@@ -295,6 +295,13 @@ class Explainer:
             return out
         first = hops[0]
         principal = state.workload_identity(src)
+        wp_ref = (target.service.waypoint if target.service is not None
+                  and target.service.HasField("waypoint") else None)
+        if wp_ref is not None and not first.via_waypoint:
+            out.add("waypoint", f"{target.describe()} uses waypoint "
+                    f"{wp_ref.namespace}/{wp_ref.name}, which has no address yet (not "
+                    "ready): the node proxy sends straight to the endpoints, L7 rules "
+                    "and L7 policies are not applied")
         if first.via_waypoint:
             self._via_waypoint(out, req, state, target, first, principal, src_ip)
         elif first.transport is Transport.PASSTHROUGH:

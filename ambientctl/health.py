@@ -188,7 +188,10 @@ def agent_checks(f: MeshFacts, report: HealthReport) -> list[Check]:
         nack = proxy.get("lastNack") or _get(s, "last_nack", "lastNack", "nack")
         bpf = _get(s, "bpf", default={}) or {}
         programs = bpf.get("programs") or []
-        attached = bool(bpf.get("attached"))
+        # The redirector reports `healthy` (every program loaded and its link attached).
+        attached = bool(bpf.get("attached", bpf.get("healthy")))
+        if isinstance(programs, list):
+            programs = [p for p in programs if not isinstance(p, dict) or p.get("id")]
         enrolled = _get(s, "enrolled_pods", "enrolledPods", "enrolled", default=[]) or []
         n_enrolled = len(enrolled) if isinstance(enrolled, list) else int(enrolled)
         node.update({"connected": connected, "configVersion": version,

@@ -87,10 +87,13 @@ def is_running(mesh: MeshContext) -> bool:
 
 def wait_until(predicate: Callable[[], str | None], timeout: float, what: str,
                check_alive: Callable[[], str | None], log_file: str,
-               progress: Progress | None = None) -> None:
-    """Poll `predicate` (None when satisfied, else what is still missing)."""
+               progress: Progress | None = None, stable_for: float = 0.0) -> None:
+    """Poll `predicate` (None when satisfied, else what is still missing) until it
+    has held for `stable_for` seconds: a pod that starts and crashes in a loop is
+    Running for an instant, which is not ready."""
     deadline = time.monotonic() + timeout
     missing = "not checked yet"
+    held_since: float | None = None
     while time.monotonic() < deadline:
         dead = check_alive()
         if dead:
@@ -100,7 +103,12 @@ def wait_until(predicate: Callable[[], str | None], timeout: float, what: str,
         except AmbientctlError as e:
             result = e.message
         if result is None:
-            return
+            held_since = held_since if held_since is not None else time.monotonic()
+            if time.monotonic() - held_since >= stable_for:
+                return
+            time.sleep(0.25)
+            continue
+        held_since = None
         if result != missing and progress is not None:
             progress.update(result)
         missing = result
@@ -114,6 +122,15 @@ def _last_lines(path: Path, n: int = 5) -> str:
     except FileNotFoundError:
         return ""
     return "\n    ".join(lines)
+
+
+def process_env() -> dict[str, str]:
+    """Put this interpreter's bin directory (the venv) first on PATH: the node agent
+    starts pods (and the controller names waypoint pods) by program name."""
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    parts = [p for p in path.split(os.pathsep) if p and p != bindir]
+    return {"PATH": os.pathsep.join([bindir, *parts])}
 
 
 class LocalMesh:
@@ -190,7 +207,7 @@ class LocalMesh:
                 "--state-dir", str(self.layout.controller_state),
                 "--grpc-addr", settings.grpc_addr, "--admin-addr", settings.admin_addr,
                 "--trust-domain", settings.trust_domain, "--log-level", opts.log_level]
-        record = self.procs.start("controller", argv)
+        record = self.procs.start("controller", argv, process_env())
         admin = AdminClient(settings.admin_addr, timeout=2)
 
         def answers() -> str | None:
@@ -224,7 +241,7 @@ class LocalMesh:
             self.procs.start(name, [
                 agent, "--node", name, "--cluster", settings.cluster,
                 "--controller", settings.grpc_addr, "--token-file", str(token_file),
-                "--state-dir", str(state)])
+                "--state-dir", str(state)], process_env())
 
         def agents_ready() -> str | None:
             proxies = {p.get("name"): p for p in admin.status().get("proxies", [])}
@@ -280,7 +297,7 @@ class LocalMesh:
             return None
 
         wait_until(ready, opts.timeout, "the workloads", self._dead("controller"),
-                   str(self.layout.log_file("controller")), progress)
+                   str(self.layout.log_file("controller")), progress, stable_for=3.0)
         progress.done(f"{count} pods running, waypoints ready, every proxy in sync")
         return count
 

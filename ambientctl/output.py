@@ -14,6 +14,15 @@ from rich.table import Table
 FORMATS = click.Choice(["table", "json", "yaml"])
 
 
+def make_console() -> Console:
+    """Wide and unwrapped when not a terminal (pipes, CI logs, tests), so lines stay
+    whole and greppable."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200, soft_wrap=True)
+    return console
+
+
 def emit(data: Any, fmt: str, columns: Sequence[str] = (), rows: Sequence[Sequence[Any]] = (),
          title: str | None = None) -> None:
     """Print `data` as JSON/YAML, or `rows` as a table under `columns`."""
@@ -27,4 +36,4 @@ def emit(data: Any, fmt: str, columns: Sequence[str] = (), rows: Sequence[Sequen
             table.add_column(col)
         for row in rows:
             table.add_row(*(str(c) for c in row))
-        Console().print(table)
+        make_console().print(table)

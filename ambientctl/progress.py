@@ -8,10 +8,12 @@ import time
 from rich.console import Console
 from rich.status import Status
 
+from ambientctl.output import make_console
+
 
 class StepPrinter:
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(highlight=False)
+        self.console = console or make_console()
         self._status: Status | None = None
         self._title = ""
         self._started = 0.0

@@ -85,15 +85,22 @@ _TRACKED = {
 }
 
 
+def _known(value: str | None) -> str:
+    return "" if value in (None, "", "unknown") else str(value)
+
+
 def _workload(labels: dict[str, str], side: str) -> str:
-    name = labels.get(f"{side}_workload", "") or "unknown"
-    ns = labels.get(f"{side}_workload_namespace", "")
+    name = _known(labels.get(f"{side}_workload"))
+    ns = _known(labels.get(f"{side}_workload_namespace"))
+    if not name:
+        return _known(labels.get(f"{side}_service")) or "unknown"
     return f"{ns}/{name}" if ns else name
 
 
 def traffic(texts: Iterable[str]) -> list[TrafficRow]:
-    """Per (source, destination, protocol, security, reporter): totals of the Istio
-    standard metrics, preferring the destination's view when both sides reported."""
+    """Per (source workload, destination workload, protocol, security): totals of the
+    Istio standard metrics, preferring the destination's view when both sides
+    reported (it alone sees plaintext callers from outside the mesh)."""
     acc: dict[tuple[str, str, str, str, str], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(_TRACKED.values(), 0.0))
     for text in texts:
@@ -103,8 +110,7 @@ def traffic(texts: Iterable[str]) -> list[TrafficRow]:
                 if field is None:
                     continue
                 lab = s.labels
-                dest = lab.get("destination_service") or _workload(lab, "destination")
-                key = (_workload(lab, "source"), dest,
+                key = (_workload(lab, "source"), _workload(lab, "destination"),
                        lab.get("request_protocol", "tcp"),
                        lab.get("connection_security_policy", "unknown"),
                        lab.get("reporter", ""))

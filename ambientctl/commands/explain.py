@@ -7,13 +7,12 @@ from typing import Any
 
 import click
 from google.protobuf.json_format import ParseDict, ParseError
-from rich.console import Console
 
 from ambientctl.context import MeshContext
 from ambientctl.errors import AmbientctlError, BadArgument
 from ambientctl.explain import Explainer, ExplainRequest, Explanation
 from ambientctl.options import output_option
-from ambientctl.output import emit
+from ambientctl.output import emit, make_console
 from ambientctl.refs import parse_destination, parse_pod_ref
 from mesh.api import config_pb2 as pb
 
@@ -29,7 +28,7 @@ def _headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def render(e: Explanation) -> None:
-    console = Console(highlight=False)
+    console = make_console()
     src, dst = e.source, e.destination
     membership = f"in the mesh as {src['identity']}" if src["enrolled"] else "not in the mesh"
     console.print(f"[bold]{src['pod']}[/bold] ({src['ip']} on {src['node']}, {membership})")

@@ -6,13 +6,12 @@ import datetime as dt
 import sys
 
 import click
-from rich.console import Console
 
 from ambientctl import health
 from ambientctl.context import MeshContext
 from ambientctl.errors import AmbientctlError
 from ambientctl.options import output_option
-from ambientctl.output import emit
+from ambientctl.output import emit, make_console
 from ambientctl.scrape import agent_reports
 
 
@@ -39,7 +38,7 @@ def gather(mesh: MeshContext) -> health.MeshFacts:
 
 
 def render(report: health.HealthReport) -> None:
-    console = Console(highlight=False)
+    console = make_console()
     for category, checks in health.categories(report.checks):
         console.print(f"[bold]{category}[/bold]")
         for c in checks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -14,23 +15,23 @@ from ambientctl.progress import StepPrinter
 
 NEXT_STEPS_DEMO = """
 Try next:
-  ambientctl status                                   is everything healthy?
-  ambientctl get pods -A                              where each pod runs, its IP
-  ambientctl exec legacy/client -- {py} -m ambientctl.demo.client \
-      http://frontend.demo:8080/ --count 5          traffic from outside the mesh
-  ambientctl explain demo/frontend-0 catalog.demo:80/items     route, backends, policies
-  ambientctl explain legacy/client demo/inventory:9000         a denied connection
-  ambientctl metrics --summary                        who talked to whom, mTLS or not
-  ambientctl logs node-1                              a node agent's log
-  ambientctl down                                     remove every trace
+  ambientctl status                                  # is everything healthy?
+  ambientctl get pods -A                             # where each pod runs, its IP
+  python3 -m ambientctl.demo_traffic                 # traffic from inside and outside the mesh
+  ambientctl explain demo/frontend-0 catalog.demo:80/items     # route, backends, policies
+  ambientctl explain legacy/client demo/inventory-0:9000       # a denied connection
+  ambientctl exec demo/frontend-0 -- {py} -m ambientctl.demo.client http://catalog.demo/items
+  ambientctl metrics --summary                       # who talked to whom, mTLS or not
+  ambientctl logs node-1                             # a node agent's log
+  ambientctl down                                    # remove every trace
 """
 
 NEXT_STEPS = """
 Try next:
-  ambientctl status          is everything healthy?
-  ambientctl get pods -A     your pods, their nodes and IPs
-  ambientctl metrics --summary
-  ambientctl down            remove every trace
+  ambientctl status                # is everything healthy?
+  ambientctl get pods -A           # your pods, their nodes and IPs
+  ambientctl metrics --summary     # who talked to whom, mTLS or not
+  ambientctl down                  # remove every trace
 """
 
 
@@ -86,9 +87,8 @@ def _report(mesh: MeshContext, result: UpResult, printer: StepPrinter) -> None:
         return
     printer.note(f"\n[bold]Local mesh {mesh.cluster!r} is ready[/bold]: {len(s.nodes)} nodes, "
                  f"{result.pods} pods, state in {mesh.layout.base}")
-    import sys
-
     text = NEXT_STEPS_DEMO.format(py=sys.executable) if s.manifests == "demo" else NEXT_STEPS
     if prefix:
-        text = text.replace("ambientctl ", f"ambientctl {prefix}")
-    printer.console.print(text, highlight=False, markup=False)
+        text = text.replace("ambientctl ", f"ambientctl {prefix}").replace(
+            "-m ambientctl.demo_traffic", f"-m ambientctl.demo_traffic {prefix}".rstrip())
+    click.echo(text)
