@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh.hbone import HboneRequest, HboneServer, StaticTls, relay
+from mesh.hbone import (
+    HboneClientPool,
+    HboneError,
+    HboneRequest,
+    HboneServer,
+    StaticTls,
+    TlsSource,
+    relay,
+    reset_socket,
+)
 from mesh.hbone.settings import TunnelSettings
 from mesh.identity import tls
 from mesh.identity.ca import CertificateAuthority
@@ -97,7 +106,7 @@ async def hbone_mesh(tmp: Path, *, settings: TunnelSettings | None = None,
 @contextlib.asynccontextmanager
 async def tcp_app(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
                                     Awaitable[None]]) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0, limit=1 << 20)
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, limit=1 << 20, backlog=4096)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
@@ -117,3 +126,38 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         pass
     finally:
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def outbound_proxy(pool: HboneClientPool, source: TlsSource, dest: tuple[str, int],
+                         authority: str) -> AsyncIterator[int]:
+    """What the node proxy does outbound (minus eBPF): accept the app's connection,
+    open a tunnel for it and relay; a refused tunnel resets the app's connection."""
+    lsock = listen()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(app: socket.socket) -> None:
+        try:
+            stream = await pool.connect(source, dest, authority)
+        except HboneError:
+            reset_socket(app)
+            return
+        await relay(stream, app)
+
+    async def accept_loop() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            app, _ = await loop.sock_accept(lsock)
+            task = asyncio.ensure_future(one(app))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    acceptor = asyncio.ensure_future(accept_loop())
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        acceptor.cancel()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(acceptor, *tasks, return_exceptions=True)
+        lsock.close()

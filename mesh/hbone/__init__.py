@@ -11,6 +11,7 @@ from mesh.hbone.errors import (
     HboneConnectError,
     HboneError,
     HboneProtocolError,
+    HboneStreamRefused,
     HboneStreamReset,
     HboneTunnelError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "HboneRequest",
     "HboneServer",
     "HboneStream",
+    "HboneStreamRefused",
     "HboneStreamReset",
     "HboneTunnelError",
     "RelayResult",

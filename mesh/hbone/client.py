@@ -18,7 +18,12 @@ from typing import Protocol
 import structlog
 
 from mesh.hbone.connection import HboneConnection
-from mesh.hbone.errors import HboneConnectError, HboneProtocolError, HboneTunnelError
+from mesh.hbone.errors import (
+    HboneConnectError,
+    HboneProtocolError,
+    HboneStreamRefused,
+    HboneTunnelError,
+)
 from mesh.hbone.settings import TunnelSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity.spiffe import SpiffeId
@@ -102,22 +107,32 @@ class HboneClientPool:
         if self._current_ctx.get(source.identity) is not ctx:
             self._current_ctx[source.identity] = ctx
             self._retire_stale(source.identity, ctx)
-        conn = await self._connection_for(key, ctx, dial or self._dial)
-        if expected_peer is not None and conn.peer_identity != expected_peer:
-            raise HboneTunnelError(f"peer is {conn.peer_identity}, expected {expected_peer}",
-                                   peer=conn.peer_label)
-        try:
-            stream, answer = conn.open_stream(authority, headers)
-        except HboneProtocolError:
-            conn.go_away()
+        for attempt in range(3):
             conn = await self._connection_for(key, ctx, dial or self._dial)
-            stream, answer = conn.open_stream(authority, headers)
-        self._cancel_idle(conn)
-        try:
-            status = await answer
-        except BaseException:
-            stream.reset()
-            raise
+            if expected_peer is not None and conn.peer_identity != expected_peer:
+                raise HboneTunnelError(
+                    f"peer is {conn.peer_identity}, expected {expected_peer}",
+                    peer=conn.peer_label)
+            try:
+                stream, answer = conn.open_stream(authority, headers)
+            except HboneProtocolError:
+                conn.go_away()  # out of stream ids: retire it, use a fresh connection
+                continue
+            self._cancel_idle(conn)
+            try:
+                status = await answer
+            except HboneStreamRefused:
+                conn.going_away = True  # the peer drains it; nothing was processed
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                stream.reset()
+                raise
+            break
+        else:
+            raise HboneTunnelError("no usable connection after 3 attempts",
+                                   peer=f"{dest[0]}:{dest[1]}")
         if not 200 <= status < 300:
             stream.reset()
             raise HboneConnectError(status, conn.peer_label, authority)
@@ -183,7 +198,6 @@ class HboneClientPool:
         key = self._key_of.get(conn)
         stale = key is None or self._current_ctx.get(key[0]) is not conn.ssl_context
         if not self._pooled or conn.going_away or stale:
-            conn.go_away()
             conn.close()
             return
         loop = asyncio.get_running_loop()
@@ -194,15 +208,13 @@ class HboneClientPool:
         """The source's certificate changed: idle old connections close now, busy ones
         once their last stream ends (see _on_idle)."""
         for conn in self.connections(identity):
-            if conn.ssl_context is not ctx and conn.active_streams == 0:
+            if conn.ssl_context is not ctx:
                 self._cancel_idle(conn)
-                conn.go_away()
-                conn.close()
+                conn.go_away()  # closes at once if idle, else after its last stream
 
     def _close_idle(self, conn: HboneConnection) -> None:
         self._idle_timers.pop(conn, None)
         if conn.active_streams == 0:
-            conn.go_away()
             conn.close()
 
     def _cancel_idle(self, conn: HboneConnection) -> None:
@@ -226,7 +238,6 @@ class HboneClientPool:
         conns = self.connections()
         for conn in conns:
             self._cancel_idle(conn)
-            conn.go_away()
             conn.close()
         if conns:
             await asyncio.wait([c.lost for c in conns], timeout=5)

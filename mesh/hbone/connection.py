@@ -13,8 +13,9 @@ from typing import cast
 
 import structlog
 
-from mesh.hbone.errors import HboneProtocolError, HboneTunnelError
+from mesh.hbone.errors import HboneProtocolError, HboneStreamRefused, HboneTunnelError
 from mesh.hbone.framing import (
+    REFUSED_STREAM,
     Answered,
     ConnectRequested,
     DataArrived,
@@ -113,7 +114,7 @@ class HboneConnection(asyncio.BufferedProtocol):
                 if self._on_request is not None and not self.going_away:
                     self._on_request(self, ev)
                 else:
-                    self._framing.reset(ev.stream_id)
+                    self._framing.reset(ev.stream_id, REFUSED_STREAM)
             elif isinstance(ev, Answered):
                 fut = self._responses.pop(ev.stream_id, None)
                 if fut is not None and not fut.done():
@@ -249,7 +250,8 @@ class HboneConnection(asyncio.BufferedProtocol):
     def _stream_aborted(self, stream_id: int, error_code: int) -> None:
         fut = self._responses.pop(stream_id, None)
         if fut is not None and not fut.done():
-            fut.set_exception(HboneTunnelError(
+            cls = HboneStreamRefused if error_code == REFUSED_STREAM else HboneTunnelError
+            fut.set_exception(cls(
                 f"stream {stream_id} reset before an answer (HTTP/2 error {error_code})",
                 peer=self.peer_label))
             fut.exception()
@@ -261,19 +263,27 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.streams.pop(stream.stream_id, None)
         self._blocked.discard(stream)
         self._responses.pop(stream.stream_id, None)
-        if not self.streams and self._on_idle is not None:
-            self._on_idle(self)
+        if not self.streams:
+            if self.going_away:
+                self.close()
+            elif self._on_idle is not None:
+                self._on_idle(self)
 
     def go_away(self) -> None:
-        """Refuse new streams; existing ones finish."""
-        if self.closed or self.going_away:
+        """Drain: take no new streams, let existing ones finish, then close (sending
+        GOAWAY). New CONNECTs from the peer meanwhile get REFUSED_STREAM."""
+        if self.closed:
             return
         self.going_away = True
-        self._framing.go_away()
-        self._flush()
+        if not self.streams:
+            self.close()
 
     def close(self) -> None:
+        """GOAWAY, flush, close; streams still open see a reset."""
         if self._transport is not None and not self.closed:
+            self._framing.go_away()
+            self._flush()
+            self.closed = True
             self._transport.close()
 
     def abort(self) -> None:

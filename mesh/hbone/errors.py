@@ -15,6 +15,11 @@ class HboneTunnelError(HboneError):
         self.peer = peer
 
 
+class HboneStreamRefused(HboneTunnelError):
+    """The peer refused a new stream (REFUSED_STREAM: it is draining); retry it on
+    another connection, nothing was processed."""
+
+
 class HboneConnectError(HboneError):
     """The peer answered CONNECT with a non-2xx status (e.g. 503: upstream refused,
     403: denied by policy). The caller should reset the client's TCP connection."""

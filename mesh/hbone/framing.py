@@ -40,6 +40,7 @@ def _raw_data_repr(data: bytes | None) -> str:
 _original_raw_data_repr = hyperframe.frame._raw_data_repr
 hyperframe.frame._raw_data_repr = _raw_data_repr
 CANCEL = h2.errors.ErrorCodes.CANCEL
+REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
 CONNECT_ERROR = h2.errors.ErrorCodes.CONNECT_ERROR
 
 
@@ -222,7 +223,10 @@ class H2Framing:
             n = min(frame, take - sent)
             last = end_stream and sent + n == len(data)
             chunk = data if n == len(data) else bytes(view[sent:sent + n])
-            self._conn.send_data(stream_id, chunk, end_stream=last)
+            try:
+                self._conn.send_data(stream_id, chunk, end_stream=last)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                break
             sent += n
         return sent
 
@@ -231,17 +235,21 @@ class H2Framing:
             self._conn.end_stream(stream_id)
 
     def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._conn.reset_stream(stream_id, error_code)
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """Give `size` consumed bytes back to the peer's windows (WINDOW_UPDATE when due)."""
         if size > 0:
             # h2 credits the connection window even when the stream is already closed.
-            self._conn.acknowledge_received_data(size, stream_id)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._conn.acknowledge_received_data(size, stream_id)
 
     def go_away(self, error_code: int = 0) -> None:
-        self._conn.close_connection(error_code)
+        """Queue GOAWAY. h2 then refuses to send anything else, so callers send it
+        only when no stream is left (or when abandoning the connection)."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._conn.close_connection(error_code)
 
     def output(self) -> bytes:
         return self._conn.data_to_send()

@@ -109,7 +109,7 @@ class _TcpSide(asyncio.BufferedProtocol):
             return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         self.transport.abort()
 

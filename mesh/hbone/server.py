@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import socket
 import ssl
@@ -102,7 +103,19 @@ class HboneServer:
         listening_socket.setblocking(False)
         try:
             while True:
-                sock, addr = await loop.sock_accept(listening_socket)
+                try:
+                    sock, addr = await loop.sock_accept(listening_socket)
+                except (ConnectionAbortedError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                                         errno.ENOMEM):
+                        raise
+                    # Out of descriptors or memory: keep serving what is established
+                    # and try again shortly instead of dying.
+                    log.error("hbone.accept_failed", error=str(exc))
+                    await asyncio.sleep(0.1)
+                    continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._spawn(self._start(sock, (addr[0], addr[1])))
         finally:
@@ -177,7 +190,7 @@ class HboneServer:
             await asyncio.gather(*tasks, return_exceptions=True)
         conns = list(self._connections)
         for conn in conns:
-            conn.close()
+            conn.close()  # handlers were cancelled: their streams are reset already
         if conns:
             await asyncio.wait([c.lost for c in conns], timeout=2)
 
