@@ -30,8 +30,13 @@ demo: setup
 	$(PY) -m ambientctl.demo_traffic
 	$(VENV)/bin/ambientctl status
 	@echo
-	@echo "Look around: .venv/bin/ambientctl get pods -A ; .venv/bin/ambientctl metrics"
-	@echo "Stop it:     .venv/bin/ambientctl down"
+	@echo "Look around (see docs/quickstart.md):"
+	@echo "  $(VENV)/bin/ambientctl get pods -A"
+	@echo "  $(VENV)/bin/ambientctl explain demo/frontend-0 catalog.demo:80/items"
+	@echo "  $(VENV)/bin/ambientctl explain legacy/client demo/inventory-0:9000"
+	@echo "  $(VENV)/bin/ambientctl metrics --summary"
+	@echo "  $(VENV)/bin/ambientctl exec demo/frontend-0 -- $(PY) -m ambientctl.demo.client http://catalog.demo/items"
+	@echo "Stop it and remove every trace: $(VENV)/bin/ambientctl down   (or: make down)"
 
 down: setup
 	$(VENV)/bin/ambientctl down
