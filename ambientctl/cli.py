@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -78,8 +79,13 @@ class FriendlyGroup(click.Group):
 @click.option("--admin-addr", envvar="AMBIENTCTL_ADMIN_ADDR", default=None, metavar="HOST:PORT",
               help="Controller admin API (default: the one `up` started). "
                    "Env: AMBIENTCTL_ADMIN_ADDR.")
+@click.option("--admin-token-file", envvar="AMBIENTCTL_ADMIN_TOKEN_FILE", default=None,
+              type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Bearer token for writes (default: the running mesh's). "
+                   "Env: AMBIENTCTL_ADMIN_TOKEN_FILE.")
 @click.pass_context
-def cli(ctx: click.Context, cluster: str, admin_addr: str | None) -> None:
+def cli(ctx: click.Context, cluster: str, admin_addr: str | None,
+        admin_token_file: Path | None) -> None:
     """Drive ambient-mesh: check the machine, run a local mesh, inspect it.
 
     \b
@@ -94,7 +100,7 @@ def cli(ctx: click.Context, cluster: str, admin_addr: str | None) -> None:
     Shell completion (bash): eval "$(ambientctl completion bash)"
     """
     quiet_logging()
-    ctx.obj = MeshContext(MeshLayout(cluster), admin_addr)
+    ctx.obj = MeshContext(MeshLayout(cluster), admin_addr, admin_token_file)
 
 
 for _module in (check, up, down, status, get, apply, delete, exec_, config, certs, metrics,

@@ -5,6 +5,7 @@ invocation from the global `--cluster` option; nothing here is global state."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from ambientctl.admin import AdminClient
@@ -19,6 +20,7 @@ from mesh.runtime import LocalRuntime, Node
 class MeshContext:
     layout: MeshLayout
     admin_override: str | None = None
+    token_override: Path | None = None
     _runtime: LocalRuntime | None = field(default=None, repr=False)
 
     @property
@@ -46,7 +48,7 @@ class MeshContext:
         return settings.admin_addr if settings else f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 
     def admin(self, timeout: float = 10.0) -> AdminClient:
-        return AdminClient(self.admin_address(), self.layout.admin_token_file,
+        return AdminClient(self.admin_address(), self.token_override or self.layout.admin_token_file,
                            str(self.layout.log_file("controller")), timeout=timeout)
 
     def runtime(self, command: str) -> LocalRuntime:

@@ -56,6 +56,7 @@ class UpResult:
     applied: list[dict[str, Any]] = field(default_factory=list)
     pods: int = 0
     cleaned_leftovers: bool = False
+    restarted: list[str] = field(default_factory=list)
 
 
 def console_script(name: str) -> str:
@@ -147,7 +148,16 @@ class LocalMesh:
         runtime = self.mesh.runtime("up")
         if is_running(self.mesh):
             settings = self.mesh.require_settings()
-            return UpResult(True, settings)
+            restarted = []
+            for name in settings.nodes:
+                if self.procs.restart_if_dead(name, process_env()) is not None:
+                    restarted.append(name)
+            if restarted:
+                progress.step(f"Restarting stopped node agents: {', '.join(restarted)}")
+                with AdminClient(settings.admin_addr, self.layout.admin_token_file) as admin:
+                    self._wait_agents(settings, runtime, opts, progress, admin)
+                progress.done(f"Restarted {', '.join(restarted)}; connected, config ACKed")
+            return UpResult(True, settings, restarted=restarted)
         cleaned = False
         if not find(self.layout).empty():
             progress.step("Removing what a previous mesh left behind")
@@ -242,7 +252,11 @@ class LocalMesh:
                 agent, "--node", name, "--cluster", settings.cluster,
                 "--controller", settings.grpc_addr, "--token-file", str(token_file),
                 "--state-dir", str(state)], process_env())
+        self._wait_agents(settings, runtime, opts, progress, admin)
+        progress.done(f"Node agents connected, config ACKed: {', '.join(settings.nodes)}")
 
+    def _wait_agents(self, settings: MeshSettings, runtime: LocalRuntime, opts: UpOptions,
+                     progress: Progress, admin: AdminClient) -> None:
         def agents_ready() -> str | None:
             proxies = {p.get("name"): p for p in admin.status().get("proxies", [])}
             for name in settings.nodes:
@@ -263,7 +277,6 @@ class LocalMesh:
         for name in settings.nodes:
             wait_until(agents_ready, deadline, f"node agent {name}", self._dead(name),
                        str(self.layout.log_file(name)), progress)
-        progress.done(f"Node agents connected, config ACKed: {', '.join(settings.nodes)}")
 
     def _apply(self, manifests: list[Manifest], admin: AdminClient,
                progress: Progress) -> list[dict[str, Any]]:

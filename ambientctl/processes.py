@@ -91,6 +91,15 @@ class ProcessTable:
         record = self.get(component)
         return record is not None and is_alive(record)
 
+    def restart_if_dead(self, component: str, env: Mapping[str, str] | None = None
+                        ) -> ProcessRecord | None:
+        """Start a recorded component again with its recorded argv when it is not
+        running; None when it was running."""
+        record = self.get(component)
+        if record is None or is_alive(record):
+            return None
+        return self.start(component, record.argv, env)
+
     def stop(self, component: str, timeout: float = 5.0) -> bool:
         """Stop one component; True when it was running."""
         record = self.get(component)

@@ -55,7 +55,8 @@ def command(mesh: MeshContext, nodes: int, manifests_dir: Path | None, grpc_port
     network namespace) and the workloads of DIR or the built-in demo shop. Returns
     when every agent is connected, every pod runs and every waypoint is ready.
 
-    Running it again reports the running mesh and changes nothing. Needs root.
+    Running it again reports the running mesh; it only restarts node agents that
+    stopped. After a crash it first removes the leftovers. Needs root.
 
     \b
     Examples:
@@ -78,9 +79,11 @@ def _report(mesh: MeshContext, result: UpResult, printer: StepPrinter) -> None:
     s = result.settings
     prefix = "" if mesh.cluster == "amesh" else f"--cluster {mesh.cluster} "
     if result.already_running:
+        changed = (f"Restarted {', '.join(result.restarted)}." if result.restarted
+                   else "Nothing was changed.")
         printer.note(f"The local mesh {mesh.cluster!r} is already running: nodes "
                      f"{', '.join(s.nodes)}, admin API {s.admin_addr}, workloads from "
-                     f"{s.manifests}. Nothing was changed.")
+                     f"{s.manifests}. {changed}")
         printer.note(f"See `ambientctl {prefix}status`; add workloads with "
                      f"`ambientctl {prefix}apply -f DIR`; start over with "
                      f"`ambientctl {prefix}down` first.")
