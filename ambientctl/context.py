@@ -5,8 +5,8 @@ invocation from the global `--cluster` option; nothing here is global state."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ambientctl.admin import AdminClient
 from ambientctl.agents import Endpoint
@@ -48,8 +48,9 @@ class MeshContext:
         return settings.admin_addr if settings else f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 
     def admin(self, timeout: float = 10.0) -> AdminClient:
-        return AdminClient(self.admin_address(), self.token_override or self.layout.admin_token_file,
-                           str(self.layout.log_file("controller")), timeout=timeout)
+        token = self.token_override or self.layout.admin_token_file
+        return AdminClient(self.admin_address(), token, str(self.layout.log_file("controller")),
+                           timeout=timeout)
 
     def runtime(self, command: str) -> LocalRuntime:
         if os.geteuid() != 0:
