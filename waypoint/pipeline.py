@@ -262,39 +262,29 @@ async def _tries(rt: Runtime, ex: Exchange, next: Next) -> Response:
         per_try_timeout_ms=rule.timeouts.backend_ms,
     )
     budget = rt.state.retry_budget(ex.service.key)
-    budget.request_started()
-    in_retry = False
-    try:
-        while True:
-            ex.tries += 1
-            per_try = policy.per_try_timeout_ms / 1000 if policy.per_try_timeout_ms else math.inf
-            with anyio.move_on_after(per_try) as scope:
-                resp = await next(ex)
-            if scope.cancelled_caught:
-                _record_outcome(rt, ex, None)
-                resp = local_response(504, "upstream per-try timeout", flag="UT")
-                status: int | None = None
-            else:
-                status = None if set(resp.flags) & {"UF", "UR"} else resp.status
-            if in_retry:
-                budget.retry_finished()
-                in_retry = False
-            if "UO" in resp.flags or not ex.body.replayable or \
-                    not policy.should_retry(ex.head.method, ex.tries, status, ex.head.is_grpc):
-                return resp
-            if not budget.try_start_retry(rt.state.clock()):
-                rt.metrics.retry_budget_exhausted.labels(ex.service.fqdn).inc()
-                resp.flags.append("URX")
-                return resp
-            in_retry = True
-            rt.metrics.retries.labels(ex.service.fqdn).inc()
-            await resp.body.aclose()
-            ex.previous_host = ex.endpoint.key if ex.endpoint else None
-            await anyio.sleep(policy.backoff_ms(ex.tries, rt.state.rng) / 1000)
-    finally:
-        if in_retry:
-            budget.retry_finished()
-        budget.request_finished()
+    budget.request_started(rt.state.clock())
+    while True:
+        ex.tries += 1
+        per_try = policy.per_try_timeout_ms / 1000 if policy.per_try_timeout_ms else math.inf
+        with anyio.move_on_after(per_try) as scope:
+            resp = await next(ex)
+        if scope.cancelled_caught:
+            _record_outcome(rt, ex, None)
+            resp = local_response(504, "upstream per-try timeout", flag="UT")
+            status: int | None = None
+        else:
+            status = None if set(resp.flags) & {"UF", "UR"} else resp.status
+        if "UO" in resp.flags or not ex.body.replayable or \
+                not policy.should_retry(ex.head.method, ex.tries, status, ex.head.is_grpc):
+            return resp
+        if not budget.try_start_retry(rt.state.clock()):
+            rt.metrics.retry_budget_exhausted.labels(ex.service.fqdn).inc()
+            resp.flags.append("URX")
+            return resp
+        rt.metrics.retries.labels(ex.service.fqdn).inc()
+        await resp.body.aclose()
+        ex.previous_host = ex.endpoint.key if ex.endpoint else None
+        await anyio.sleep(policy.backoff_ms(ex.tries, rt.state.rng) / 1000)
 
 
 async def balance(rt: Runtime, ex: Exchange, next: Next) -> Response:

@@ -1,10 +1,10 @@
 """Retry decisions (sans I/O): which outcomes are retried, how long to back off, and
 the retry budget that keeps retries from multiplying load on a failing backend.
 
-Budget semantics (as Envoy's retry_budget): a retry may start while the retries in
-flight stay below `percent` of the requests in flight (rounded down); on top of that a floor of
-`min_retries_per_second` tokens lets a quiet service still retry. Without a budget a
-backend failing every request would receive (1 + attempts) times the load."""
+Budget semantics (as Linkerd's and Finagle's): over a sliding window, retries may
+add `percent` of the requests, plus a small reserve per second so that a service
+with little traffic can still retry. Without a budget a backend failing every
+request would receive (1 + attempts) times the load; with one, 1 + percent/100."""
 
 from __future__ import annotations
 
@@ -49,41 +49,46 @@ class RetryPolicy:
 
 
 class RetryBudget:
-    """Counts requests and retries in flight; the caller passes the clock (seconds)."""
+    """Finagle/Linkerd retry budget over a sliding window of `ttl_s` seconds: retries
+    may reach `percent` of the requests that started in the window, plus a reserve of
+    `min_retries_per_second` x ttl so that a quiet service can still retry. Counts
+    live in one-second buckets; the caller passes the clock (seconds)."""
 
-    def __init__(self, percent: float = 20.0, min_retries_per_second: int = 10) -> None:
+    def __init__(self, percent: float = 20.0, min_retries_per_second: int = 10,
+                 ttl_s: int = 10) -> None:
         if not 0 <= percent <= 100:
             raise ValueError(f"percent must be 0-100 (got {percent})")
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be >= 1 (got {ttl_s})")
         self.ratio = percent / 100.0
         self.min_per_second = min_retries_per_second
-        self.active_requests = 0
-        self.active_retries = 0
-        self._tokens = float(min_retries_per_second)
-        self._last: float | None = None
+        self.ttl = ttl_s
+        self._requests = [0] * ttl_s
+        self._retries = [0] * ttl_s
+        self._second: int | None = None
 
-    def request_started(self) -> None:
-        self.active_requests += 1
+    def _advance(self, now: float) -> int:
+        sec = int(now)
+        if self._second is None:
+            self._second = sec
+        elif sec > self._second:
+            for s in range(self._second + 1, min(sec, self._second + self.ttl) + 1):
+                self._requests[s % self.ttl] = 0
+                self._retries[s % self.ttl] = 0
+            self._second = sec
+        return self._second % self.ttl
 
-    def request_finished(self) -> None:
-        self.active_requests = max(0, self.active_requests - 1)
+    def request_started(self, now: float) -> None:
+        self._requests[self._advance(now)] += 1
 
-    def _refill(self, now: float) -> None:
-        if self._last is not None and now > self._last:
-            self._tokens = min(float(self.min_per_second),
-                               self._tokens + (now - self._last) * self.min_per_second)
-        self._last = now if self._last is None else max(self._last, now)
+    def balance(self, now: float) -> float:
+        """Retries still allowed in the current window."""
+        self._advance(now)
+        return (self.min_per_second * self.ttl + self.ratio * sum(self._requests)
+                - sum(self._retries))
 
     def try_start_retry(self, now: float) -> bool:
-        """True: the retry may go and the caller must call `retry_finished` after it."""
-        self._refill(now)
-        if self.active_retries < int(self.ratio * self.active_requests):
-            self.active_retries += 1
-            return True
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            self.active_retries += 1
-            return True
-        return False
-
-    def retry_finished(self) -> None:
-        self.active_retries = max(0, self.active_retries - 1)
+        if self.balance(now) < 1.0:
+            return False
+        self._retries[self._advance(now)] += 1
+        return True

@@ -281,3 +281,41 @@ def grpc_backend() -> Iterator[int]:
         yield port
     finally:
         server.stop(0).wait(5)
+
+
+# -- a counting client in its own process ------------------------------------------------
+
+_COUNT_CLIENT = """
+import asyncio, collections, json, sys
+import aiohttp
+url, host, n, conc, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+headers = {"Host": host}
+if extra:
+    k, v = extra.split(":", 1)
+    headers[k.strip()] = v.strip()
+async def main():
+    counts = collections.Counter()
+    left = n
+    conn = aiohttp.TCPConnector(limit=conc)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async def worker():
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with s.get(url, headers=headers) as r:
+                    counts[f"{r.status} {(await r.text()).strip()}"] += 1
+        await asyncio.gather(*(worker() for _ in range(conc)))
+    print(json.dumps(counts))
+asyncio.run(main())
+"""
+
+
+def http_count(url: str, host_header: str, n: int, concurrency: int = 8,
+               header: str = "") -> Counter[str]:
+    """Exactly `n` GETs with keep-alive from a separate process (so the client does
+    not share a GIL with the backends), counted by "status body"."""
+    out = subprocess.run([sys.executable, "-c", _COUNT_CLIENT, url, host_header, str(n),
+                          str(concurrency), header],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return Counter(json.loads(out.stdout))

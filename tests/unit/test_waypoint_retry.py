@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from waypoint.retry import RetryBudget, RetryPolicy
 
 
@@ -41,45 +43,49 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         assert min(samples) < ceiling * 0.2
 
 
-def test_budget_ratio_of_active_requests() -> None:
-    b = RetryBudget(percent=50, min_retries_per_second=0)
+def test_budget_allows_percent_of_requests_plus_reserve() -> None:
+    b = RetryBudget(percent=50, min_retries_per_second=0, ttl_s=10)
     for _ in range(4):
-        b.request_started()
-    assert b.try_start_retry(0.0)
-    assert b.try_start_retry(0.0)
-    assert not b.try_start_retry(0.0)  # 2 of 4 active already retrying
-    b.retry_finished()
-    assert b.try_start_retry(0.0)
+        b.request_started(0.0)
+    assert [b.try_start_retry(0.5) for _ in range(3)] == [True, True, False]
+    b.request_started(1.0)
+    b.request_started(1.0)
+    assert b.try_start_retry(1.0)
+    assert not b.try_start_retry(1.0)
 
 
-def test_budget_floor_refills_per_second() -> None:
-    b = RetryBudget(percent=0, min_retries_per_second=3)
-    b.request_started()
-    assert [b.try_start_retry(10.0) for _ in range(4)] == [True, True, True, False]
-    assert not b.try_start_retry(10.2)  # 0.6 token
-    assert b.try_start_retry(10.34)  # > 1 token after ~0.34 s
-    assert not b.try_start_retry(10.34)
-    # Refill never exceeds the floor.
-    assert [b.try_start_retry(100.0) for _ in range(4)] == [True, True, True, False]
+def test_budget_reserve_lets_a_quiet_service_retry() -> None:
+    b = RetryBudget(percent=0, min_retries_per_second=3, ttl_s=2)
+    assert [b.try_start_retry(10.0) for _ in range(7)] == [True] * 6 + [False]
+    assert not b.try_start_retry(11.5)  # the window still holds the 6 retries
+    assert b.try_start_retry(12.0)  # the bucket of second 10 left the window
+
+
+def test_budget_window_forgets_old_requests() -> None:
+    b = RetryBudget(percent=100, min_retries_per_second=0, ttl_s=3)
+    for _ in range(5):
+        b.request_started(0.0)
+    assert b.balance(2.9) == 5
+    assert b.balance(3.0) == 0
+    assert b.balance(1000.0) == 0  # a long idle gap clears everything in one step
 
 
 def test_budget_caps_retries_when_everything_fails() -> None:
-    """1000 sequential failing requests in 1 s: without a budget 1000 retries; with
-    20 % / 10 per second only the floor's 10 (+ refill) get through."""
+    """1000 failing requests in 1 s, 3 retries wanted each: without a budget 3000
+    retries; with 20 % + 10/s over 10 s, 200 + 100."""
     b = RetryBudget(percent=20, min_retries_per_second=10)
     retries = 0
     for i in range(1000):
         now = i / 1000
-        b.request_started()
-        if b.try_start_retry(now):
-            retries += 1
-            b.retry_finished()
-        b.request_finished()
-    assert 10 <= retries <= 21
+        b.request_started(now)
+        for _ in range(3):
+            if b.try_start_retry(now):
+                retries += 1
+    assert retries == 300
 
 
-def test_budget_counters_never_go_negative() -> None:
-    b = RetryBudget()
-    b.request_finished()
-    b.retry_finished()
-    assert (b.active_requests, b.active_retries) == (0, 0)
+def test_budget_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        RetryBudget(percent=101)
+    with pytest.raises(ValueError):
+        RetryBudget(ttl_s=0)
