@@ -288,7 +288,8 @@ def grpc_backend() -> Iterator[int]:
 _COUNT_CLIENT = """
 import asyncio, collections, json, sys
 import aiohttp
-url, host, n, conc, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+url, host, extra = sys.argv[1], sys.argv[2], sys.argv[5]
+n, conc = int(sys.argv[3]), int(sys.argv[4])
 headers = {"Host": host}
 if extra:
     k, v = extra.split(":", 1)
