@@ -123,8 +123,9 @@ def test_only_tls_crosses_the_node_link(mesh: LocalMesh) -> None:
     mesh.pod("demo", "server-2", enrolled=True)
     capture = f"/tmp/{mesh.cluster}-fabric.pcap"
     dump = mesh.runtime.fabric_netns
-    tcpdump = subprocess.Popen(["ip", "netns", "exec", dump, "tcpdump", "-i", "any", "--immediate-mode", "-U", "-s",
-                                "0", "-w", capture, "tcp"], stderr=subprocess.PIPE)
+    tcpdump = subprocess.Popen(["ip", "netns", "exec", dump, "tcpdump", "-i", "any",
+                                "--immediate-mode", "-U", "-s", "0", "-w", capture, "tcp"],
+                               stderr=subprocess.PIPE)
     try:
         assert tcpdump.stderr is not None
         started = b""

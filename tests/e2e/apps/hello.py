@@ -16,10 +16,10 @@ class Handler(BaseHTTPRequestHandler):
         head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         self.wfile.write(head + body)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._reply(f"hello from {os.environ.get('POD_NAME', '?')}\n".encode())
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         self._reply(self.rfile.read(length))
 
