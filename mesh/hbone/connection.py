@@ -183,7 +183,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._flush()
         return stream, fut
 
-    def accept_stream(self, request: ConnectRequested) -> HboneStream:
+    def register_stream(self, request: ConnectRequested) -> HboneStream:
         stream = HboneStream(self, request.stream_id, request.authority, self.peer_identity,
                              self.settings.stream_high_water)
         self.streams[request.stream_id] = stream

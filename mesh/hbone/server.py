@@ -57,18 +57,20 @@ class HboneRequest:
     headers: tuple[tuple[str, str], ...]
     _conn: HboneConnection = field(repr=False)
     _event: ConnectRequested = field(repr=False)
+    _stream: HboneStream = field(repr=False)
     stream: HboneStream | None = field(default=None, repr=False)
     status: int | None = None
 
     async def accept(self) -> HboneStream:
-        """Answer 200 and return the tunnel's byte stream."""
+        """Answer 200 and return the tunnel's byte stream (bytes the client sent early
+        are already buffered in it)."""
         if self.status is not None:
             raise RuntimeError(f"CONNECT {self.authority} already answered {self.status}")
-        self.stream = self._conn.accept_stream(self._event)
         self.status = 200
         if not self._conn.answer(self._event.stream_id, 200):
-            self.stream.on_reset(0)
-        return self.stream
+            self._stream.on_reset(0)
+        self.stream = self._stream
+        return self._stream
 
     async def reject(self, status: int = 503) -> None:
         """Answer a non-2xx status (403 denied, 503 upstream refused, ...) and end it."""
@@ -78,6 +80,7 @@ class HboneRequest:
             return
         self.status = status
         self._conn.answer(self._event.stream_id, status)
+        self._stream.discard()
 
 
 Handler = Callable[[HboneRequest], Awaitable[None]]
@@ -158,8 +161,10 @@ class HboneServer:
                      authority=ev.authority, status=status)
             conn.answer(ev.stream_id, status)
             return
+        # Register the stream now so data the client sends before our answer is kept.
+        stream = conn.register_stream(ev)
         request = HboneRequest(ev.authority, target, conn.peer_identity, conn.peer_address,
-                               ev.headers, conn, ev)
+                               ev.headers, conn, ev, stream)
         self._spawn(self._run_handler(request))
 
     async def _run_handler(self, request: HboneRequest) -> None:

@@ -192,6 +192,14 @@ class HboneStream(anyio.abc.ByteStream):
             n, self._unacked = self._unacked, 0
             self._conn.acknowledge(self.stream_id, n)
 
+    def discard(self) -> None:
+        """Forget a stream that was answered with an error (no RST: the answer ended it)."""
+        unacked = sum(flow for _, flow in self._chunks)
+        self._chunks.clear()
+        if unacked:
+            self._conn.acknowledge(self.stream_id, unacked)
+        self._finish()
+
     def reset(self, error_code: int = CANCEL) -> None:
         """Abort the stream (RST_STREAM); the peer sees a reset, not an end."""
         if self.done:
