@@ -42,8 +42,11 @@ def _file_name(source: str) -> str:
     return name
 
 
+_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def _dump(docs: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 class ConfigDirectory:
@@ -52,6 +55,8 @@ class ConfigDirectory:
         path.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, list[Document]] = {}
         self._errors: dict[str, ConfigError] = {}
+        # Content last read or written per file: unchanged files are not parsed again.
+        self._seen: dict[str, bytes] = {}
 
     # -- reading ------------------------------------------------------------------
 
@@ -60,14 +65,18 @@ class ConfigDirectory:
         before = self.objects()
         present = {p.name for p in self.path.iterdir()
                    if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith(".")}
-        for name in list(self._files):
+        for name in list(self._files) + list(self._errors):
             if name not in present:
-                del self._files[name]
+                self._files.pop(name, None)
                 self._errors.pop(name, None)
+                self._seen.pop(name, None)
         for name in sorted(present):
             try:
-                text = (self.path / name).read_text()
-                self._files[name] = parse_documents(text, name)
+                data = (self.path / name).read_bytes()
+                if self._seen.get(name) == data:
+                    continue
+                self._seen[name] = data
+                self._files[name] = parse_documents(data.decode(), name)
                 self._errors.pop(name, None)
             except (OSError, UnicodeDecodeError) as e:
                 self._errors[name] = ConfigError([ConfigIssue(name, 0, "", "", str(e))])
@@ -102,62 +111,64 @@ class ConfigDirectory:
 
     # -- writing ------------------------------------------------------------------
 
-    def _home(self, key: ObjectKey) -> str | None:
+    def _homes(self) -> dict[ObjectKey, str]:
+        homes: dict[ObjectKey, str] = {}
         for name in sorted(self._files):
-            if any(d.key == key for d in self._files[name]):
-                return name
-        return None
+            for d in self._files[name]:
+                homes.setdefault(d.key, name)
+        return homes
 
     def _write(self, name: str, docs: list[Document]) -> None:
         path = self.path / name
         if docs:
-            write_atomic(path, _dump([d.raw for d in docs]).encode())
-            # Re-read what was written so indexes match the file on disk.
-            self._files[name] = parse_documents(path.read_text(), name)
+            data = _dump([d.raw for d in docs]).encode()
+            write_atomic(path, data)
+            self._seen[name] = data
+            self._files[name] = [Document(d.resource, d.raw, name, i)
+                                 for i, d in enumerate(docs, start=1)]
         else:
             path.unlink(missing_ok=True)
             self._files.pop(name, None)
+            self._seen.pop(name, None)
         self._errors.pop(name, None)
 
     def apply(self, text: str, source: str) -> list[Change]:
         """Validate everything first (ConfigError: nothing written), then persist."""
         docs = parse_documents(text, Path(source).name or source)
         current = self.objects()
+        homes = self._homes()
         target = _file_name(source)
-        touched: dict[str, list[Document]] = {}
+        touched: dict[str, dict[ObjectKey, Document]] = {}
         changes = []
         for doc in docs:
             old = current.get(doc.key)
-            home = self._home(doc.key) or target
-            files = touched.setdefault(home, list(self._files.get(home, [])))
             if old is not None and old.resource == doc.resource:
                 changes.append(Change(doc.key, "unchanged"))
                 continue
-            for i, existing in enumerate(files):
-                if existing.key == doc.key:
-                    files[i] = doc
-                    break
-            else:
-                files.append(doc)
+            home = homes.get(doc.key, target)
+            if home not in touched:
+                touched[home] = {d.key: d for d in self._files.get(home, [])}
+            touched[home][doc.key] = doc
             changes.append(Change(doc.key, "configured" if old is not None else "created"))
-        for name, files in touched.items():
-            if files != self._files.get(name):
-                self._write(name, files)
+        for name, by_key in touched.items():
+            self._write(name, list(by_key.values()))
         return changes
 
     def delete(self, keys: list[ObjectKey]) -> list[Change]:
+        homes = self._homes()
         changes = []
-        touched: dict[str, list[Document]] = {}
+        touched: dict[str, dict[ObjectKey, Document]] = {}
         for key in keys:
-            home = self._home(key)
-            if home is None:
+            home = homes.get(key)
+            if home is None or (home in touched and key not in touched[home]):
                 changes.append(Change(key, "not found"))
                 continue
-            files = touched.setdefault(home, list(self._files.get(home, [])))
-            files[:] = [d for d in files if d.key != key]
+            if home not in touched:
+                touched[home] = {d.key: d for d in self._files.get(home, [])}
+            del touched[home][key]
             changes.append(Change(key, "deleted"))
-        for name, files in touched.items():
-            self._write(name, files)
+        for name, by_key in touched.items():
+            self._write(name, list(by_key.values()))
         return changes
 
 
