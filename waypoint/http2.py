@@ -301,19 +301,23 @@ class Http2ServerConnection(_H2Connection):
             st.ended = bool(ev.stream_ended)
             self.streams[ev.stream_id] = st
             assert self._tg is not None
-            self._tg.start_soon(self._serve_stream, ev.stream_id, _decode(ev.headers), st)
+            self._tg.start_soon(self._serve_stream, ev.stream_id, _decode(ev.headers), st,
+                                not st.ended)
         else:
             self._dispatch(ev)
 
-    async def _serve_stream(self, stream_id: int, raw: Headers, st: _Stream) -> None:
+    async def _serve_stream(self, stream_id: int, raw: Headers, st: _Stream, has_body: bool
+                            ) -> None:
+        """`has_body` is decided when the HEADERS frame arrives: by the time this task
+        runs, the whole body may already be buffered and the stream ended."""
         pseudo = {k: v for k, v in raw if k.startswith(":")}
         headers = [(k, v) for k, v in raw if not k.startswith(":")]
         method = pseudo.get(":method", "GET")
         head = RequestHead(method, pseudo.get(":path", "/"),
                            pseudo.get(":authority", "") or self.info.destination or "",
                            headers, pseudo.get(":scheme", "http"), "HTTP/2",
-                           has_body=not st.ended)
-        body: BodySource = _H2Body(self, stream_id, st) if not st.ended else EmptyBody()
+                           has_body=has_body)
+        body: BodySource = _H2Body(self, stream_id, st) if has_body else EmptyBody()
         with anyio.CancelScope() as scope:
             st.scope = scope
             try:
@@ -333,8 +337,10 @@ class Http2ServerConnection(_H2Connection):
         try:
             headers = [(":status", str(resp.status)), *_forwardable(resp.headers)]
             bodyless = method == "HEAD" or resp.status in NO_BODY_STATUS
-            if bodyless or (resp.content_length == 0 and resp.body.trailers is None
-                            and isinstance(resp.body, EmptyBody)):
+            # A known-empty body ends the stream on HEADERS: gRPC's "trailers-only"
+            # error responses must arrive that way (grpc-status in the one HEADERS).
+            empty = isinstance(getattr(resp.body, "inner", resp.body), EmptyBody)
+            if bodyless or empty:
                 self.h2.send_headers(stream_id, headers, end_stream=True)
                 await self.flush()
                 return

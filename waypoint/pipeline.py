@@ -313,7 +313,7 @@ async def forward(rt: Runtime, ex: Exchange) -> Response:
     port_info = backend.port(ex.backend.port or ex.port)
     h2 = port_info.upstream_h2 if port_info is not None else None
     if h2 is None:
-        h2 = ex.head.protocol == "HTTP/2"
+        h2 = ex.head.is_grpc  # gRPC needs HTTP/2; anything else defaults to HTTP/1.1
     head = ex.head.copy()
     try:
         return await rt.pool.request(ex.service.key, rt.state.limits(ex.service.key),
@@ -370,8 +370,7 @@ def _start_mirror(rt: Runtime, ex: Exchange, mirror: Mirror) -> None:
     head.authority = f"{host}-shadow" + (f":{hport}" if hport else "")
     port_info = backend.port(port)
     h2 = port_info.upstream_h2 if port_info else None
-    protocol: Literal["h1", "h2"] = "h2" if (h2 if h2 is not None else head.protocol == "HTTP/2") \
-        else "h1"
+    protocol: Literal["h1", "h2"] = "h2" if (h2 if h2 is not None else head.is_grpc) else "h1"
     rt.mirrors_in_flight += 1
 
     async def send() -> None:
@@ -397,7 +396,7 @@ class _ObservedBody:
     """Counts response bytes and reports the request once, when the body is done."""
 
     def __init__(self, inner: BodySource, done: Callable[..., None]) -> None:
-        self._inner = inner
+        self.inner = self._inner = inner
         self._done: Callable[..., None] | None = done
         self.sent = 0
 
