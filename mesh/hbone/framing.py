@@ -140,7 +140,9 @@ class H2Framing:
         for ev in raw:
             if isinstance(ev, h2.events.DataReceived):
                 assert ev.stream_id is not None and ev.data is not None
-                events.append(DataArrived(ev.stream_id, ev.data, ev.flow_controlled_length or 0))
+                if ev.data or ev.flow_controlled_length:  # skip the empty END_STREAM frame
+                    events.append(DataArrived(ev.stream_id, ev.data,
+                                              ev.flow_controlled_length or 0))
             elif isinstance(ev, h2.events.StreamEnded):
                 assert ev.stream_id is not None
                 events.append(StreamFinished(ev.stream_id))
