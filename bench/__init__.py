@@ -1,0 +1,1 @@
+"""Benchmarks of ambient-mesh; each module runs as `python -m bench.<name>`."""
