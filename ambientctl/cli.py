@@ -7,6 +7,7 @@ Errors a user can act on (AmbientctlError, ConfigError, runtime errors) are prin
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -15,28 +16,8 @@ from typing import Any
 import click
 import structlog
 
-from ambientctl.commands import (
-    apply,
-    certs,
-    check,
-    completion,
-    config,
-    delete,
-    down,
-    exec_,
-    explain,
-    get,
-    install,
-    logs,
-    metrics,
-    status,
-    up,
-)
-from ambientctl.context import MeshContext
 from ambientctl.errors import AmbientctlError
 from ambientctl.layout import DEFAULT_CLUSTER, MeshLayout
-from mesh.config import ConfigError
-from mesh.runtime.errors import RuntimeError_
 
 
 def quiet_logging() -> None:
@@ -55,20 +36,47 @@ def fail(message: str, hint: str = "", code: int = 1) -> None:
     sys.exit(code)
 
 
+# Command name -> module under ambientctl/commands/. Imported on first use, so a
+# command (and shell completion) only pays for what it needs.
+COMMANDS: dict[str, str] = {
+    "check": "check", "up": "up", "down": "down", "status": "status", "get": "get",
+    "apply": "apply", "delete": "delete", "exec": "exec_", "config": "config",
+    "certs": "certs", "metrics": "metrics", "logs": "logs", "explain": "explain",
+    "install": "install", "completion": "completion",
+}
+
+
 class FriendlyGroup(click.Group):
-    """Turns the errors a user can fix into a message and a hint instead of a trace."""
+    """Loads commands lazily, and turns the errors a user can fix into a message and a
+    hint instead of a trace."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command: click.Command = importlib.import_module(
+            f"ambientctl.commands.{module}").command
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AmbientctlError as e:
             fail(e.message, e.hint, e.exit_code)
-        except ConfigError as e:
-            fail("invalid configuration, nothing was applied:\n  " +
-                 "\n  ".join(str(i) for i in e.issues),
-                 "fix the named field and run the command again")
-        except RuntimeError_ as e:
-            fail(str(e))
+        except Exception as e:
+            from mesh.config import ConfigError
+            from mesh.runtime.errors import RuntimeError_
+
+            if isinstance(e, ConfigError):
+                fail("invalid configuration, nothing was applied:\n  " +
+                     "\n  ".join(str(i) for i in e.issues),
+                     "fix the named field and run the command again")
+            if isinstance(e, RuntimeError_):
+                fail(str(e))
+            raise
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,12 +108,11 @@ def cli(ctx: click.Context, cluster: str, admin_addr: str | None,
     Shell completion (bash): eval "$(ambientctl completion bash)"
     """
     quiet_logging()
+    from ambientctl.context import MeshContext
+
     ctx.obj = MeshContext(MeshLayout(cluster), admin_addr, admin_token_file)
 
 
-for _module in (check, up, down, status, get, apply, delete, exec_, config, certs, metrics,
-                logs, explain, install, completion):
-    cli.add_command(_module.command)
 
 
 def main() -> None:
