@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli_helpers import AMBIENTCTL, Controller, controller_alone, ctl
+from tests.e2e.test_cli_support import AMBIENTCTL, Controller, controller_alone, ctl
 
 pytestmark = pytest.mark.e2e
 

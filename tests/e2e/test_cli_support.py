@@ -1,6 +1,6 @@
 """Running ambientctl as a user does (a subprocess), and a controller started alone.
 
-Not a test module: shared by tests/e2e/test_cli_*.py."""
+Holds no tests: shared by tests/e2e/test_cli_*.py."""
 
 from __future__ import annotations
 
