@@ -28,6 +28,7 @@ from mesh.identity import CertifiedKey, TrustBundle
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.csr import build_csr, generate_key
 from mesh.identity.spiffe import SpiffeId
+from mesh.identity.svid import load_pem_chain
 from mesh.identity.tls import client_context, server_context
 from mesh.logs import configure_logging
 from mesh.xds import ConfigSubscriber
@@ -66,11 +67,7 @@ class Identity:
         key = generate_key()
         signed = await self.client.create_certificate(build_csr(key, self.spiffe),
                                                       self.namespace, self.pod)
-        from cryptography.hazmat.primitives import serialization
-        key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        ck = CertifiedKey.from_pem(key_pem, signed.chain_pem)
+        ck = CertifiedKey(key, load_pem_chain(signed.chain_pem))
         bundle: TrustBundle = signed.bundle
         self.key = ck
         self.spiffe = signed.identity
