@@ -21,7 +21,7 @@ import structlog
 
 from controller.metrics import ControllerMetrics
 from controller.registry import Registry
-from controller.snapshots import SnapshotBuilder, SnapshotContent
+from controller.snapshots import FragmentCache, SnapshotBuilder, SnapshotContent
 from mesh.api import config_pb2 as pb
 from mesh.identity.errors import NodeAuthError
 from mesh.identity.node_token import authenticate
@@ -89,6 +89,7 @@ class PushServer:
         self._first_change = 0.0
         self._last_change = 0.0
         self._builder: SnapshotBuilder | None = None
+        self._fragments = FragmentCache()
         self._cache: dict[tuple[int, str, str], SnapshotContent] = {}
         registry.subscribe(self._on_change)
 
@@ -97,7 +98,7 @@ class PushServer:
     def _current_builder(self) -> SnapshotBuilder:
         view = self.registry.view()
         if self._builder is None or self._builder.view is not view:
-            self._builder = SnapshotBuilder(view)
+            self._builder = SnapshotBuilder(view, self._fragments)
             self._cache = {}
         return self._builder
 

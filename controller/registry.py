@@ -15,7 +15,6 @@ from controller.scheduler import assign_nodes
 from controller.state import StateDir
 from controller.view import (
     ClusterView,
-    DesiredPod,
     NodeRecord,
     PodState,
     Ref,
@@ -47,7 +46,8 @@ class Registry:
         self._vips: dict[Ref, str] = state.load_vips() if state else {}
         self._pod_states: dict[Ref, PodState] = state.load_pod_states() if state else {}
         self._view: ClusterView | None = None
-        self._desired: list[DesiredPod] = []
+        self._placements_stale = True
+        self._uids: dict[tuple[str, str, str | None, str], str] = {}
         self.generation = 0
         self._listeners: list[Callable[[], None]] = []
 
@@ -66,6 +66,7 @@ class Registry:
         if dict(objects) == self._objects:
             return
         self._objects = dict(objects)
+        self._placements_stale = True
         self._changed()
 
     def objects(self, kind: str | None = None) -> list[Resource]:
@@ -79,6 +80,7 @@ class Registry:
         if self._state:
             self._state.save_nodes(self._nodes)
         _log.info("node_registered", node=name, pod_cidrs=list(record.pod_cidrs))
+        self._placements_stale = True
         self._changed()
 
     @property
@@ -87,12 +89,13 @@ class Registry:
 
     def report_pods(self, node: str, states: Iterable[tuple[Ref, PodState]]) -> list[str]:
         """Replace what is known of the pods on `node`; returns refs it does not run."""
-        view = self.view()
+        if self._placements_stale:
+            self.view()  # places pods created since the last build
         new = {ref: s for ref, s in self._pod_states.items() if s.node != node}
         unknown = []
         for ref, s in states:
-            pod = view.pods.get(ref)
-            if pod is None or pod.node != node:
+            # Placements, not the view: a burst of reports must not rebuild it each time.
+            if self._placements.get(ref) != node:
                 unknown.append(f"{ref[0]}/{ref[1]}")
                 continue
             new[ref] = PodState(s.uid, node, s.ipv4, s.ipv6, s.phase, s.message)
@@ -122,6 +125,7 @@ class Registry:
         desired = desired_pods(objects, self.controller_addr)
         placements = assign_nodes(
             ((d.ref, d.spec.node_name) for d in desired), self._nodes, self._placements)
+        self._placements_stale = False
         if placements != self._placements:
             self._placements = placements
             if self._state:
@@ -135,10 +139,15 @@ class Registry:
             self._vips = vips
             if self._state:
                 self._state.save_vips(vips)
-        return build_view(
+        view = build_view(
             objects, trust_domain=self.trust_domain, nodes=self._nodes,
             placements=placements, vips=vips, pod_states=self._pod_states, desired=desired,
+            uid_cache=self._uids,
         )
+        if len(self._uids) > 2 * len(view.pods) + 1024:
+            live = {p.uid for p in view.pods.values()}
+            self._uids = {k: u for k, u in self._uids.items() if u in live}
+        return view
 
     def written_pod(self, namespace: str, name: str) -> Pod | None:
         obj = self._objects.get(ObjectKey("Pod", namespace, name))

@@ -9,8 +9,11 @@ nothing changed, and a proxy that already holds it is not disturbed."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cached_property
+
+from google.protobuf.message import Message
 
 from controller.policy import effective_mtls, waypoint_authorizations, workload_authorizations
 from controller.view import HBONE_PORT, ClusterView, PodView, Ref, ServiceView
@@ -51,8 +54,54 @@ class SnapshotContent:
         return sum(len(p) for p in self.parts)
 
 
-def _ser(msg: pb.Snapshot) -> bytes:
+def _ser(msg: Message) -> bytes:
     return msg.SerializeToString(deterministic=True)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """Wire encoding of one length-delimited field (an embedded message)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+_PODS_TO_RUN = pb.Snapshot.DESCRIPTOR.fields_by_name["pods_to_run"].number
+_WORKLOADS = pb.Snapshot.DESCRIPTOR.fields_by_name["workloads"].number
+_SERVICES = pb.Snapshot.DESCRIPTOR.fields_by_name["services"].number
+
+
+class FragmentCache:
+    """Serialized sub-messages (workloads, services, pods to run) reused across
+    rebuilds: after one change most of them are identical, and encoding 10 000
+    workloads again would dominate the push latency. Entries not used by the latest
+    build are dropped at the next one."""
+
+    def __init__(self) -> None:
+        self._old: dict[Hashable, tuple[object, bytes]] = {}
+        self._new: dict[Hashable, tuple[object, bytes]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def rotate(self) -> None:
+        self._old, self._new = self._new, {}
+
+    def get(self, key: Hashable, build: Callable[[], Message], keep: object = None) -> bytes:
+        """`keep` holds objects whose id() is part of the key alive with the entry."""
+        entry = self._new.get(key) or self._old.get(key)
+        if entry is None:
+            self.misses += 1
+            entry = (keep, _ser(build()))
+        else:
+            self.hits += 1
+        self._new[key] = entry
+        return entry[1]
 
 
 def waypoint_ref(view: ClusterView, ref: Ref | None) -> pb.WaypointRef | None:
@@ -225,28 +274,56 @@ def traffic_policy(t: TrafficPolicy) -> pb.TrafficPolicy:
     return msg
 
 
+def _items(d: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(d.items()))
+
+
 class SnapshotBuilder:
     """Builds snapshots for one ClusterView; the mesh-wide part is built once."""
 
-    def __init__(self, view: ClusterView) -> None:
+    def __init__(self, view: ClusterView, cache: FragmentCache | None = None) -> None:
         self.view = view
+        self.cache = cache or FragmentCache()
+        self.cache.rotate()
+
+    def _wp_key(self, ref: Ref | None) -> Hashable:
+        if ref is None:
+            return None
+        wp = self.view.waypoints.get(ref)
+        return (ref, tuple(wp.addresses) if wp else ())
+
+    def _workload(self, pod: PodView) -> bytes:
+        key = ("w", pod.uid, tuple(pod.addresses), pod.phase, pod.enrolled, pod.node,
+               self._wp_key(pod.waypoint), _items(pod.labels), tuple(pod.excluded_ports),
+               pod.native_hbone)
+        return self.cache.get(key, lambda: workload(self.view, pod))
+
+    def _service(self, sv: ServiceView) -> bytes:
+        key = ("s", id(sv.service), tuple(sv.vips), self._wp_key(sv.waypoint),
+               tuple((e.workload_uid, tuple(e.addresses), tuple(e.ports), e.node, e.enrolled,
+                      e.identity) for e in sv.endpoints))
+        return self.cache.get(key, lambda: service(self.view, sv), keep=sv.service)
+
+    def _pod_to_run(self, pod: PodView) -> bytes:
+        key = ("p", pod.uid, pod.enrolled, _items(pod.labels), _items(pod.annotations),
+               tuple(pod.excluded_ports))
+        return self.cache.get(key, lambda: pod_to_run(pod))
 
     @cached_property
     def _mesh_wide(self) -> bytes:
         v = self.view
-        msg = pb.Snapshot(
-            workloads=[workload(v, p) for _, p in sorted(v.pods.items())],
-            services=[service(v, s) for _, s in sorted(v.services.items())],
-        )
-        return _ser(msg)
+        return b"".join(
+            [_field(_WORKLOADS, self._workload(p)) for _, p in sorted(v.pods.items())]
+            + [_field(_SERVICES, self._service(s)) for _, s in sorted(v.services.items())])
 
     def node(self, node: str) -> SnapshotContent:
         v = self.view
         local = sorted(v.pods_by_node.get(node, []), key=lambda p: p.ref)
         policies: dict[str, AuthorizationPolicy] = {}
         workload_policies = []
+        peer_auths = sorted(v.peer_authentications, key=lambda p: (p.namespace, p.name))
         for pod in local:
-            mode, decided_by = effective_mtls(pod.namespace, pod.labels, v.peer_authentications)
+            mode, decided_by = effective_mtls(pod.namespace, pod.labels, peer_auths)
             applied = workload_authorizations(pod.namespace, pod.labels,
                                               v.authorization_policies)
             for p in applied:
@@ -256,11 +333,11 @@ class SnapshotBuilder:
                 authorizations=[f"{p.namespace}/{p.name}" for p in applied]))
         specific = pb.Snapshot(
             kind=pb.NODE, trust_domain=v.trust_domain,
-            pods_to_run=[pod_to_run(p) for p in local],
             authorizations=[authorization(policies[k]) for k in sorted(policies)],
             workload_policies=workload_policies,
         )
-        return SnapshotContent(pb.NODE, (self._mesh_wide, _ser(specific)))
+        pods = b"".join(_field(_PODS_TO_RUN, self._pod_to_run(p)) for p in local)
+        return SnapshotContent(pb.NODE, (self._mesh_wide, pods, _ser(specific)))
 
     def waypoint(self, namespace: str, name: str) -> SnapshotContent:
         v = self.view
@@ -283,7 +360,7 @@ class SnapshotBuilder:
                         needed.add((b.namespace or r.namespace, b.name))
         services = [v.services[ref] for ref in sorted(needed) if ref in v.services]
         uids = {e.workload_uid for s in services for e in s.endpoints if e.workload_uid}
-        workloads = [workload(v, p) for _, p in sorted(v.pods.items()) if p.uid in uids]
+        workloads = [p for _, p in sorted(v.pods.items()) if p.uid in uids]
         tps = sorted(
             (t for t in v.traffic_policies
              if any((t.namespace, ref.name) in served_set for ref in t.spec.target_refs)),
@@ -294,10 +371,11 @@ class SnapshotBuilder:
             waypoint=pb.WaypointInfo(
                 namespace=namespace, name=name, identity=wp.identity if wp else "",
                 services=[f"{ns}/{n}" for ns, n in served]),
-            services=[service(v, s) for s in services],
-            workloads=workloads,
             routes=[route(r) for r in routes],
             traffic_policies=[traffic_policy(t) for t in tps],
             authorizations=[authorization(p) for p in authz],
         )
-        return SnapshotContent(pb.WAYPOINT, (_ser(msg),))
+        shared = b"".join(
+            [_field(_WORKLOADS, self._workload(p)) for p in workloads]
+            + [_field(_SERVICES, self._service(sv)) for sv in services])
+        return SnapshotContent(pb.WAYPOINT, (shared, _ser(msg)))

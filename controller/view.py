@@ -282,7 +282,11 @@ def build_view(
     vips: Mapping[Ref, str],
     pod_states: Mapping[Ref, PodState],
     desired: Iterable[DesiredPod],
+    uid_cache: dict[tuple[str, str, str | None, str], str] | None = None,
 ) -> ClusterView:
+    """`uid_cache` (owned by the caller, reused across builds) saves recomputing the
+    UUIDs of unchanged pods."""
+    uids = uid_cache if uid_cache is not None else {}
     objs = list(objects)
     namespaces = {o.name: o for o in objs if isinstance(o, Namespace)}
     enrolled_ns = {
@@ -299,7 +303,10 @@ def build_view(
     label_index: dict[str, dict[tuple[str, str], set[Ref]]] = defaultdict(lambda: defaultdict(set))
     for d in desired:
         node = placements.get(d.ref)
-        uid = pod_uid(d.namespace, d.name, node, _spec_digest(d.spec, digest_cache))
+        uid_key = (d.namespace, d.name, node, _spec_digest(d.spec, digest_cache))
+        uid = uids.get(uid_key)
+        if uid is None:
+            uid = uids[uid_key] = pod_uid(*uid_key)
         own_wp = lookup(d.labels, d.annotations, USE_WAYPOINT)
         view = PodView(
             namespace=d.namespace, name=d.name, uid=uid, node=node,
