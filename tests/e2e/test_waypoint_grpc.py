@@ -69,9 +69,9 @@ def test_grpc_error_status_and_trailers_pass_through(setup: Setup) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _unary(setup.channel)(b"fail", timeout=5)
     err = info.value
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
-    assert err.details() == "you asked for it"  # type: ignore[attr-defined]
-    assert ("x-detail", "asked-to-fail") in err.trailing_metadata()  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.details() == "you asked for it"
+    assert ("x-detail", "asked-to-fail") in err.trailing_metadata()
 
 
 def test_grpc_server_streaming(setup: Setup) -> None:

@@ -176,9 +176,7 @@ class BackendLoop:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.runners.append(runner)
-            server = site._server
-            assert server is not None
-            return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+            return int(runner.addresses[0][1])
         b.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
         return b
 
