@@ -299,7 +299,12 @@ class LocalMesh:
             pods = status.get("pods", {})
             count = int(pods.get("total", 0))
             if pods.get("running", 0) < count:
-                return f"pods running {pods.get('running', 0)}/{count}"
+                waiting = sorted(
+                    f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+                    for p in admin.list_objects("Pod")
+                    if p.get("status", {}).get("phase") != "Running")
+                return (f"pods running {pods.get('running', 0)}/{count}; not running: "
+                        f"{', '.join(waiting)} (see `ambientctl logs NS/POD`)")
             waiting = [w["name"] for w in status.get("waypoints", []) if not w.get("ready")]
             if waiting:
                 return f"waypoint {', '.join(waiting)} not ready"

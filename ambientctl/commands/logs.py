@@ -17,6 +17,17 @@ def tail(path: Path, lines: int) -> list[str]:
         return list(deque(f, maxlen=lines)) if lines > 0 else f.readlines()
 
 
+def pod_log(mesh: MeshContext, ref: str) -> Path:
+    """A pod's output, kept by its node agent: nodes/<node>/logs/<ns>.<pod>.<container>.log
+    (the first container's when a pod has several)."""
+    ns, _, name = ref.partition("/")
+    found = sorted((mesh.layout.base / "nodes").glob(f"*/logs/{ns}.{name}.*.log"))
+    if not found:
+        raise BadArgument(f"no logs for pod {ref}",
+                          "is it scheduled? `ambientctl get pods -A` lists pods and nodes")
+    return found[0]
+
+
 @click.command("logs")
 @click.argument("component", required=False)
 @click.option("-n", "--tail", "lines", type=int, default=50, show_default=True,
@@ -24,7 +35,7 @@ def tail(path: Path, lines: int) -> list[str]:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
 @click.pass_obj
 def command(mesh: MeshContext, component: str | None, lines: int, follow: bool) -> None:
-    """Show the log of COMPONENT: controller, node-1, node-2, ...
+    """Show the log of COMPONENT: controller, node-1, node-2, ... or of a pod (NS/POD).
 
     Without COMPONENT, lists the components that have logs.
 
@@ -32,6 +43,7 @@ def command(mesh: MeshContext, component: str | None, lines: int, follow: bool) 
     Examples:
       sudo ambientctl logs controller
       sudo ambientctl logs node-1 -f
+      sudo ambientctl logs demo/frontend-0
     """
     available = mesh.layout.components()
     if component is None:
@@ -40,7 +52,7 @@ def command(mesh: MeshContext, component: str | None, lines: int, follow: bool) 
         for name in available:
             click.echo(name)
         return
-    path = mesh.layout.log_file(component)
+    path = pod_log(mesh, component) if "/" in component else mesh.layout.log_file(component)
     if not path.exists():
         if not available:
             raise MeshNotRunning(mesh.cluster)
