@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PKGS := mesh ebpf nodeagent waypoint controller ambientctl
 
-.PHONY: setup test lint unit netns e2e demo down bench proto clean
+.PHONY: setup test lint unit netns e2e demo down bench soak proto clean
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,10 @@ down: setup
 
 bench: setup
 	$(PY) -m bench
+
+# The long variants of the reliability tests (rotation over 60 s, ...).
+soak: setup
+	AMBIENT_SOAK=1 $(PY) -m pytest tests -q -k "soak or rotation or reliability"
 
 proto: setup
 

@@ -82,7 +82,8 @@ class NodeAgent:
         self.channel = grpc.aio.insecure_channel(config.controller)
         self.certs = CertificateManager(
             CertificateClient(self.channel, config.node, config.token), config.trust_domain)
-        self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), Tunnels(self.certs),
+        tunnels = Tunnels(self.certs, drain_seconds=config.drain_seconds)
+        self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), tunnels,
                                 self.redirector.original_destination)
         self.enrollment = EnrollmentController(self.redirector, self.ctx)
         self.subscriber = ConfigSubscriber(

@@ -126,15 +126,18 @@ class EnrollmentController:
     async def drain(self, deadline: float, keep_capture: bool) -> None:
         """Stop accepting, let connections finish up to `deadline` seconds, then stop.
         With keep_capture the BPF state stays in force (an agent restart)."""
-        for key in list(self.pods):
-            if keep_capture:
-                await self._stop_serving(self.pods.pop(key))
-            else:
+        leaving = list(self.pods)
+        if not keep_capture:
+            for key in leaving:
                 await self.unenroll(key)
-        if self.connections:
-            _, pending = await asyncio.wait(set(self.connections), timeout=deadline)
-            for task in pending:
-                task.cancel()
+            return
+        pods = [self.pods.pop(key) for key in leaving]
+        conns = set(self.connections)
+        # All pods at once: each HBONE server waits up to `deadline` for its tunnels.
+        await asyncio.gather(*(self._stop_serving(p) for p in pods),
+                             *([asyncio.wait(conns, timeout=deadline)] if conns else []))
+        for task in self.connections:
+            task.cancel()
 
     def enrolled_keys(self) -> list[str]:
         return sorted(self.pods)

@@ -80,7 +80,7 @@ if ls mesh/api/*.proto >/dev/null 2>&1; then
     out="${proto%.proto}_pb2.py"
     if [ ! -e "$out" ] || [ "$proto" -nt "$out" ]; then
       log "generating code for $proto"
-      "$VENV/bin/python" -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
+      PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
         --mypy_out=. --mypy_grpc_out=. "$proto"
     fi
   done

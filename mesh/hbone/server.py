@@ -88,8 +88,10 @@ Handler = Callable[[HboneRequest], Awaitable[None]]
 
 class HboneServer:
     def __init__(self, ssl_context_provider: ContextProvider, handler: Handler, *,
-                 settings: TunnelSettings | None = None) -> None:
+                 settings: TunnelSettings | None = None, grace: float = 0.0) -> None:
+        """`grace`: on shutdown, seconds established tunnels get to finish (drain)."""
         self._provider = ssl_context_provider
+        self.grace = grace
         self._handler = handler
         self.settings = settings or TunnelSettings()
         self._connections: set[HboneConnection] = set()
@@ -189,6 +191,8 @@ class HboneServer:
         for conn in list(self._connections):
             conn.go_away()
         tasks = list(self._tasks)
+        if tasks and self.grace > 0:  # drain: established tunnels may finish first
+            await asyncio.wait(tasks, timeout=self.grace)
         for task in tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

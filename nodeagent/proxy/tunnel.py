@@ -36,6 +36,7 @@ InboundTunnelRequest = HboneRequest
 class Tunnels:
     certs: CertificateManager
     pool: HboneClientPool = field(default_factory=HboneClientPool)
+    drain_seconds: float = 0.0
 
     async def open(self, pod: PodEndpoint, address: str, port: int, authority: str,
                    expected_identity: str | None) -> HboneStream:
@@ -53,7 +54,7 @@ class Tunnels:
                     handler: Callable[[HboneRequest], Awaitable[None]]) -> None:
         """Serve HBONE on the pod's 15008 listeners until cancelled."""
         provider = self.certs.server_context_provider(SpiffeId.parse(pod.identity))
-        server = HboneServer(provider, handler)
+        server = HboneServer(provider, handler, grace=self.drain_seconds)
         async with asyncio.TaskGroup() as tg:
             for sock in sockets:
                 tg.create_task(server.serve(sock))
