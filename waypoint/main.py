@@ -9,7 +9,6 @@ controller."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import socket
 import ssl
 import sys
@@ -184,11 +183,12 @@ async def _run(opts: dict[str, object]) -> None:
 @click.option("--namespace", default="default", show_default=True,
               help="Namespace of the waypoint Gateway.")
 @click.option("--controller", default=None, help="Controller gRPC address (host:port).")
-@click.option("--node", default=lambda: os.environ.get("NODE_NAME", ""),
+@click.option("--node", envvar="NODE_NAME", default="",
               help="Node this waypoint runs on (its token authenticates to the CA).")
-@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--token-file", envvar="AMBIENT_TOKEN_FILE",
+              type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="File holding the node's bootstrap token.")
-@click.option("--pod", default=lambda: os.environ.get("POD_NAME", ""),
+@click.option("--pod", envvar="POD_NAME", default="",
               help="The waypoint's own pod name (for its certificate).")
 @click.option("--service-account", default="", help="Service account (default: --name).")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
