@@ -23,6 +23,7 @@ from controller.view import (
 )
 from controller.vips import DEFAULT_RANGE, allocate_vips
 from mesh.config import ObjectKey, Pod, Resource, Service
+from mesh.config.core import PodSpec
 
 _log = structlog.get_logger("controller.registry")
 
@@ -47,7 +48,9 @@ class Registry:
         self._pod_states: dict[Ref, PodState] = state.load_pod_states() if state else {}
         self._view: ClusterView | None = None
         self._placements_stale = True
+        self._pod_states_unsaved = False
         self._uids: dict[tuple[str, str, str | None, str], str] = {}
+        self._digests: dict[int, tuple[PodSpec, str]] = {}
         self.generation = 0
         self._listeners: list[Callable[[], None]] = []
 
@@ -101,8 +104,7 @@ class Registry:
             new[ref] = PodState(s.uid, node, s.ipv4, s.ipv6, s.phase, s.message)
         if new != self._pod_states:
             self._pod_states = new
-            if self._state:
-                self._state.save_pod_states(new)
+            self._pod_states_unsaved = True
             self._changed()
         return unknown
 
@@ -126,6 +128,10 @@ class Registry:
         placements = assign_nodes(
             ((d.ref, d.spec.node_name) for d in desired), self._nodes, self._placements)
         self._placements_stale = False
+        if self._pod_states_unsaved and self._state:
+            # Saved once per rebuild (debounced), not on every report of a burst.
+            self._state.save_pod_states(self._pod_states)
+        self._pod_states_unsaved = False
         if placements != self._placements:
             self._placements = placements
             if self._state:
@@ -142,11 +148,14 @@ class Registry:
         view = build_view(
             objects, trust_domain=self.trust_domain, nodes=self._nodes,
             placements=placements, vips=vips, pod_states=self._pod_states, desired=desired,
-            uid_cache=self._uids,
+            uid_cache=self._uids, digest_cache=self._digests,
         )
         if len(self._uids) > 2 * len(view.pods) + 1024:
             live = {p.uid for p in view.pods.values()}
             self._uids = {k: u for k, u in self._uids.items() if u in live}
+        if len(self._digests) > 2 * len(desired) + 1024:
+            specs = {id(d.spec) for d in desired}
+            self._digests = {k: v for k, v in self._digests.items() if k in specs}
         return view
 
     def written_pod(self, namespace: str, name: str) -> Pod | None:

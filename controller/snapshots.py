@@ -75,6 +75,7 @@ def _field(number: int, payload: bytes) -> bytes:
 _PODS_TO_RUN = pb.Snapshot.DESCRIPTOR.fields_by_name["pods_to_run"].number
 _WORKLOADS = pb.Snapshot.DESCRIPTOR.fields_by_name["workloads"].number
 _SERVICES = pb.Snapshot.DESCRIPTOR.fields_by_name["services"].number
+_WORKLOAD_POLICIES = pb.Snapshot.DESCRIPTOR.fields_by_name["workload_policies"].number
 
 
 class FragmentCache:
@@ -274,10 +275,6 @@ def traffic_policy(t: TrafficPolicy) -> pb.TrafficPolicy:
     return msg
 
 
-def _items(d: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(d.items()))
-
-
 class SnapshotBuilder:
     """Builds snapshots for one ClusterView; the mesh-wide part is built once."""
 
@@ -285,6 +282,28 @@ class SnapshotBuilder:
         self.view = view
         self.cache = cache or FragmentCache()
         self.cache.rotate()
+        # Per build: label maps are shared by a Deployment's replicas, and policy
+        # resolution depends only on (namespace, labels).
+        self._items_memo: dict[int, tuple[tuple[str, str], ...]] = {}
+        self._resolved: dict[tuple[str, Hashable], tuple[str, str, list[AuthorizationPolicy]]] = {}
+        self._peer_auths = sorted(view.peer_authentications, key=lambda p: (p.namespace, p.name))
+
+    def _items(self, d: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        key = id(d)
+        found = self._items_memo.get(key)
+        if found is None:
+            found = self._items_memo[key] = tuple(sorted(d.items()))
+        return found
+
+    def _resolve(self, pod: PodView) -> tuple[str, str, list[AuthorizationPolicy]]:
+        key = (pod.namespace, self._items(pod.labels))
+        found = self._resolved.get(key)
+        if found is None:
+            mode, decided_by = effective_mtls(pod.namespace, pod.labels, self._peer_auths)
+            applied = workload_authorizations(pod.namespace, pod.labels,
+                                              self.view.authorization_policies)
+            found = self._resolved[key] = (mode, decided_by, applied)
+        return found
 
     def _wp_key(self, ref: Ref | None) -> Hashable:
         if ref is None:
@@ -294,7 +313,7 @@ class SnapshotBuilder:
 
     def _workload(self, pod: PodView) -> bytes:
         key = ("w", pod.uid, tuple(pod.addresses), pod.phase, pod.enrolled, pod.node,
-               self._wp_key(pod.waypoint), _items(pod.labels), tuple(pod.excluded_ports),
+               self._wp_key(pod.waypoint), self._items(pod.labels), tuple(pod.excluded_ports),
                pod.native_hbone)
         return self.cache.get(key, lambda: workload(self.view, pod))
 
@@ -305,7 +324,8 @@ class SnapshotBuilder:
         return self.cache.get(key, lambda: service(self.view, sv), keep=sv.service)
 
     def _pod_to_run(self, pod: PodView) -> bytes:
-        key = ("p", pod.uid, pod.enrolled, _items(pod.labels), _items(pod.annotations),
+        key = ("p", pod.uid, pod.enrolled, self._items(pod.labels),
+               self._items(pod.annotations),
                tuple(pod.excluded_ports))
         return self.cache.get(key, lambda: pod_to_run(pod))
 
@@ -320,24 +340,24 @@ class SnapshotBuilder:
         v = self.view
         local = sorted(v.pods_by_node.get(node, []), key=lambda p: p.ref)
         policies: dict[str, AuthorizationPolicy] = {}
-        workload_policies = []
-        peer_auths = sorted(v.peer_authentications, key=lambda p: (p.namespace, p.name))
+        fragments = []
         for pod in local:
-            mode, decided_by = effective_mtls(pod.namespace, pod.labels, peer_auths)
-            applied = workload_authorizations(pod.namespace, pod.labels,
-                                              v.authorization_policies)
-            for p in applied:
-                policies[f"{p.namespace}/{p.name}"] = p
-            workload_policies.append(pb.WorkloadPolicy(
-                workload_uid=pod.uid, mtls_mode=_MTLS[mode], mtls_policy=decided_by,
-                authorizations=[f"{p.namespace}/{p.name}" for p in applied]))
+            mode, decided_by, applied = self._resolve(pod)
+            names = tuple(f"{p.namespace}/{p.name}" for p in applied)
+            for name, p in zip(names, applied, strict=True):
+                policies[name] = p
+            fragments.append(_field(_WORKLOAD_POLICIES, self.cache.get(
+                ("wp", pod.uid, mode, decided_by, names),
+                lambda pod=pod, mode=mode, decided_by=decided_by, names=names:  # type: ignore[misc]
+                pb.WorkloadPolicy(workload_uid=pod.uid, mtls_mode=_MTLS[mode],
+                                  mtls_policy=decided_by, authorizations=names))))
         specific = pb.Snapshot(
             kind=pb.NODE, trust_domain=v.trust_domain,
             authorizations=[authorization(policies[k]) for k in sorted(policies)],
-            workload_policies=workload_policies,
         )
         pods = b"".join(_field(_PODS_TO_RUN, self._pod_to_run(p)) for p in local)
-        return SnapshotContent(pb.NODE, (self._mesh_wide, pods, _ser(specific)))
+        return SnapshotContent(
+            pb.NODE, (self._mesh_wide, pods, b"".join(fragments), _ser(specific)))
 
     def waypoint(self, namespace: str, name: str) -> SnapshotContent:
         v = self.view

@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from mesh.config import (
     AuthorizationPolicy,
@@ -183,7 +184,7 @@ class DesiredPod:
     spec: PodSpec
     origin: str
 
-    @property
+    @cached_property
     def ref(self) -> Ref:
         return (self.namespace, self.name)
 
@@ -231,15 +232,17 @@ def desired_pods(objects: Iterable[Resource], controller_addr: str) -> list[Desi
     return list(out.values())
 
 
-def _spec_digest(spec: PodSpec, cache: dict[int, str]) -> str:
-    key = id(spec)
-    if key not in cache:
+def _spec_digest(spec: PodSpec, cache: dict[int, tuple[PodSpec, str]]) -> str:
+    """Cached by id(spec); the entry holds the spec so its id cannot be reused."""
+    found = cache.get(id(spec))
+    if found is None:
         data = {
             "sa": spec.service_account_name,
             "containers": [c.model_dump(mode="json", exclude_none=True) for c in spec.containers],
         }
-        cache[key] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-    return cache[key]
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        found = cache[id(spec)] = (spec, digest)
+    return found[1]
 
 
 def pod_uid(namespace: str, name: str, node: str | None, digest: str) -> str:
@@ -283,10 +286,12 @@ def build_view(
     pod_states: Mapping[Ref, PodState],
     desired: Iterable[DesiredPod],
     uid_cache: dict[tuple[str, str, str | None, str], str] | None = None,
+    digest_cache: dict[int, tuple[PodSpec, str]] | None = None,
 ) -> ClusterView:
-    """`uid_cache` (owned by the caller, reused across builds) saves recomputing the
-    UUIDs of unchanged pods."""
+    """The caches (owned by the caller, reused across builds) save recomputing the
+    spec digests and UUIDs of unchanged pods."""
     uids = uid_cache if uid_cache is not None else {}
+    digests = digest_cache if digest_cache is not None else {}
     objs = list(objects)
     namespaces = {o.name: o for o in objs if isinstance(o, Namespace)}
     enrolled_ns = {
@@ -297,13 +302,12 @@ def build_view(
     gateways = {(o.namespace, o.name): o for o in objs
                 if isinstance(o, Gateway) and o.spec.gateway_class_name == WAYPOINT_CLASS}
 
-    digest_cache: dict[int, str] = {}
     pods: dict[Ref, PodView] = {}
     by_node: dict[str, list[PodView]] = defaultdict(list)
     label_index: dict[str, dict[tuple[str, str], set[Ref]]] = defaultdict(lambda: defaultdict(set))
     for d in desired:
         node = placements.get(d.ref)
-        uid_key = (d.namespace, d.name, node, _spec_digest(d.spec, digest_cache))
+        uid_key = (d.namespace, d.name, node, _spec_digest(d.spec, digests))
         uid = uids.get(uid_key)
         if uid is None:
             uid = uids[uid_key] = pod_uid(*uid_key)
