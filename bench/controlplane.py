@@ -107,13 +107,16 @@ class Bench:
         await asyncio.gather(*(s.wait_for(predicate, timeout) for s in self.subs))
         return time.monotonic() - t0
 
-    async def controller_in_sync(self, http: httpx.AsyncClient, version_of: dict[str, str],
-                                 timeout: float) -> None:
+    async def controller_in_sync(self, http: httpx.AsyncClient, timeout: float) -> None:
+        """Until status shows every proxy connected, ACKed its latest version, and that
+        version is the one the subscriber holds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = (await http.get(self.url("/v1/status"))).json()
-            acked = {p["name"]: p["ackedVersion"] for p in st["proxies"]}
-            if all(acked.get(n) == v for n, v in version_of.items()):
+            proxies = {p["name"]: p for p in st["proxies"]}
+            if all(n in proxies and proxies[n]["inSync"]
+                   and proxies[n]["ackedVersion"] == s.version
+                   for n, s in ((s.name, s) for s in self.subs)):
                 return
             await asyncio.sleep(0.01)
         raise TimeoutError("controller status did not show every proxy in sync")
@@ -179,8 +182,7 @@ class Bench:
                     done = await asyncio.gather(*(_seen_after(sub, name, t0) for sub in self.subs))
                     first_lat.append(min(done))
                     sub_lat.append(max(done))
-                    await self.controller_in_sync(
-                        http, {s.name: s.version for s in self.subs}, 60)
+                    await self.controller_in_sync(http, 60)
                     ctl_lat.append(time.monotonic() - t0)
                 results["incremental_subscriber_s"] = sub_lat
                 results["incremental_first_s"] = first_lat
