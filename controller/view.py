@@ -195,8 +195,9 @@ def waypoint_pod(gateway: Gateway, controller_addr: str) -> DesiredPod:
         "serviceAccountName": name,
         "containers": [{
             "name": "waypoint",
-            "command": ["ambient-waypoint", "--name", name, "--namespace", ns,
-                        "--controller", controller_addr],
+            # The node agent (kubelet role) gives the pod AMBIENT_CONTROLLER and
+            # AMBIENT_TOKEN_FILE: only the node knows how its pods reach the controller.
+            "command": ["ambient-waypoint", "--name", name, "--namespace", ns],
             "ports": [{"name": "hbone", "containerPort": HBONE_PORT},
                       {"name": "metrics", "containerPort": 15020}],
         }],

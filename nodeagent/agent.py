@@ -67,7 +67,14 @@ class NodeAgent:
         self.node: Node = self.runtime.create_node(config.node)
         self.redirector = Redirector.load(f"{config.cluster}-{config.node}",
                                           self.node.cgroup_path)
-        self.pods = PodSupervisor(self.runtime, config.node, config.state_dir)
+        port = config.controller.rpartition(":")[2]
+        token_file = config.state_dir / "waypoint.token"
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        token_file.touch(mode=0o600)
+        token_file.write_text(config.token)
+        self.pods = PodSupervisor(self.runtime, config.node, config.state_dir, {
+            "AMBIENT_CONTROLLER": f"{self.node.host_ip}:{port}",  # the relay, see below
+            "AMBIENT_TOKEN_FILE": str(token_file)})
         self.metrics = ProxyMetrics()
         self.pods_lock = asyncio.Lock()
         self.cert_pods: set[PodRef] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import IO, Any
 import structlog
 
 from mesh.api import config_pb2 as pb
+from mesh.config.annotations import GATEWAY_NAME_LABEL
 from mesh.runtime import LocalRuntime, Pod, PodNotFound
 
 log = structlog.get_logger("nodeagent.pods")
@@ -58,8 +60,10 @@ class RunningPod:
 class PodSupervisor:
     """Owns the pods of one local node. Not thread-safe: one caller (the agent loop)."""
 
-    def __init__(self, runtime: LocalRuntime, node: str, state_dir: Path) -> None:
+    def __init__(self, runtime: LocalRuntime, node: str, state_dir: Path,
+                 control_plane_env: Mapping[str, str] | None = None) -> None:
         self.runtime = runtime
+        self.control_plane_env = dict(control_plane_env or {})
         self.node = node
         self.log_dir = state_dir / "logs"
         self.uid_dir = state_dir / "pod-uids"
@@ -153,9 +157,14 @@ class PodSupervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logfile: IO[Any] = open(  # noqa: SIM115 - handed to the child, closed below
             self.log_dir / f"{running.spec.namespace}.{running.spec.name}.{c.name}.log", "ab")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "POD_NAME": running.spec.name,
+        # The agent's own bin dir first, so mesh commands (ambient-waypoint) resolve.
+        path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        env = {"PATH": path, "POD_NAME": running.spec.name,
                "POD_NAMESPACE": running.spec.namespace, "POD_IP": str(running.pod.ip),
                "NODE_NAME": self.node, **c.env}
+        if GATEWAY_NAME_LABEL in running.spec.labels:
+            # Only waypoint pods, which are mesh components, get the control plane.
+            env.update(self.control_plane_env)
         try:
             c.proc = self.runtime.spawn(running.pod, c.argv, stdout=logfile,
                                         stderr=subprocess.STDOUT, env=env, cwd=c.cwd)

@@ -182,7 +182,8 @@ async def _run(opts: dict[str, object]) -> None:
 @click.option("--name", required=True, help="Name of the waypoint Gateway.")
 @click.option("--namespace", default="default", show_default=True,
               help="Namespace of the waypoint Gateway.")
-@click.option("--controller", default=None, help="Controller gRPC address (host:port).")
+@click.option("--controller", envvar="AMBIENT_CONTROLLER", default=None,
+              help="Controller gRPC address (host:port).")
 @click.option("--node", envvar="NODE_NAME", default="",
               help="Node this waypoint runs on (its token authenticates to the CA).")
 @click.option("--token-file", envvar="AMBIENT_TOKEN_FILE",

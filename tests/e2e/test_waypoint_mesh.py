@@ -1,0 +1,110 @@
+"""The waypoint inside the mesh: a Gateway makes the controller run it as a pod, node
+proxies send the service's traffic to it over HBONE, and it routes by HTTPRoute."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+
+import pytest
+
+from tests.e2e.mesh_harness import local_mesh, wait_for
+from tests.e2e.test_l4_mesh import HELLO, PY, pod
+
+pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+
+CONFIG = "\n---\n".join([
+    """
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    ambientmesh.io/dataplane-mode: ambient
+""",
+    pod("v1", "shop", "node-1", [PY, HELLO, "8080"], "catalog", "app: catalog, version: v1"),
+    pod("v2", "shop", "node-2", [PY, HELLO, "8080"], "catalog", "app: catalog, version: v2"),
+    pod("client", "shop", "node-1", ["sleep", "infinity"], "client"),
+    """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: shop
+spec:
+  gatewayClassName: ambient-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+""",
+] + [f"""
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: shop
+  labels:
+    ambientmesh.io/use-waypoint: waypoint
+spec:
+  selector: {{{selector}}}
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+""" for name, selector in (("catalog", "app: catalog"), ("catalog-v1", "version: v1"),
+                           ("catalog-v2", "version: v2"))] + ["""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: catalog
+  namespace: shop
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: catalog
+    port: 80
+  rules:
+  - matches:
+    - headers:
+      - name: x-version
+        value: v2
+    backendRefs:
+    - name: catalog-v2
+      port: 80
+  - backendRefs:
+    - name: catalog-v1
+      port: 80
+      weight: 80
+    - name: catalog-v2
+      port: 80
+      weight: 20
+"""])
+
+
+def test_routes_through_the_waypoint_pod() -> None:
+    with local_mesh("amw" + secrets.token_hex(2)) as mesh:
+        mesh.apply(CONFIG)
+        client = mesh.pod("shop", "client", enrolled=True)
+        mesh.pod("shop", "waypoint")
+
+        def get(*headers: str) -> str:
+            argv = ["curl", "-sS", "-m", "5"]
+            for h in headers:
+                argv += ["-H", h]
+            out = mesh.exec(client, [*argv, "http://catalog.shop/"])
+            assert out.returncode == 0, out.stderr
+            return out.stdout.strip()
+
+        wait_for("the waypoint routes", lambda: get("x-version: v2") == "hello from v2",
+                 timeout=40)
+        assert {get("x-version: v2") for _ in range(10)} == {"hello from v2"}
+        wait_for("v1 answering", lambda: get() == "hello from v1", timeout=20)
+        counts = Counter(get() for _ in range(100))
+        print(f"80/20 split over 100 requests: {dict(counts)}")
+        assert set(counts) == {"hello from v1", "hello from v2"}
+        assert 5 <= counts["hello from v2"] <= 40
+        waypoint = mesh.runtime.get_pod("shop", "waypoint")
+        logs = mesh.logs(client.node) + mesh.logs(waypoint.node)
+        assert '"destination_service":"shop/catalog"' in logs
