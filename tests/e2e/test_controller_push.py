@@ -197,3 +197,39 @@ async def test_writes_need_the_admin_token(controller: Controller) -> None:
         assert r.status_code == 401
         assert "admin token" in r.json()["error"]
         assert (await http.get("/metrics")).status_code == 200
+
+
+async def test_waypoint_subscribes_with_its_nodes_token(controller: Controller) -> None:
+    import anyio
+
+    await apply_examples(controller)
+    node = subscriber(controller, "node-w", apply=lambda s: None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(node.run)
+        await node.wait_for(lambda s: any(p.name == "waypoint" for p in s.pods_to_run), 5)
+        token = derive_node_token(controller.secret, "node-w")
+        wp = ConfigSubscriber(f"127.0.0.1:{controller.grpc_port}", kind=pb.WAYPOINT,
+                              name="waypoint", namespace="demo", node="node-w", token=token,
+                              apply=lambda s: None, backoff=Backoff(initial=0.05, maximum=0.1))
+        tg.start_soon(wp.run)
+        snap = await wp.wait_for(lambda s: True, timeout=5)
+        assert snap.kind == pb.WAYPOINT and snap.waypoint.name == "waypoint"
+        assert [r.name for r in snap.routes] == ["catalog"]
+        assert [t.name for t in snap.traffic_policies] == ["catalog"]
+        assert [a.name for a in snap.authorizations] == ["catalog-no-delete"]
+        # Another node's token cannot subscribe as this waypoint.
+        bad = ConfigSubscriber(f"127.0.0.1:{controller.grpc_port}", kind=pb.WAYPOINT,
+                               name="waypoint", namespace="demo", node="node-z",
+                               token=derive_node_token(controller.secret, "node-z"),
+                               apply=lambda s: None, backoff=Backoff(initial=0.05, maximum=0.1))
+        tg.start_soon(bad.run)
+        with anyio.fail_after(5):
+            while not bad.last_error:
+                await anyio.sleep(0.02)
+        assert "PERMISSION_DENIED" in bad.last_error and "not scheduled on node node-z" in \
+            bad.last_error
+        async with admin(controller, auth=False) as http:
+            dump = (await http.get("/v1/config_dump/demo/waypoint")).json()
+        assert dump["proxy"]["type"] == "waypoint"
+        assert dump["snapshot"]["routes"][0]["name"] == "catalog"
+        tg.cancel_scope.cancel()

@@ -119,7 +119,7 @@ def test_fragments_equal_a_single_message_and_versions_are_stable() -> None:
 def test_distribute_wakes_only_changed_scopes() -> None:
     reg = cluster()
     push = PushServer(reg, b"s" * 32, ControllerMetrics())
-    recs = []
+    recs: list[ProxyRecord] = []
     for kind, ns, name in ((pb.NODE, "", "n1"), (pb.WAYPOINT, "demo", "waypoint")):
         rec = ProxyRecord(kind=kind, name=name, namespace=ns, node="n1", connected=True)
         rec.sent_version = push.content_for(kind, ns, name).version
