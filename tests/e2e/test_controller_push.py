@@ -233,3 +233,36 @@ async def test_waypoint_subscribes_with_its_nodes_token(controller: Controller) 
         assert dump["proxy"]["type"] == "waypoint"
         assert dump["snapshot"]["routes"][0]["name"] == "catalog"
         tg.cancel_scope.cancel()
+
+
+async def test_ca_on_the_same_server_uses_placements_and_status_shows_issued(
+        controller: Controller) -> None:
+    import anyio
+    import grpc
+
+    from mesh.identity.ca_client import CertificateClient
+    from mesh.identity.csr import build_csr, generate_key
+    from mesh.identity.errors import CertificateRefusedError
+    from mesh.identity.spiffe import SpiffeId
+
+    await apply_examples(controller)
+    node = subscriber(controller, "node-ca", apply=lambda s: None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(node.run)
+        await node.wait_for(lambda s: len(s.pods_to_run) == 4, 5)
+        identity = SpiffeId.parse("spiffe://cluster.local/ns/demo/sa/sleep")
+        csr = build_csr(generate_key(), identity)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{controller.grpc_port}") as ch:
+            ok = CertificateClient(ch, "node-ca", derive_node_token(controller.secret, "node-ca"))
+            signed = await ok.create_certificate(csr, "demo", "sleep")
+            assert str(signed.identity) == str(identity)
+            other = CertificateClient(ch, "node-zz",
+                                      derive_node_token(controller.secret, "node-zz"))
+            with pytest.raises(CertificateRefusedError):
+                await other.create_certificate(csr, "demo", "sleep")
+        async with admin(controller, auth=False) as http:
+            certs = (await http.get("/v1/status")).json()["certificates"]
+        assert certs["enabled"] and certs["roots"][0]["signing"]
+        assert [c["identity"] for c in certs["issued"]] == [str(identity)]
+        assert certs["issued"][0]["notAfter"] > certs["issued"][0]["issuedAt"]
+        tg.cancel_scope.cancel()
