@@ -43,6 +43,8 @@ class ControllerSettings:
     max_delay: float = 0.5
     watch: bool = True
     enable_ca: bool = True
+    # "files": config_dir feeds the registry; "kubernetes": controller.kube feeds it.
+    source: str = "files"
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -66,6 +68,8 @@ class Controller:
         self.push = PushServer(self.registry, self.secret, self.metrics,
                                debounce=settings.debounce, max_delay=settings.max_delay)
         self.ca: Any = None
+        # Kubernetes mode adds its TokenReview authentication here (controller.kube).
+        self.interceptors: list[grpc.aio.ServerInterceptor] = []
         self.started_at = time.time()
         self.grpc_port = 0
         self.admin_port = 0
@@ -73,6 +77,8 @@ class Controller:
     # -- config -----------------------------------------------------------------------
 
     def _sync_registry(self) -> None:
+        if self.settings.source != "files":
+            return
         resources = self.configdir.resources()
         self.registry.replace_config(resources)
         counts: dict[str, int] = {}
@@ -226,7 +232,7 @@ class Controller:
     async def running(self) -> AsyncIterator[Controller]:
         """Serve until the block exits; ports are bound when it is entered."""
         self.reload()
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=self.interceptors, options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

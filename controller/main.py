@@ -13,6 +13,7 @@ import click
 import structlog
 
 from controller.app import Controller, ControllerSettings
+from controller.kube.errors import KubeError
 from controller.state import StateError
 
 
@@ -46,8 +47,15 @@ async def _serve(settings: ControllerSettings) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory of Kubernetes-style YAML (watched; apply/delete persist here).")
+@click.option("--config-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of Kubernetes-style YAML (watched; apply/delete persist here). "
+                   "Required with --source files.")
+@click.option("--source", type=click.Choice(["files", "kubernetes"]), default="files",
+              show_default=True, help="Where config comes from (kubernetes: list+watch).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --source kubernetes: kubeconfig file (default: in-cluster).")
+@click.option("--waypoint-image", envvar="AMBIENT_WAYPOINT_IMAGE", default="ambient-mesh:dev",
+              show_default=True, help="With --source kubernetes: image of waypoint pods.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/run/ambientmesh/controller"), show_default=True,
               help="Secrets (node-token secret, admin token), CA and runtime state.")
@@ -61,20 +69,29 @@ async def _serve(settings: ControllerSettings) -> None:
 @click.option("--debounce", type=float, default=0.05, show_default=True,
               help="Seconds of quiet before a change is pushed (bursts push once).")
 @click.option("--log-level", default="info", show_default=True)
-def main(config_dir: Path, state_dir: Path, grpc_addr: str, admin_addr: str,
+def main(config_dir: Path | None, source: str, kubeconfig: Path | None, waypoint_image: str,
+         state_dir: Path, grpc_addr: str, admin_addr: str,
          advertise_addr: str, trust_domain: str, debounce: float, log_level: str) -> None:
     """Run the ambient-mesh controller."""
     configure_logging(log_level)
+    if config_dir is None and source == "files":
+        raise click.UsageError("--config-dir is required with --source files")
     settings = ControllerSettings(
-        config_dir=config_dir, state_dir=state_dir, grpc_addr=grpc_addr,
-        admin_addr=admin_addr, advertise_addr=advertise_addr, trust_domain=trust_domain,
-        debounce=debounce,
+        config_dir=config_dir or state_dir / "config", source=source, state_dir=state_dir,
+        grpc_addr=grpc_addr, admin_addr=admin_addr, advertise_addr=advertise_addr,
+        trust_domain=trust_domain, debounce=debounce,
     )
     try:
         import uvloop
 
-        uvloop.run(_serve(settings))
-    except (StateError, OSError) as e:
+        if source == "kubernetes":
+            from controller.kube.serve import KubeSettings, serve_until_signal
+
+            uvloop.run(serve_until_signal(settings, KubeSettings(
+                kubeconfig=kubeconfig, waypoint_image=waypoint_image)))
+        else:
+            uvloop.run(_serve(settings))
+    except (StateError, OSError, KubeError) as e:
         raise click.ClickException(str(e)) from e
 
 

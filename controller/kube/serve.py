@@ -1,0 +1,132 @@
+"""Kubernetes mode assembled: API client, CA from its Secret, the kubernetes source
+feeding the registry, TokenReview authentication on the gRPC server and the waypoint
+reconciler, around the same Controller as local mode.
+
+The gRPC server only opens after the first full list, so a proxy that reconnects to
+a restarted controller is never pushed a snapshot of half a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from kubernetes_asyncio import client as kclient
+from kubernetes_asyncio import config as kconfig
+
+from controller.app import Controller, ControllerSettings
+from controller.kube.ca_secret import materialize_ca
+from controller.kube.interceptor import KubeAuthInterceptor
+from controller.kube.source import KubeSource
+from controller.kube.tokenreview import DEFAULT_AUDIENCE, DEFAULT_NODEAGENT_SA, TokenReviewer
+from controller.kube.waypoints import WaypointReconciler
+from mesh.config.annotations import WAYPOINT_CLASS
+
+_log = structlog.get_logger("controller.kube")
+WAYPOINT_RETRY = 10.0
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    kubeconfig: Path | None = None
+    namespace: str = "ambient-system"
+    nodeagent_sa: str = DEFAULT_NODEAGENT_SA
+    audiences: Sequence[str] = (DEFAULT_AUDIENCE,)
+    waypoint_image: str = "ambient-mesh:dev"
+    # What waypoint pods dial: the controller's Service.
+    controller_service: str = "ambient-controller.ambient-system.svc:15012"
+    watch_timeout: int = 300
+    manage_waypoints: bool = True
+
+
+async def api_client(kubeconfig: Path | None) -> kclient.ApiClient:
+    """From a kubeconfig file, or the pod's service account when running in-cluster."""
+    configuration = kclient.Configuration()
+    if kubeconfig is not None:
+        await kconfig.load_kube_config(config_file=str(kubeconfig),
+                                       client_configuration=configuration)
+    else:
+        kconfig.load_incluster_config(client_configuration=configuration)
+    return kclient.ApiClient(configuration)
+
+
+@contextlib.asynccontextmanager
+async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings,
+                                api: kclient.ApiClient | None = None
+                                ) -> AsyncIterator[tuple[Controller, KubeSource]]:
+    own_api = api is None
+    api = api or await api_client(kube.kubeconfig)
+    try:
+        settings = dataclasses.replace(settings, source="kubernetes", watch=False)
+        if settings.enable_ca:
+            await materialize_ca(api, kube.namespace, settings.state_dir / "ca",
+                                 settings.trust_domain)
+        controller = Controller(settings)
+        source = KubeSource(api, controller.registry, watch_timeout=kube.watch_timeout,
+                            debounce=settings.debounce)
+
+        def is_waypoint(namespace: str, name: str) -> bool:
+            gw = source.raw("Gateway", namespace, name)
+            return gw is not None and (gw.get("spec") or {}).get("gatewayClassName") \
+                == WAYPOINT_CLASS
+
+        controller.interceptors.append(KubeAuthInterceptor(
+            TokenReviewer(api, audiences=kube.audiences), secret=controller.secret,
+            nodeagent_sa=kube.nodeagent_sa,
+            pods=lambda ns, name: source.raw("Pod", ns, name), is_waypoint=is_waypoint))
+        async with asyncio.TaskGroup() as tg:
+            source_task = tg.create_task(source.run(), name="kubernetes source")
+            await source.wait_synced()
+            _log.info("kubernetes_synced", objects=len(controller.registry.objects()),
+                      pods=len(controller.registry.view().pods))
+            async with controller.running():
+                tasks = [source_task]
+                if kube.manage_waypoints:
+                    reconciler = WaypointReconciler(
+                        api, lambda: source.raw_items("Gateway"), image=kube.waypoint_image,
+                        controller_addr=kube.controller_service)
+                    tasks.append(tg.create_task(_waypoint_loop(controller, reconciler)))
+                try:
+                    yield controller, source
+                finally:
+                    for task in tasks:
+                        task.cancel()
+    finally:
+        if own_api:
+            await api.close()
+
+
+async def _waypoint_loop(controller: Controller, reconciler: WaypointReconciler) -> None:
+    changed = asyncio.Event()
+    controller.registry.subscribe(changed.set)
+    changed.set()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout=WAYPOINT_RETRY)
+        changed.clear()
+        try:
+            await reconciler.reconcile()
+        except Exception as e:  # the API server may be away: retried on the next tick
+            _log.warning("waypoint_reconcile_failed", error=str(e))
+
+
+async def serve(settings: ControllerSettings, kube: KubeSettings,
+                stop: asyncio.Event) -> None:
+    async with kubernetes_controller(settings, kube):
+        await stop.wait()
+
+
+async def serve_until_signal(settings: ControllerSettings, kube: KubeSettings) -> None:
+    """`ambient-controller --source kubernetes`: serve until SIGTERM/SIGINT."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, kube, stop)
+    _log.info("controller_stopped")

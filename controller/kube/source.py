@@ -1,0 +1,100 @@
+"""The kubernetes source: one reflector per watched kind, translated into the registry
+whenever something changed (debounced, so a relist of thousands of objects is one
+registry update), plus the pod facts a node agent reports in local mode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from kubernetes_asyncio import client as kclient
+
+from controller.kube.kinds import CONTROLLER_KINDS, WatchedKind
+from controller.kube.reflector import Reflector
+from controller.kube.translate import translate
+from controller.registry import Registry
+from controller.view import PodState, Ref
+from mesh.config import ObjectKey
+
+_log = structlog.get_logger("controller.kube.source")
+
+
+class KubeSource:
+    def __init__(self, api: kclient.ApiClient, registry: Registry, *,
+                 kinds: Sequence[WatchedKind] = CONTROLLER_KINDS, debounce: float = 0.05,
+                 watch_timeout: int = 300) -> None:
+        self.registry = registry
+        self.debounce = debounce
+        self.reflectors = {k.kind: Reflector(k, api, self._mark, watch_timeout=watch_timeout)
+                           for k in kinds}
+        self.rejected: dict[ObjectKey, str] = {}
+        self.syncs = 0
+        self._dirty = asyncio.Event()
+        self._reported_nodes: set[str] = set()
+
+    def _mark(self) -> None:
+        self._dirty.set()
+
+    # -- reads for other parts of kubernetes mode ------------------------------------
+
+    def raw(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        reflector = self.reflectors.get(kind)
+        return reflector.cache.objects.get((namespace, name)) if reflector else None
+
+    def raw_items(self, kind: str) -> list[dict[str, Any]]:
+        reflector = self.reflectors.get(kind)
+        return reflector.cache.items() if reflector else []
+
+    async def wait_synced(self, optional_grace: float = 5.0) -> None:
+        """Required kinds listed; CRD kinds get `optional_grace` seconds (they may not be
+        installed), so proxies are never sent a snapshot built from half a cluster."""
+        required = [r.synced.wait() for r in self.reflectors.values() if not r.kind.optional]
+        await asyncio.gather(*required)
+        optional = [r.synced.wait() for r in self.reflectors.values() if r.kind.optional]
+        if optional:
+            await asyncio.wait([asyncio.ensure_future(o) for o in optional],
+                               timeout=optional_grace)
+        self.sync()
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for reflector in self.reflectors.values():
+                tg.create_task(reflector.run(), name=f"reflect {reflector.kind.kind}")
+            tg.create_task(self._sync_loop())
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.debounce)
+            self.sync()
+
+    def sync(self) -> None:
+        """Translate the caches into the registry (objects, then pod facts per node)."""
+        self._dirty.clear()
+        previous = {o.key: o for o in self.registry.objects()}
+        result = translate({kind: r.cache.items() for kind, r in self.reflectors.items()},
+                           previous)
+        for key, reason in result.rejected.items():
+            if self.rejected.get(key) != reason:
+                _log.warning("object_rejected", object=str(key), reason=reason)
+        self.rejected = result.rejected
+        self.registry.replace_config(result.objects)
+        view = self.registry.view()
+        by_node: dict[str, list[tuple[Ref, PodState]]] = defaultdict(list)
+        for live in result.pods:
+            pod = view.pods.get(live.ref)
+            if pod is None or pod.node != live.node:
+                continue
+            by_node[live.node].append(
+                (live.ref, PodState(pod.uid, live.node, live.ipv4, live.ipv6, live.phase)))
+        for node in sorted(self._reported_nodes | by_node.keys()):
+            self.registry.report_pods(node, by_node.get(node, []))
+        self._reported_nodes = set(by_node)
+        self.syncs += 1
+        _log.debug("synced", objects=len(result.objects), pods=len(result.pods),
+                   generation=self.registry.generation)

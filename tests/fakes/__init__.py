@@ -1,0 +1,1 @@
+"""Fakes that speak real protocols, so real client libraries run against them unchanged."""

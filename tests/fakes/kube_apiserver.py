@@ -1,0 +1,448 @@
+"""A fake Kubernetes API server that speaks the real wire protocol, for running the
+real client library (kubernetes_asyncio) against it in tests.
+
+What is real: paths (/api/v1/..., /apis/<group>/<version>/...), JSON lists with
+metadata.resourceVersion and limit/continue pagination, watches as a chunked stream
+of JSON lines (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR) resumed from a resourceVersion,
+410 Gone for a compacted resourceVersion (an ERROR event on a watch, an HTTP 410 on a
+list continuation), Status objects for errors, create/get/replace/delete, server-side
+apply (application/apply-patch+yaml) and merge patches, field and label selectors,
+ownerReference garbage collection, bearer-token authentication and TokenReview.
+
+What is not: admission, validation against schemas, RBAC (every known token may do
+everything), protobuf. Tests drive state with create/update/delete/compact/
+break_watches/expire_watches and see every request in `requests`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+TYPES = [
+    ResourceType("", "v1", "namespaces", "Namespace", namespaced=False),
+    ResourceType("", "v1", "pods", "Pod"),
+    ResourceType("", "v1", "services", "Service"),
+    ResourceType("", "v1", "secrets", "Secret"),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
+    ResourceType("", "v1", "nodes", "Node", namespaced=False),
+    ResourceType("apps", "v1", "deployments", "Deployment"),
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    ResourceType("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
+    ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
+    ResourceType("ambientmesh.io", "v1alpha1", "peerauthentications", "PeerAuthentication"),
+    ResourceType("ambientmesh.io", "v1alpha1", "authorizationpolicies", "AuthorizationPolicy"),
+    ResourceType("ambientmesh.io", "v1alpha1", "trafficpolicies", "TrafficPolicy"),
+]
+BY_KIND = {t.kind: t for t in TYPES}
+BY_PATH = {(t.group, t.version, t.plural): t for t in TYPES}
+
+
+def status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                              "status": "Failure", "message": message, "reason": reason,
+                              "code": code}, status=code)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1")
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """JSON merge patch (RFC 7386), which is also how we treat apply patches."""
+    if not isinstance(patch, dict) or not isinstance(base, dict):
+        return copy.deepcopy(patch)
+    out = dict(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(base.get(k), v)
+    return out
+
+
+def _field(obj: Obj, path: str) -> str:
+    cur: Any = obj
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return "" if cur is None else str(cur)
+
+
+def _selected(obj: Obj, fields: str, labels: str) -> bool:
+    for term in filter(None, fields.split(",")):
+        neg = "!=" in term
+        key, _, value = term.partition("!=" if neg else "=")
+        value = value.lstrip("=")
+        if (_field(obj, key) == value) == neg:
+            return False
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, labels.split(",")):
+        if "!=" in term:
+            k, _, v = term.partition("!=")
+            if have.get(k) == v:
+                return False
+        elif "=" in term:
+            k, _, v = term.partition("=")
+            if have.get(k) != v.lstrip("="):
+                return False
+        elif term.startswith("!"):
+            if term[1:] in have:
+                return False
+        elif term not in have:
+            return False
+    return True
+
+
+@dataclass(eq=False)
+class _Watch:
+    rtype: ResourceType
+    namespace: str
+    fields: str
+    labels: str
+    queue: asyncio.Queue[Obj | None] = field(default_factory=asyncio.Queue)
+
+
+class FakeApiServer:
+    def __init__(self, *, token: str = "test-admin-token", bookmark_interval: float = 0.2
+                 ) -> None:
+        self.token = token
+        self.bookmark_interval = bookmark_interval
+        self.rv = 100
+        self.compacted = 0
+        self.objects: dict[str, dict[tuple[str, str], Obj]] = {t.plural: {} for t in TYPES}
+        self.history: list[tuple[int, str, str, Obj]] = []
+        self.reviews: dict[str, Obj] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._watches: set[_Watch] = set()
+        self._continues: dict[str, tuple[int, list[Obj]]] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # ---- lifecycle ------------------------------------------------------------------
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        self.break_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ---- state changes tests make ----------------------------------------------------
+    def _rtype(self, obj: Obj) -> ResourceType:
+        return BY_KIND[obj["kind"]]
+
+    def _record(self, rtype: ResourceType, event: str, obj: Obj) -> None:
+        self.history.append((self.rv, rtype.plural, event, copy.deepcopy(obj)))
+        for w in list(self._watches):
+            if w.rtype == rtype and (not w.namespace or w.namespace ==
+                                     obj["metadata"].get("namespace")) \
+                    and _selected(obj, w.fields, w.labels):
+                w.queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
+
+    def create(self, obj: Obj) -> Obj:
+        rtype = self._rtype(obj)
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if rtype.namespaced:
+            meta.setdefault("namespace", "default")
+        key = (meta.get("namespace", ""), meta["name"])
+        if key in self.objects[rtype.plural]:
+            raise KeyError(f"{rtype.kind} {key} exists")
+        self.rv += 1
+        meta.update(uid=meta.get("uid") or str(uuid.uuid4()), resourceVersion=str(self.rv),
+                    creationTimestamp=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        obj.setdefault("apiVersion", rtype.api_version)
+        self.objects[rtype.plural][key] = obj
+        self._record(rtype, "ADDED", obj)
+        return obj
+
+    def update(self, obj: Obj) -> Obj:
+        rtype = self._rtype(obj)
+        meta = obj["metadata"]
+        key = (meta.get("namespace", "default" if rtype.namespaced else ""), meta["name"])
+        old = self.objects[rtype.plural][key]
+        self.rv += 1
+        new = copy.deepcopy(obj)
+        new["metadata"].update(uid=old["metadata"]["uid"], resourceVersion=str(self.rv),
+                               creationTimestamp=old["metadata"]["creationTimestamp"])
+        if rtype.namespaced:
+            new["metadata"].setdefault("namespace", key[0])
+        self.objects[rtype.plural][key] = new
+        self._record(rtype, "MODIFIED", new)
+        return new
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self.objects[BY_KIND[kind].plural].get((namespace, name))
+
+    def delete(self, kind: str, namespace: str, name: str) -> Obj | None:
+        rtype = BY_KIND[kind]
+        obj = self.objects[rtype.plural].pop((namespace, name), None)
+        if obj is None:
+            return None
+        self.rv += 1
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = str(self.rv)
+        self._record(rtype, "DELETED", gone)
+        uid = obj["metadata"]["uid"]
+        for t in TYPES:  # the garbage collector: dependents go with their owner
+            for (ns, n), dep in list(self.objects[t.plural].items()):
+                if any(r.get("uid") == uid for r in dep["metadata"].get("ownerReferences") or []):
+                    self.delete(t.kind, ns, n)
+        return gone
+
+    def compact(self) -> None:
+        """Forget history: watches and continuations from older versions get 410."""
+        self.compacted = self.rv
+        self.history.clear()
+
+    def break_watches(self) -> None:
+        """Drop every open watch connection, as an API server restart would."""
+        for w in list(self._watches):
+            w.queue.put_nowait(None)
+
+    def expire_watches(self) -> None:
+        """Tell every open watch its resourceVersion is too old (410 in the stream)."""
+        self.compact()
+        for w in list(self._watches):
+            w.queue.put_nowait({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410}})
+
+    def add_token(self, token: str, username: str, *, extra: dict[str, list[str]] | None = None,
+                  audiences: list[str] | None = None) -> None:
+        self.reviews[token] = {"username": username, "uid": str(uuid.uuid4()),
+                               "groups": ["system:serviceaccounts", "system:authenticated"],
+                               "extra": extra or {}, "audiences": audiences or []}
+
+    def watch_count(self, kind: str | None = None) -> int:
+        return sum(1 for w in self._watches if kind is None or w.rtype.kind == kind)
+
+    # ---- HTTP ---------------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, request.path, dict(request.query)))
+        if request.headers.get("Authorization", "") != f"Bearer {self.token}":
+            return status(401, "Unauthorized", "Unauthorized")
+        segs = [s for s in request.path.split("/") if s]
+        if segs[:1] == ["apis"] and segs[1:4] == ["authentication.k8s.io", "v1", "tokenreviews"]:
+            return await self._token_review(request)
+        try:
+            rtype, namespace, name = self._route(segs)
+        except KeyError as e:
+            return status(404, "NotFound", f"the server could not find the requested resource "
+                                           f"({e})")
+        if request.method == "GET" and name is None:
+            if _truthy(request.query.get("watch")):
+                return await self._watch(request, rtype, namespace)
+            return self._list(request, rtype, namespace)
+        if request.method == "GET":
+            obj = self.objects[rtype.plural].get((namespace, name))
+            return web.json_response(obj) if obj else status(
+                404, "NotFound", f'{rtype.plural} "{name}" not found')
+        if request.method == "POST":
+            body = await request.json()
+            body.setdefault("metadata", {})
+            if rtype.namespaced:
+                body["metadata"]["namespace"] = namespace
+            try:
+                return web.json_response(self.create({**body, "kind": rtype.kind}), status=201)
+            except KeyError:
+                return status(409, "AlreadyExists",
+                              f'{rtype.plural} "{body["metadata"]["name"]}" already exists')
+        if request.method in ("PUT", "PATCH") and name is not None:
+            return await self._write(request, rtype, namespace, name)
+        if request.method == "DELETE" and name is not None:
+            gone = self.delete(rtype.kind, namespace, name)
+            return web.json_response(gone) if gone else status(
+                404, "NotFound", f'{rtype.plural} "{name}" not found')
+        return status(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    def _route(self, segs: list[str]) -> tuple[ResourceType, str, str | None]:
+        if segs[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", segs[2:]
+        elif segs[:1] == ["apis"] and len(segs) >= 4:
+            group, version, rest = segs[1], segs[2], segs[3:]
+        else:
+            raise KeyError("/".join(segs))
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        rtype = BY_PATH[(group, version, rest[0])]
+        return rtype, namespace, rest[1] if len(rest) > 1 else None
+
+    def _matching(self, rtype: ResourceType, namespace: str, query: Any) -> list[Obj]:
+        fields, labels = query.get("fieldSelector", ""), query.get("labelSelector", "")
+        return [copy.deepcopy(o) for k, o in sorted(self.objects[rtype.plural].items())
+                if (not namespace or k[0] == namespace) and _selected(o, fields, labels)]
+
+    def _list(self, request: web.Request, rtype: ResourceType, namespace: str) -> web.Response:
+        token = request.query.get("continue", "")
+        if token:
+            saved = self._continues.pop(token, None)
+            if saved is None or saved[0] < self.compacted:
+                return status(410, "Expired", "The provided continue parameter is too old to "
+                                              "display a consistent list result.")
+            list_rv, items = saved
+        else:
+            list_rv, items = self.rv, self._matching(rtype, namespace, request.query)
+        limit = int(request.query.get("limit") or 0)
+        meta: Obj = {"resourceVersion": str(list_rv)}
+        if limit and len(items) > limit:
+            items, rest = items[:limit], items[limit:]
+            nxt = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
+            self._continues[nxt] = (list_rv, rest)
+            meta["continue"] = nxt
+            meta["remainingItemCount"] = len(rest)
+        for item in items:  # list items carry no kind/apiVersion, as the real server does
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        return web.json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
+                                  "metadata": meta, "items": items})
+
+    async def _watch(self, request: web.Request, rtype: ResourceType, namespace: str
+                     ) -> web.StreamResponse:
+        q = request.query
+        since = q.get("resourceVersion", "")
+        w = _Watch(rtype, namespace, q.get("fieldSelector", ""), q.get("labelSelector", ""))
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        timeout = float(q.get("timeoutSeconds") or 3600)
+        bookmarks = _truthy(q.get("allowWatchBookmarks"))
+        if since and since != "0" and int(since) < self.compacted:
+            await self._send(resp, {"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": f"too old resource version: {since} ({self.compacted})",
+                "reason": "Expired", "code": 410}})
+            return resp
+        if not since or since == "0":
+            backlog = [{"type": "ADDED", "object": o}
+                       for o in self._matching(rtype, namespace, q)]
+        else:
+            backlog = [{"type": ev, "object": copy.deepcopy(o)} for rv, plural, ev, o
+                       in self.history if rv > int(since) and plural == rtype.plural
+                       and (not namespace or o["metadata"].get("namespace") == namespace)
+                       and _selected(o, w.fields, w.labels)]
+        self._watches.add(w)
+        try:
+            for event in backlog:
+                await self._send(resp, event)
+            async for event in self._events(w, timeout, bookmarks):
+                await self._send(resp, event)
+                if event["type"] == "ERROR":
+                    break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._watches.discard(w)
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write_eof()
+        return resp
+
+    async def _events(self, w: _Watch, timeout: float, bookmarks: bool) -> AsyncIterator[Obj]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            wait = min(deadline - loop.time(), self.bookmark_interval)
+            try:
+                event = await asyncio.wait_for(w.queue.get(), timeout=wait)
+            except TimeoutError:
+                if bookmarks and w.queue.empty():
+                    yield {"type": "BOOKMARK", "object": {
+                        "kind": w.rtype.kind, "apiVersion": w.rtype.api_version,
+                        "metadata": {"resourceVersion": str(self.rv)}}}
+                continue
+            if event is None:
+                return
+            yield event
+
+    @staticmethod
+    async def _send(resp: web.StreamResponse, event: Obj) -> None:
+        await resp.write(json.dumps(event).encode() + b"\n")
+
+    async def _write(self, request: web.Request, rtype: ResourceType, namespace: str,
+                     name: str) -> web.Response:
+        ctype = request.headers.get("Content-Type", "")
+        raw = await request.text()
+        body = yaml.safe_load(raw) if "apply-patch" in ctype else json.loads(raw)
+        current = self.objects[rtype.plural].get((namespace, name))
+        if request.method == "PUT":
+            if current is None:
+                return status(404, "NotFound", f'{rtype.plural} "{name}" not found')
+            merged = body
+        elif current is None:
+            if "apply-patch" not in ctype:
+                return status(404, "NotFound", f'{rtype.plural} "{name}" not found')
+            created = {**body, "kind": rtype.kind}
+            created.setdefault("metadata", {}).update(name=name)
+            if rtype.namespaced:
+                created["metadata"]["namespace"] = namespace
+            return web.json_response(self.create(created), status=201)
+        else:
+            merged = _merge(current, body)
+        merged["kind"] = rtype.kind
+        merged.setdefault("metadata", {}).update(name=name)
+        if rtype.namespaced:
+            merged["metadata"]["namespace"] = namespace
+        if current is not None and _strip(merged) == _strip(current):
+            return web.json_response(current)  # no-op writes do not bump the version
+        return web.json_response(self.update(merged))
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        spec = body.get("spec") or {}
+        known = self.reviews.get(spec.get("token", ""))
+        wanted = spec.get("audiences") or []
+        if known is None:
+            result: Obj = {"authenticated": False, "error": "invalid bearer token"}
+        elif wanted and known["audiences"] and not set(wanted) & set(known["audiences"]):
+            result = {"authenticated": False,
+                      "error": "token audiences do not match the requested audiences"}
+        else:
+            user = {k: v for k, v in known.items() if k != "audiences"}
+            result = {"authenticated": True, "user": user,
+                      "audiences": wanted or known["audiences"]}
+        return web.json_response({"kind": "TokenReview",
+                                  "apiVersion": "authentication.k8s.io/v1",
+                                  "metadata": {"creationTimestamp": None}, "spec": spec,
+                                  "status": result}, status=201)
+
+
+def _strip(obj: Obj) -> Obj:
+    out = copy.deepcopy(obj)
+    for k in ("resourceVersion", "uid", "creationTimestamp"):
+        out.get("metadata", {}).pop(k, None)
+    return out
