@@ -66,7 +66,7 @@ def test_round_robin_and_failed_endpoints_are_tried_last() -> None:
     picker = EndpointPicker(cooldown=5)
     firsts = [picker.candidates("demo/b", backends, now=0)[0].address for _ in range(4)]
     assert firsts == ["10.100.1.2", "10.100.2.2"] * 2
-    picker.report_failure(backends[0], now=10)
+    picker.report_failure(backends[0].key, now=10)
     for _ in range(3):
         assert picker.candidates("demo/b", backends, now=11)[0].address == "10.100.2.2"
     assert len(picker.candidates("demo/b", backends, now=11)) == 2
