@@ -14,18 +14,19 @@ from typing import cast
 import structlog
 
 from mesh.hbone.errors import HboneProtocolError, HboneStreamRefused, HboneTunnelError
-from mesh.hbone.framing import (
+from mesh.hbone.events import (
     REFUSED_STREAM,
     Answered,
     ConnectRequested,
     DataArrived,
-    H2Framing,
     PeerGoingAway,
     PeerSettings,
     StreamAborted,
     StreamFinished,
     WindowOpened,
 )
+from mesh.hbone.framing import H2Framing
+from mesh.hbone.h2core import H2Core
 from mesh.hbone.settings import TunnelSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity.errors import CertificateError
@@ -49,7 +50,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.peer_label = f"{peer_address[0]}:{peer_address[1]}"
         self.peer_identity: SpiffeId | None = None
         self.ssl_context: ssl.SSLContext | None = None
-        self._framing = H2Framing(client_side=client_side, settings=settings)
+        codec = H2Core if settings.framing == "h2core" else H2Framing
+        self._framing: H2Core | H2Framing = codec(client_side=client_side, settings=settings)
         self._on_request = on_request
         self._on_idle = on_idle
         self._on_lost = on_lost
@@ -90,7 +92,7 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
-            events = self._framing.feed(bytes(self._view[:nbytes]))
+            events = self._framing.feed(self._view[:nbytes])
         except HboneProtocolError as exc:
             log.warning("hbone.protocol_error", peer=self.peer_label, error=str(exc))
             self._flush()

@@ -1,13 +1,13 @@
-"""HTTP/2 framing for HBONE: the only module that touches h2.
+"""HTTP/2 framing for HBONE through the `h2` library: the reference implementation.
 
 Sans-I/O: bytes in, events out; calls in, bytes to send out. Events are our own
-types so a faster codec can replace h2 behind this same small interface."""
+types (mesh.hbone.events), so the narrow, faster h2core.H2Core sits behind the same
+interface; this one stays as the peer H2Core is tested against (docs/performance.md)."""
 
 from __future__ import annotations
 
 import binascii
 import contextlib
-from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -18,9 +18,28 @@ import h2.settings
 import hyperframe.frame
 
 from mesh.hbone.errors import HboneProtocolError
+from mesh.hbone.events import (
+    CANCEL,
+    CONNECT_ERROR,
+    DEFAULT_WINDOW,
+    REFUSED_STREAM,
+    Answered,
+    ConnectRequested,
+    DataArrived,
+    Event,
+    PeerGoingAway,
+    PeerSettings,
+    StreamAborted,
+    StreamFinished,
+    WindowOpened,
+)
 from mesh.hbone.settings import TunnelSettings
 
-DEFAULT_WINDOW = 65535
+__all__ = [
+    "CANCEL", "CONNECT_ERROR", "REFUSED_STREAM", "Answered", "ConnectRequested",
+    "DataArrived", "Event", "H2Framing", "PeerGoingAway", "PeerSettings", "StreamAborted",
+    "StreamFinished", "WindowOpened",
+]
 
 
 def _raw_data_repr(data: bytes | None) -> str:
@@ -39,67 +58,6 @@ def _raw_data_repr(data: bytes | None) -> str:
 
 _original_raw_data_repr = hyperframe.frame._raw_data_repr
 hyperframe.frame._raw_data_repr = _raw_data_repr
-CANCEL = h2.errors.ErrorCodes.CANCEL
-REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
-CONNECT_ERROR = h2.errors.ErrorCodes.CONNECT_ERROR
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectRequested:
-    stream_id: int
-    method: str
-    authority: str
-    headers: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Answered:
-    stream_id: int
-    status: int
-
-
-@dataclass(frozen=True, slots=True)
-class DataArrived:
-    stream_id: int
-    data: bytes
-    flow_length: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamFinished:
-    """The peer sent END_STREAM: it will send no more data on this stream."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAborted:
-    stream_id: int
-    error_code: int
-
-
-@dataclass(frozen=True, slots=True)
-class WindowOpened:
-    """Send window grew; stream_id 0 means the connection window (all streams)."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeerSettings:
-    max_concurrent_streams: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeerGoingAway:
-    last_stream_id: int
-    error_code: int
-
-
-Event = (ConnectRequested | Answered | DataArrived | StreamFinished | StreamAborted
-         | WindowOpened | PeerSettings | PeerGoingAway)
-
-
 class H2Framing:
     def __init__(self, *, client_side: bool, settings: TunnelSettings) -> None:
         config = h2.config.H2Configuration(
@@ -131,9 +89,9 @@ class H2Framing:
 
     # ---- input --------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes | memoryview) -> list[Event]:
         try:
-            raw = self._conn.receive_data(data)
+            raw = self._conn.receive_data(bytes(data))
         except h2.exceptions.ProtocolError as exc:
             raise HboneProtocolError(f"HTTP/2 protocol error from peer: {exc}") from None
         events: list[Event] = []

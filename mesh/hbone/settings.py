@@ -24,3 +24,5 @@ class TunnelSettings:
     # TLS transport write buffer limit before every stream's writers wait.
     transport_high_water: int = 1 * MIB
     handshake_timeout: float = 10.0
+    # HTTP/2 codec: "h2core" (ours, narrow and fast) or "h2" (the reference library).
+    framing: str = "h2core"
