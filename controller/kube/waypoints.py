@@ -1,5 +1,5 @@
 """Waypoints in Kubernetes: for each Gateway of class ambient-waypoint, the controller
-owns a ServiceAccount, a Deployment and a Service of the same name, with the Gateway
+owns a ServiceAccount, a Deployment, a Service and a NetworkPolicy of the same name, with the Gateway
 as their controlling owner (deleting the Gateway garbage-collects them).
 
 `render` is pure. `WaypointReconciler` applies with server-side apply under one field
@@ -63,15 +63,22 @@ def render(gateway: Mapping[str, Any], *, image: str, controller_addr: str,
                           "initialDelaySeconds": 30, "periodSeconds": 15},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                       "limits": {"cpu": "2", "memory": "512Mi"}},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]},
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "volumeMounts": [{"name": "ambient-token", "mountPath": TOKEN_DIR, "readOnly": True}],
     }
     pod_labels = {WAYPOINT_POD_LABEL: name, GATEWAY_NAME_LABEL: name}
+    deployment_meta = object_meta()
+    deployment_meta["annotations"] = {
+        # Waypoint images are whatever the controller was told (--waypoint-image): a tag
+        # loaded into kind nodes has no digest, and Always would need a registry.
+        "checkov.io/skip1": "CKV_K8S_43=the image is the controller's --waypoint-image tag",
+        "checkov.io/skip2": "CKV_K8S_15=IfNotPresent so images loaded with kind load work",
+    }
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": object_meta(),
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": deployment_meta,
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {WAYPOINT_POD_LABEL: name}},
@@ -81,6 +88,9 @@ def render(gateway: Mapping[str, Any], *, image: str, controller_addr: str,
                 "spec": {
                     "serviceAccountName": name,
                     "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                        "fsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
                     "volumes": [{"name": "ambient-token", "projected": {"sources": [{
                         "serviceAccountToken": {"path": "token", "audience": audience,
@@ -97,7 +107,14 @@ def render(gateway: Mapping[str, Any], *, image: str, controller_addr: str,
     }
     account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": object_meta(),
                "automountServiceAccountToken": False}
-    return [account, deployment, service]
+    policy = {  # a waypoint accepts HBONE and metrics scrapes, nothing else
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": object_meta(),
+        "spec": {"podSelector": {"matchLabels": {WAYPOINT_POD_LABEL: name}},
+                 "policyTypes": ["Ingress"],
+                 "ingress": [{"ports": [{"port": 15008, "protocol": "TCP"},
+                                        {"port": 15020, "protocol": "TCP"}]}]},
+    }
+    return [account, deployment, service, policy]
 
 
 class WaypointReconciler:
@@ -105,6 +122,7 @@ class WaypointReconciler:
                  image: str, controller_addr: str) -> None:
         self._core = kclient.CoreV1Api(api)
         self._apps = kclient.AppsV1Api(api)
+        self._net = kclient.NetworkingV1Api(api)
         self._gateways = gateways
         self._image = image
         self._controller_addr = controller_addr
@@ -144,6 +162,8 @@ class WaypointReconciler:
                                   "_content_type": APPLY}
         if obj["kind"] == "Deployment":
             await self._apps.patch_namespaced_deployment(name, ns, obj, **common)
+        elif obj["kind"] == "NetworkPolicy":
+            await self._net.patch_namespaced_network_policy(name, ns, obj, **common)
         elif obj["kind"] == "Service":
             await self._core.patch_namespaced_service(name, ns, obj, **common)
         else:

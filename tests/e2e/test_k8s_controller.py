@@ -258,12 +258,14 @@ async def test_waypoint_gets_deployment_service_and_only_its_own_identity(
                         "metadata": {"name": "waypoint", "namespace": "demo"},
                         "spec": {"gatewayClassName": "ambient-waypoint", "listeners": [
                             {"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
-    await until(lambda: server.get("Service", "demo", "waypoint") is not None)
+    await until(lambda: server.get("NetworkPolicy", "demo", "waypoint") is not None)
     dep = server.get("Deployment", "demo", "waypoint")
     svc = server.get("Service", "demo", "waypoint")
     sa = server.get("ServiceAccount", "demo", "waypoint")
     assert dep is not None and svc is not None and sa is not None
-    for obj in (dep, svc, sa):
+    netpol = server.get("NetworkPolicy", "demo", "waypoint")
+    assert netpol is not None
+    for obj in (dep, svc, sa, netpol):
         assert obj["metadata"]["ownerReferences"][0]["uid"] == gw["metadata"]["uid"]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ambient-mesh:test"
