@@ -23,7 +23,14 @@ from pathlib import Path
 import structlog
 import uvloop
 
-from mesh.hbone import HboneClientPool, HboneRequest, HboneServer, StaticTls, relay
+from mesh.hbone import (
+    HboneClientPool,
+    HboneRequest,
+    HboneServer,
+    StaticTls,
+    TunnelSettings,
+    relay,
+)
 from mesh.identity import tls
 from mesh.identity.bundle import TrustBundle
 from mesh.identity.ca import CertificateAuthority
@@ -69,7 +76,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def serve(state: Path) -> None:
+async def serve(state: Path, framing: str) -> None:
     ck = CertifiedKey.from_pem((state / "server.key").read_bytes(),
                                (state / "server.pem").read_bytes())
     bundle = TrustBundle.from_pem("cluster.local", (state / "bundle.pem").read_bytes())
@@ -93,7 +100,8 @@ async def serve(state: Path) -> None:
     lsock = socket.create_server(("127.0.0.1", 0), backlog=4096)
     print(json.dumps({"hbone": lsock.getsockname()[1], "sink": sink.sockets[0].getsockname()[1],
                       "echo": echo.sockets[0].getsockname()[1]}), flush=True)
-    await HboneServer(lambda: ctx, handler).serve(lsock)
+    await HboneServer(lambda: ctx, handler,
+                      settings=TunnelSettings(framing=framing)).serve(lsock)
 
 
 # ---- client measurements ----------------------------------------------------------------
@@ -191,15 +199,17 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, object]:
     os.write(fd, server_ck.key_pem())
     os.close(fd)
     (state / "bundle.pem").write_bytes(bundle.to_pem())
-    child = subprocess.Popen([sys.executable, "-m", "bench.hbone", "--serve", str(state)],
+    child = subprocess.Popen([sys.executable, "-m", "bench.hbone", "--serve", str(state),
+                              "--framing", args.framing],
                              stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         ports = json.loads(child.stdout.readline())
         src = StaticTls(str(CLIENT), tls.client_context(client_ck, bundle))
         total = args.mib * 1024 * 1024
-        pooled = HboneClientPool()
-        unpooled = HboneClientPool(pooled=False)
+        tunnel = TunnelSettings(framing=args.framing)
+        pooled = HboneClientPool(settings=tunnel)
+        unpooled = HboneClientPool(settings=tunnel, pooled=False)
         res: dict[str, object] = {}
         res["direct_MBps"] = max([await throughput_direct(ports["sink"], total)
                                   for _ in range(args.rounds)])
@@ -231,12 +241,14 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=1024, help="MiB per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=2000, help="latency samples")
+    parser.add_argument("--framing", choices=["h2core", "h2"], default="h2core",
+                        help="HTTP/2 codec of both ends")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     tune_malloc()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     if args.serve:
-        uvloop.run(serve(args.serve))
+        uvloop.run(serve(args.serve, args.framing))
         return
     with tempfile.TemporaryDirectory(prefix="bench-hbone-") as tmp:
         result = uvloop.run(run(args, Path(tmp)))
