@@ -17,9 +17,9 @@ FORMATS = click.Choice(["table", "json", "yaml"])
 def make_console() -> Console:
     """Wide and unwrapped when not a terminal (pipes, CI logs, tests), so lines stay
     whole and greppable."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=200, soft_wrap=True)
+        console = Console(highlight=False, emoji=False, width=200, soft_wrap=True)
     return console
 
 

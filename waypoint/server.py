@@ -77,8 +77,21 @@ async def serve_stream(stream: anyio.abc.ByteStream, handler: Handler, info: Dow
         else:
             await Http1ServerConnection(stream, handler, info, data).serve()
     finally:
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await stream.aclose()
+        with anyio.CancelScope(shield=True):
+            await _lingering_close(stream)
+
+
+async def _lingering_close(stream: anyio.abc.ByteStream, linger: float = 1.0) -> None:
+    """End our side first and give the client a moment to end its own: closing a stream
+    the client still holds open would reset it, and the client's TCP connection with it
+    (a `Connection: close` response would end in RST instead of FIN)."""
+    with contextlib.suppress(Exception):
+        await stream.send_eof()
+        with anyio.move_on_after(linger):
+            while await stream.receive(65536):
+                pass
+    with contextlib.suppress(Exception):
+        await stream.aclose()
 
 
 @dataclass

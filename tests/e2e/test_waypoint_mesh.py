@@ -83,6 +83,17 @@ spec:
 """])
 
 
+CLOSE_CLIENT = """
+import socket
+s = socket.create_connection(("catalog.shop", 80), timeout=5)
+s.sendall(b"GET / HTTP/1.1\\r\\nHost: catalog.shop\\r\\nConnection: close\\r\\n\\r\\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.decode())
+"""
+
+
 def test_routes_through_the_waypoint_pod() -> None:
     with local_mesh("amw" + secrets.token_hex(2)) as mesh:
         mesh.apply(CONFIG)
@@ -105,6 +116,10 @@ def test_routes_through_the_waypoint_pod() -> None:
         print(f"80/20 split over 100 requests: {dict(counts)}")
         assert set(counts) == {"hello from v1", "hello from v2"}
         assert 5 <= counts["hello from v2"] <= 40
+        # `Connection: close` ends in a clean FIN through waypoint and tunnels, not a reset.
+        closing = mesh.exec(client, [PY, "-c", CLOSE_CLIENT])
+        assert closing.returncode == 0 and closing.stdout.startswith("HTTP/1.1 200"), \
+            closing.stderr
         waypoint = mesh.runtime.get_pod("shop", "waypoint")
         logs = mesh.logs(client.node) + mesh.logs(waypoint.node)
         assert '"destination_service":"shop/catalog"' in logs
