@@ -52,3 +52,9 @@ proto: setup
 
 clean:
 	rm -rf $(VENV) .setup-stamps .mypy_cache .ruff_cache .pytest_cache
+
+# The node image for Kubernetes (daemonset/Dockerfile); needs Debian's docker.io and
+# debootstrap, starts dockerd by hand if none runs. Not part of `make test`.
+.PHONY: image
+image:
+	bash daemonset/build-image.sh

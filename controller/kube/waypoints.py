@@ -1,6 +1,6 @@
 """Waypoints in Kubernetes: for each Gateway of class ambient-waypoint, the controller
-owns a ServiceAccount, a Deployment, a Service and a NetworkPolicy of the same name, with the Gateway
-as their controlling owner (deleting the Gateway garbage-collects them).
+owns a ServiceAccount, a Deployment, a Service and a NetworkPolicy of the same name, with
+the Gateway as their controlling owner (deleting the Gateway garbage-collects them).
 
 `render` is pure. `WaypointReconciler` applies with server-side apply under one field
 manager, so any number of controller replicas may apply the same objects: the

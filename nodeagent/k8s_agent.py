@@ -1,0 +1,214 @@
+"""The node agent in Kubernetes mode: the kubelet runs the pods, this agent captures
+the enrolled ones on its node and serves them with the node proxy.
+
+What differs from local mode (nodeagent.agent) is where pods come from: a watch on
+the API server (pods with spec.nodeName=<node>, namespaces) and the host's /proc,
+instead of the controller's pods_to_run and our own runtime. Everything after that
+is shared: certificates, EnrollmentController, proxy handlers, config subscription.
+Tasks are owned by `run()`'s task group; a reconcile runs on every watch or snapshot
+change and every `resync` seconds (a pod's processes may appear after its status)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import structlog
+from aiohttp import web
+from kubernetes_asyncio import client as kclient
+
+from ebpf.redirector import Redirector
+from mesh.api import config_pb2 as pb
+from mesh.identity.ca_client import CertificateClient
+from mesh.runtime import Pod
+from mesh.runtime.cgroups import cgroup2_root
+from mesh.xds.subscriber import ConfigSubscriber
+from nodeagent import admin
+from nodeagent.accesslog import AccessLog
+from nodeagent.certs import CertificateManager, PodRef
+from nodeagent.enrollment import EnrollmentController
+from nodeagent.k8s_pods import (
+    PodLocator,
+    container_ids,
+    pod_spec,
+    runnable,
+    runtime_pod,
+)
+from nodeagent.k8s_watch import KubeWatch, node_watches
+from nodeagent.metrics import ProxyMetrics
+from nodeagent.proxy.handlers import ProxyContext
+from nodeagent.proxy.tunnel import Tunnels
+from nodeagent.state import ProxyState
+
+log = structlog.get_logger("nodeagent.k8s")
+
+
+@dataclass(frozen=True)
+class KubeAgentConfig:
+    node: str
+    controller: str
+    token_file: Path
+    trust_domain: str = "cluster.local"
+    # Where the programs attach: the cgroup v2 root by default (every pod is below it).
+    attach_cgroup: Path | None = None
+    pin_name: str = "k8s"
+    proc_root: Path = Path("/proc")
+    health_addr: str = "0.0.0.0:15021"
+    resync: float = 2.0
+    drain_seconds: float = 5.0
+    watch_timeout: int = 300
+
+
+class KubeNodeAgent:
+    def __init__(self, config: KubeAgentConfig, api: kclient.ApiClient) -> None:
+        self.config = config
+        self.api = api
+        self.metrics = ProxyMetrics()
+        self.locator = PodLocator(config.proc_root)
+        self.cert_pods: set[PodRef] = set()
+        self.errors: list[str] = []
+        self.reconciles = 0
+        self._dirty = asyncio.Event()
+        self._applied = False
+        self.pods_watch, self.namespaces_watch = node_watches(
+            api, config.node, self._dirty.set, config.watch_timeout)
+
+    def _token(self) -> str:
+        """Re-read on every (re)connection: the kubelet rotates projected tokens."""
+        return self.config.token_file.read_text().strip()
+
+    def _connect(self) -> None:
+        c = self.config
+        self.redirector = Redirector.load(f"{c.pin_name}-{c.node}",
+                                          c.attach_cgroup or cgroup2_root())
+        self.channel = grpc.aio.insecure_channel(c.controller)
+        self.certs = CertificateManager(CertificateClient(self.channel, c.node, self._token()),
+                                        c.trust_domain)
+        self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), Tunnels(self.certs),
+                                self.redirector.original_destination)
+        self.enrollment = EnrollmentController(self.redirector, self.ctx)
+        self.subscriber = ConfigSubscriber(c.controller, kind=pb.NODE, name=c.node, node=c.node,
+                                           token=self._token(), apply=self.apply)
+
+    async def apply(self, snapshot: pb.Snapshot) -> None:
+        self.ctx.state = ProxyState.from_snapshot(snapshot)  # SnapshotRejected -> NACK
+        self._applied = True
+        self.metrics.config_version.clear()
+        self.metrics.config_version.labels(snapshot.version).set(1)
+        self._dirty.set()
+
+    # ---- enrollment -----------------------------------------------------------------
+    def wanted(self) -> tuple[dict[str, tuple[pb.PodToRun, Pod]], set[PodRef], list[str]]:
+        """Pods to capture now, their certificate refs, and why others cannot be yet."""
+        wanted: dict[str, tuple[pb.PodToRun, Pod]] = {}
+        refs: set[PodRef] = set()
+        errors: list[str] = []
+        for (ns, name), pod in sorted(self.pods_watch.objects.items()):
+            if not runnable(pod):
+                continue
+            spec = pod_spec(pod, self.namespaces_watch.objects.get(("", ns)),
+                            self.config.trust_domain)
+            if not spec.enrolled:
+                continue
+            found = self.locator.locate(spec.uid, container_ids(pod))
+            if found is None:
+                errors.append(f"{ns}/{name}: no process of pod uid {spec.uid} in "
+                              f"{self.config.proc_root} yet (is hostPID set?)")
+                continue
+            refs.add(PodRef(ns, name, spec.service_account))
+            wanted[f"{ns}/{name}"] = (spec, runtime_pod(pod, self.config.node, found))
+        return wanted, refs, errors
+
+    async def reconcile(self) -> None:
+        wanted, refs, errors = self.wanted()
+        ready: dict[str, tuple[pb.PodToRun, Pod]] = {}
+        for key, (spec, pod) in wanted.items():
+            try:
+                await self.certs.add_pod(PodRef(spec.namespace, spec.name, spec.service_account))
+            except Exception as e:  # refused or CA away: named in status, retried
+                errors.append(f"{key}: certificate: {e}")
+                continue
+            ready[key] = (spec, pod)
+        for gone in self.cert_pods - refs:
+            self.certs.remove_pod(gone)
+        self.cert_pods = refs
+        errors += await self.enrollment.reconcile(ready)
+        self.errors = errors
+        self.reconciles += 1
+
+    async def _reconcile_loop(self) -> None:
+        await self.pods_watch.synced.wait()
+        await self.namespaces_watch.synced.wait()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=self.config.resync)
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception as e:  # one bad pass must not stop the agent
+                log.exception("reconcile failed", error=str(e))
+
+    # ---- status ---------------------------------------------------------------------
+    def ready(self) -> bool:
+        return (self._applied and self.subscriber.connected and self.pods_watch.synced.is_set()
+                and self.namespaces_watch.synced.is_set())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.config.node, "mode": "kubernetes",
+            "connected": self.subscriber.connected, "config_version": self.subscriber.version,
+            "last_error": self.subscriber.last_error,
+            "watches": {w.kind: {"synced": w.synced.is_set(), "objects": len(w.objects),
+                                 "resourceVersion": w.resource_version, "relists": w.relists,
+                                 "error": w.last_error}
+                        for w in (self.pods_watch, self.namespaces_watch)},
+            "bpf": self.redirector.status(),
+            "enrolled_pods": self.enrollment.enrolled_keys(),
+            "enrollment_errors": self.errors,
+            "certificates": [dataclasses.asdict(c) for c in self.certs.status()],
+        }
+
+    def _health_app(self) -> web.Application:
+        app = admin.build_app(self.metrics.registry, self.status, self.ready)
+
+        async def live(_: web.Request) -> web.Response:
+            return web.Response(text="live\n")
+        app.router.add_get("/healthz/live", live)
+        return app
+
+    # ---- lifecycle ------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self._connect()
+        host, _, port = self.config.health_addr.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]") or "0.0.0.0", int(port)))
+        self.health_port = sock.getsockname()[1]
+        runner = await admin.serve(self._health_app(), sock)
+        log.info("node agent started", node=self.config.node, mode="kubernetes",
+                 controller=self.config.controller, health=f"{host}:{self.health_port}")
+        try:
+            async with self.certs, asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self.subscriber.run()),
+                         tg.create_task(self.pods_watch.run()),
+                         tg.create_task(self.namespaces_watch.run()),
+                         tg.create_task(self._reconcile_loop())]
+                await stop.wait()
+                log.info("draining", deadline=self.config.drain_seconds)
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self.enrollment.drain(self.config.drain_seconds, keep_capture=True)
+            await runner.cleanup()
+            await self.channel.close(None)
+            self.redirector.close()
+            log.info("node agent stopped", node=self.config.node)
+
+    def watches(self) -> tuple[KubeWatch, KubeWatch]:
+        return self.pods_watch, self.namespaces_watch

@@ -1,0 +1,71 @@
+"""`python -m nodeagent.k8s_main`: the node agent as the DaemonSet runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from mesh.logs import configure_logging
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--node", envvar="NODE_NAME", required=True,
+              help="This node's name (the DaemonSet passes spec.nodeName).")
+@click.option("--controller", default="ambient-controller.ambient-system.svc:15012",
+              show_default=True, help="Controller gRPC address.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Projected service-account token (audience ambient-mesh).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: in-cluster service account.")
+@click.option("--proc-root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("/host/proc"), show_default=True,
+              help="The host's /proc (mounted from the host; with hostPID /proc works too).")
+@click.option("--health-addr", default="0.0.0.0:15021", show_default=True)
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--log-level", default="info", show_default=True)
+def main(node: str, controller: str, token_file: Path, kubeconfig: Path | None,
+         proc_root: Path, health_addr: str, trust_domain: str, log_level: str) -> None:
+    """Run the node agent for a Kubernetes node: capture the enrolled pods the kubelet
+    runs here and serve them with the node proxy."""
+    configure_logging(log_level)
+    if os.geteuid() != 0:
+        click.echo("the node agent needs root (bpf, setns): run it privileged", err=True)
+        sys.exit(1)
+    fallback = os.environ.get("AMBIENT_FALLBACK_KERNEL_SOURCE")
+    if fallback and not Path(f"/lib/modules/{os.uname().release}/build").exists():
+        os.environ.setdefault("BCC_KERNEL_SOURCE", fallback)
+
+    from kubernetes_asyncio import client as kclient
+    from kubernetes_asyncio import config as kconfig
+
+    from nodeagent.k8s_agent import KubeAgentConfig, KubeNodeAgent
+
+    async def run() -> None:
+        configuration = kclient.Configuration()
+        if kubeconfig is not None:
+            await kconfig.load_kube_config(config_file=str(kubeconfig),
+                                           client_configuration=configuration)
+        else:
+            kconfig.load_incluster_config(client_configuration=configuration)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with kclient.ApiClient(configuration) as api:
+            agent = KubeNodeAgent(KubeAgentConfig(
+                node=node, controller=controller, token_file=token_file,
+                trust_domain=trust_domain, proc_root=proc_root, health_addr=health_addr), api)
+            await agent.run(stop)
+
+    import uvloop
+
+    uvloop.run(run())
+
+
+if __name__ == "__main__":
+    main()
