@@ -50,6 +50,9 @@ fi
 echo "==> build context: tracked files of $root"
 mkdir "$work/context"
 (cd "$root" && git ls-files -z | tar --null -T - -c) | tar -C "$work/context" -x
+# pip inside the build must trust what pip trusts here (a TLS-intercepting proxy's CA).
+ca="${PIP_CERT:-$(pip3 config get global.cert 2>/dev/null || true)}"
+if [[ -n "$ca" && -s "$ca" ]]; then cp "$ca" "$work/context/.build-ca.pem"; fi
 
 echo "==> docker build $image"
 start=$(date +%s)

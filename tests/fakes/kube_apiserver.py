@@ -53,6 +53,7 @@ TYPES = [
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
     ResourceType("", "v1", "nodes", "Node", namespaced=False),
     ResourceType("apps", "v1", "deployments", "Deployment"),
+    ResourceType("apps", "v1", "daemonsets", "DaemonSet"),
     ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ResourceType("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
