@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +46,9 @@ class ControllerSettings:
     enable_ca: bool = True
     # "files": config_dir feeds the registry; "kubernetes": controller.kube feeds it.
     source: str = "files"
+    # Lifetime of workload certificates in seconds (None: the CA's 24 h default). Short
+    # lifetimes make every node agent renew often: the rotation soak tests use 10 s.
+    cert_ttl: float | None = None
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -214,8 +218,11 @@ class Controller:
         except ImportError as e:
             _log.warning("ca_unavailable", error=str(e))
             return
+        ttl: dict[str, Any] = {}
+        if self.settings.cert_ttl is not None:
+            ttl["default_ttl"] = dt.timedelta(seconds=self.settings.cert_ttl)
         self.ca = RecordingCertificateAuthority.load_or_create(
-            self.settings.state_dir / "ca", self.settings.trust_domain)
+            self.settings.state_dir / "ca", self.settings.trust_domain, **ttl)
         add_certificate_service(server, self.ca, self.registry, self.secret)
 
     async def _watch(self) -> None:

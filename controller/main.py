@@ -68,10 +68,14 @@ async def _serve(settings: ControllerSettings) -> None:
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--debounce", type=float, default=0.05, show_default=True,
               help="Seconds of quiet before a change is pushed (bursts push once).")
+@click.option("--cert-ttl", type=click.FloatRange(min=1.0), default=None,
+              help="Lifetime of workload certificates in seconds (default: 24 h). Node "
+                   "agents renew at half-life, so a short one exercises rotation.")
 @click.option("--log-level", default="info", show_default=True)
 def main(config_dir: Path | None, source: str, kubeconfig: Path | None, waypoint_image: str,
          state_dir: Path, grpc_addr: str, admin_addr: str,
-         advertise_addr: str, trust_domain: str, debounce: float, log_level: str) -> None:
+         advertise_addr: str, trust_domain: str, debounce: float, cert_ttl: float | None,
+         log_level: str) -> None:
     """Run the ambient-mesh controller."""
     configure_logging(log_level)
     if config_dir is None and source == "files":
@@ -79,7 +83,7 @@ def main(config_dir: Path | None, source: str, kubeconfig: Path | None, waypoint
     settings = ControllerSettings(
         config_dir=config_dir or state_dir / "config", source=source, state_dir=state_dir,
         grpc_addr=grpc_addr, admin_addr=admin_addr, advertise_addr=advertise_addr,
-        trust_domain=trust_domain, debounce=debounce,
+        trust_domain=trust_domain, debounce=debounce, cert_ttl=cert_ttl,
     )
     try:
         import uvloop
