@@ -113,7 +113,9 @@ def main() -> None:
     p.add_argument("--pods", type=int, default=100, help="largest enrolled-pod count")
     p.add_argument("--skip", nargs="*", default=[], choices=["l7", "memory", "controlplane"])
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    p.add_argument("--no-write", action="store_true", help="print JSON only")
+    p.add_argument("--no-write", action="store_true",
+                   help="leave RESULTS.md, results.json and the chart alone")
+    p.add_argument("--json", type=Path, help="also write this run's results here")
     args = p.parse_args()
     args.command = "make bench" if os.environ.get("MAKELEVEL") else \
         "python -m bench " + shlex.join(sys.argv[1:])
@@ -125,6 +127,8 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     res = run(args)
     print(json.dumps(res, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
     if not args.no_write:
         from bench import report
         (HERE / "results.json").write_text(json.dumps(res, indent=1) + "\n")
