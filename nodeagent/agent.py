@@ -32,6 +32,7 @@ from nodeagent import admin
 from nodeagent.accesslog import AccessLog
 from nodeagent.certs import CertificateManager, PodRef
 from nodeagent.enrollment import EnrollmentController
+from nodeagent.listener_store import KeeperUnavailable, Listeners, ListenerStore
 from nodeagent.metrics import ProxyMetrics
 from nodeagent.pods import PodSupervisor
 from nodeagent.proxy.handlers import ProxyContext
@@ -92,7 +93,13 @@ class NodeAgent:
         tunnels = Tunnels(self.certs, drain_seconds=config.drain_seconds)
         self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), tunnels,
                                 self.redirector.original_destination)
-        self.enrollment = EnrollmentController(self.redirector, self.ctx)
+        try:
+            store: ListenerStore | None = ListenerStore(config.state_dir / "listeners.sock")
+        except KeeperUnavailable as e:
+            log.warning("no listener handover", error=str(e))
+            store = None
+        self.listener_store = store
+        self.enrollment = EnrollmentController(self.redirector, self.ctx, Listeners(store))
         self.subscriber = ConfigSubscriber(
             config.controller, kind=pb.NODE, name=config.node, node=config.node,
             token=config.token, apply=self.apply,
@@ -208,6 +215,8 @@ class NodeAgent:
             with contextlib.suppress(Exception):
                 await self.reporter.aclose()
             await self.channel.close(None)
+            if self.listener_store is not None:
+                self.listener_store.close()
             self.redirector.close()
             log.info("node agent stopped", node=self.config.node)
 

@@ -17,6 +17,7 @@ from ebpf.enrollment import EnrolledPod
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
 from mesh.runtime import Pod
+from nodeagent.listener_store import Listeners
 from nodeagent.proxy.handlers import (
     ProxyContext,
     handle_hbone,
@@ -49,13 +50,14 @@ def bpf_record(spec: pb.PodToRun, pod: Pod) -> EnrolledPod:
 class EnrollmentController:
     redirector: Redirector
     ctx: ProxyContext
+    listeners: Listeners = field(default_factory=lambda: Listeners(None))
     pods: dict[str, Enrolled] = field(default_factory=dict)
     connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def reconcile(self, wanted: dict[str, tuple[pb.PodToRun, Pod]]) -> list[str]:
         """Enroll/unenroll so exactly `wanted` (key -> (spec, local pod)) is captured.
         Returns error messages for pods that could not be enrolled (the rest proceed)."""
-        errors = []
+        errors: list[str] = []
         for key in [k for k in self.pods if k not in wanted]:
             await self.unenroll(key)
         for key, (spec, pod) in wanted.items():
@@ -73,13 +75,15 @@ class EnrollmentController:
             except Exception as e:  # one pod's failure never blocks the others
                 log.error("enrollment failed", pod=key, error=str(e))
                 errors.append(f"{key}: {e}")
+        self.listeners.close_unclaimed()
         self.ctx.metrics.enrolled_pods.set(len(self.pods))
         return errors
 
     def enroll(self, spec: pb.PodToRun, pod: Pod) -> None:
         endpoint = PodEndpoint(spec.namespace, spec.name, spec.uid, pod.netns, str(pod.ip),
                                str(pod.ip6), spec.identity)
-        listeners = PodListeners.bind(pod.netns)
+        listeners = PodListeners.bind(pod.netns, f"{endpoint.key}/{endpoint.uid}",
+                                      self.listeners)
         try:
             for sock in listeners.inbound_sockets:
                 self.redirector.register_inbound_listener(pod.netns, sock)
@@ -121,6 +125,8 @@ class EnrollmentController:
             except Exception as e:  # the pod may be gone already: keep releasing
                 log.warning("unenroll step failed", pod=key, error=str(e))
         await self._stop_serving(enrolled)
+        for listener_key in enrolled.listeners.keys:
+            self.listeners.forget(listener_key)
         log.info("pod released", pod=key)
 
     async def drain(self, deadline: float, keep_capture: bool) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import structlog
 
 from ebpf.constants import HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT
+from mesh.runtime.netns import netns_cookie
+from nodeagent.listener_store import Listeners
 from nodeagent.proxy.streams import listening_socket
 
 log = structlog.get_logger("nodeagent.proxy")
@@ -63,22 +65,36 @@ class PodListeners:
     outbound_sockets: list[socket.socket] = field(default_factory=list)
     inbound_sockets: list[socket.socket] = field(default_factory=list)
     hbone_sockets: list[socket.socket] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
 
     @classmethod
-    def bind(cls, netns: str) -> PodListeners:
+    def bind(cls, netns: str, key_prefix: str = "", source: Listeners | None = None
+             ) -> PodListeners:
+        """Listeners for one pod: taken over from `source` when a previous agent left
+        them, else bound now (and handed to `source` for the next agent)."""
         self = cls()
+        cookie = netns_cookie(netns)
+        plan = [(self.outbound_sockets, h, OUTBOUND_PORT) for h in ("127.0.0.1", "::1")]
+        plan += [(group, h, port) for h in ("0.0.0.0", "::")
+                 for group, port in ((self.inbound_sockets, INBOUND_PORT),
+                                     (self.hbone_sockets, HBONE_PORT))]
         try:
-            for host in ("127.0.0.1", "::1"):
-                self.outbound_sockets.append(listening_socket(netns, host, OUTBOUND_PORT))
-            for host in ("0.0.0.0", "::"):
-                self.inbound_sockets.append(listening_socket(netns, host, INBOUND_PORT))
-                self.hbone_sockets.append(listening_socket(netns, host, HBONE_PORT))
+            for group, host, port in plan:
+                key = f"{key_prefix}|{host}|{port}"
+                sock = source.take(key, cookie) if source else None
+                if sock is None:
+                    sock = listening_socket(netns, host, port)
+                    if source:
+                        source.keep(key, sock)
+                group.append(sock)
+                self.keys.append(key)
         except BaseException:
             self.close()
             raise
         return self
 
     def close(self) -> None:
+        """Close our descriptors; a keeper's copies keep the sockets listening."""
         for sock in (*self.outbound_sockets, *self.inbound_sockets, *self.hbone_sockets):
             with contextlib.suppress(OSError):
                 sock.close()
