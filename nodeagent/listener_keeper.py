@@ -5,8 +5,9 @@ a duplicate of every listening socket the agent opened in pod namespaces. A rest
 agent (SIGTERM or SIGKILL) fetches them over a unix socket with SCM_RIGHTS and accepts
 on the very same sockets: connections arriving while no agent runs wait in the listen
 backlog instead of being refused, and the inbound SOCKMAP entries stay valid because
-the sockets never close. The keeper exits once no agent has been connected for
-`--idle-exit` seconds (after `ambientctl down`), closing what it holds.
+the sockets never close. The keeper exits when its socket file is removed (with the
+node's state, by `ambientctl down` or test teardown) or once no agent has been
+connected for `idle_exit` seconds, closing what it holds.
 
 Protocol (SOCK_SEQPACKET, one JSON message per packet):
   {"op": "put", "key": K} + 1 fd   keep this socket under K (replaces an older one)
@@ -81,6 +82,8 @@ class Keeper:
                 elif not self.handle(sock):
                     self.clients.remove(sock)
                     sock.close()
+            if not self.path.exists():  # the node's state was removed (ambientctl down)
+                break
             if self.clients:
                 alone_since = time.monotonic()
             elif time.monotonic() - alone_since > self.idle_exit:
