@@ -179,9 +179,12 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self._framing.output()
-        if data and self._transport is not None and not self.closed:
-            self._transport.write(data)
+        chunks = self._framing.output_chunks()
+        if chunks and self._transport is not None and not self.closed:
+            if len(chunks) == 1:
+                self._transport.write(chunks[0])
+            else:
+                self._transport.writelines(chunks)
 
     def open_stream(self, authority: str, headers: tuple[tuple[str, str], ...] = ()
                     ) -> tuple[HboneStream, asyncio.Future[int]]:

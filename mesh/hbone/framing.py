@@ -214,6 +214,10 @@ class H2Framing:
     def output(self) -> bytes:
         return self._conn.data_to_send()
 
+    def output_chunks(self) -> list[bytes]:
+        data = self._conn.data_to_send()
+        return [data] if data else []
+
     @property
     def peer_max_concurrent_streams(self) -> int:
         return int(self._conn.remote_settings.max_concurrent_streams)

@@ -10,7 +10,8 @@ Two choices that make it fast:
 - DATA payloads are delivered as they arrive (a 16 MiB frame read in 256 KiB pieces
   becomes 64 DataArrived events), so big frames are never reassembled or copied twice
   and the first bytes reach the app before the frame's last byte is read;
-- output is a list of byte strings joined once per flush.
+- output is a list of byte strings: small frames are joined once per flush, big
+  payloads go to the TLS layer as they are (no copy).
 Connection errors queue GOAWAY with the error code and raise HboneProtocolError; the
 connection flushes that and closes."""
 
@@ -58,6 +59,7 @@ MAX_FRAME = 2**24 - 1
 S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE, \
     S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = range(1, 7)
 UNLIMITED_STREAMS = 2**32 + 1  # what h2 reports when the peer sets no limit
+BIG_CHUNK = 16384  # output pieces this big are not copied into a joined buffer
 
 
 def _header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -549,6 +551,29 @@ class H2Core:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         return data
+
+    def output_chunks(self) -> list[bytes]:
+        """What to send, as few pieces as possible without copying big DATA payloads:
+        small frames are joined, a payload of BIG_CHUNK or more stays its own piece
+        (the TLS layer encrypts pieces one after the other into the same send)."""
+        out = self._out
+        if len(out) <= 1:
+            chunks = list(out)
+        else:
+            chunks = []
+            small: list[bytes] = []
+            for piece in out:
+                if len(piece) >= BIG_CHUNK:
+                    if small:
+                        chunks.append(b"".join(small))
+                        small = []
+                    chunks.append(piece)
+                else:
+                    small.append(piece)
+            if small:
+                chunks.append(b"".join(small))
+        out.clear()
+        return chunks
 
     @property
     def peer_max_concurrent_streams(self) -> int:
