@@ -4,9 +4,7 @@ scheduler). Logs are structlog JSON on stderr."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 from pathlib import Path
 
 import click
@@ -15,24 +13,15 @@ import structlog
 from controller.app import Controller, ControllerSettings
 from controller.kube.errors import KubeError
 from controller.state import StateError
+from mesh.logs import LogLevelError
+from mesh.logs import configure_logging as shared_configure_logging
 
 
 def configure_logging(level: str) -> None:
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise click.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+    try:
+        shared_configure_logging(level)
+    except LogLevelError as e:
+        raise click.BadParameter(str(e), param_hint="--log-level") from None
 
 
 async def _serve(settings: ControllerSettings) -> None:

@@ -27,7 +27,8 @@ from mesh.logs import configure_logging
 @click.option("--drain-seconds", default=5.0, show_default=True,
               help="On SIGTERM, how long established connections may finish.")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
 def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: Path | None,
          drain_seconds: float, trust_domain: str, log_level: str) -> None:
     """Run the node agent: pods, eBPF capture and the L4 mTLS node proxy.
