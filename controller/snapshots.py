@@ -19,7 +19,7 @@ from controller.policy import effective_mtls, waypoint_authorizations, workload_
 from controller.view import HBONE_PORT, ClusterView, PodView, Ref, ServiceView
 from mesh.api import config_pb2 as pb
 from mesh.config import AuthorizationPolicy, HTTPRoute, TrafficPolicy, duration_ms
-from mesh.config.gateway import BackendRef, HeaderModifier
+from mesh.config.gateway import BackendRef, HeaderModifier, URLRewrite
 
 _MTLS = {"STRICT": pb.STRICT, "PERMISSIVE": pb.PERMISSIVE}
 _MATCH = {"Exact": pb.StringMatch.EXACT, "PathPrefix": pb.StringMatch.PREFIX,
@@ -202,6 +202,17 @@ def _modifier(m: HeaderModifier | None) -> pb.HeaderModifier | None:
     )
 
 
+def _rewrite(u: URLRewrite | None) -> pb.UrlRewrite | None:
+    if u is None:
+        return None
+    msg = pb.UrlRewrite(hostname=u.hostname or "")
+    if u.path is not None and u.path.type == "ReplaceFullPath":
+        msg.full_path = u.path.replace_full_path or "/"
+    elif u.path is not None:
+        msg.prefix_match = u.path.replace_prefix_match or "/"
+    return msg
+
+
 def route(r: HTTPRoute) -> pb.HTTPRoute:
     rules = []
     for rule in r.spec.rules:
@@ -209,6 +220,7 @@ def route(r: HTTPRoute) -> pb.HTTPRoute:
                     if f.type == "RequestHeaderModifier"), None)
         resp = next((f.response_header_modifier for f in rule.filters
                      if f.type == "ResponseHeaderModifier"), None)
+        rewrite = next((f.url_rewrite for f in rule.filters if f.type == "URLRewrite"), None)
         mirrors = [pb.Mirror(backend=_backend(r.namespace, f.request_mirror.backend_ref),
                              percent=100 if f.request_mirror.percent is None
                              else f.request_mirror.percent)
@@ -231,6 +243,7 @@ def route(r: HTTPRoute) -> pb.HTTPRoute:
             retry=pb.RetryPolicy(attempts=rule.retry.attempts, codes=rule.retry.codes,
                                  backoff_ms=duration_ms(rule.retry.backoff))
             if rule.retry else None,
+            url_rewrite=_rewrite(rewrite),
         ))
     return pb.HTTPRoute(
         namespace=r.namespace, name=r.name,
@@ -249,10 +262,14 @@ def traffic_policy(t: TrafficPolicy) -> pb.TrafficPolicy:
         msg.retry_budget.CopyFrom(pb.RetryBudget(
             percent=s.retry_budget.percent,
             min_retries_per_second=s.retry_budget.min_retries_per_second))
+    if s.retry:
+        msg.retry.CopyFrom(pb.RetrySettings(allow_non_idempotent=s.retry.allow_non_idempotent))
     if s.outlier_detection:
         o = s.outlier_detection
         msg.outlier_detection.CopyFrom(pb.OutlierDetection(
-            consecutive_5xx=o.consecutive_5xx_errors, interval_ms=duration_ms(o.interval),
+            consecutive_5xx=o.consecutive_5xx_errors,
+            consecutive_gateway_errors=o.consecutive_gateway_errors,
+            interval_ms=duration_ms(o.interval),
             base_ejection_time_ms=duration_ms(o.base_ejection_time),
             max_ejection_percent=o.max_ejection_percent))
     if s.connection_pool:
@@ -264,7 +281,8 @@ def traffic_policy(t: TrafficPolicy) -> pb.TrafficPolicy:
     if s.rate_limit:
         msg.rate_limit.CopyFrom(pb.RateLimit(
             requests_per_unit=s.rate_limit.requests_per_unit,
-            unit_seconds=_UNIT_SECONDS[s.rate_limit.unit], burst=s.rate_limit.burst or 0))
+            unit_seconds=_UNIT_SECONDS[s.rate_limit.unit], burst=s.rate_limit.burst or 0,
+            per_source=s.rate_limit.per_source_identity))
     if s.fault_injection:
         f = s.fault_injection
         msg.fault_injection.CopyFrom(pb.FaultInjection(

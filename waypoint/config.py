@@ -31,6 +31,7 @@ from waypoint.routing import (
     RouteRule,
     RouteTable,
     Timeouts,
+    UrlRewrite,
     ValueMatch,
 )
 from waypoint.upstream import Endpoint
@@ -88,6 +89,7 @@ class TrafficSettings:
     limits: LimitsConfig | None = None
     rate_limit: RateLimitConfig | None = None
     faults: FaultConfig | None = None
+    retry_non_idempotent: bool = False
 
 
 NO_TRAFFIC_SETTINGS = TrafficSettings()
@@ -207,6 +209,30 @@ def _backend(b: pb.BackendRef, route_ns: str) -> BackendTarget:
     return BackendTarget(f"{b.namespace or route_ns}/{b.name}", b.port or None, b.weight)
 
 
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+
+
+def _rewrite(obj: str, where: str, u: pb.UrlRewrite, matches: tuple[RouteMatch, ...]
+             ) -> UrlRewrite:
+    """Checked again here because a snapshot may come from elsewhere than our
+    controller: a prefix rewrite without a PathPrefix match would be silently skipped."""
+    if u.hostname and (len(u.hostname) > 253 or not _HOSTNAME.match(u.hostname)):
+        raise RouteConfigError(obj, f"{where}.hostname",
+                               f"not a precise DNS hostname: {u.hostname!r}")
+    kind = u.WhichOneof("path")
+    value = getattr(u, kind) if kind else None
+    field_name = {"full_path": "replaceFullPath", "prefix_match": "replacePrefixMatch"}
+    if kind is not None and not str(value).startswith("/"):
+        raise RouteConfigError(obj, f"{where}.path.{field_name[kind]}", "must start with '/'")
+    if kind == "prefix_match" and any(m.path.kind != "PathPrefix" for m in matches):
+        raise RouteConfigError(obj, f"{where}.path.replacePrefixMatch",
+                               "needs PathPrefix matches (the prefix it replaces)")
+    return UrlRewrite(hostname=u.hostname or None,
+                      full_path=value if kind == "full_path" else None,
+                      prefix=value if kind == "prefix_match" else None)
+
+
 def _rule(route: pb.HTTPRoute, index: int, r: pb.RouteRule, port: int | None) -> RouteRule:
     obj = f"HTTPRoute {route.namespace}/{route.name}"
     matches = []
@@ -226,10 +252,15 @@ def _rule(route: pb.HTTPRoute, index: int, r: pb.RouteRule, port: int | None) ->
             query=_value_matches(obj, f"{where}.queryParams", m.query_params),
             method=m.method or None,
         ))
+    rewrite = None
+    if r.HasField("url_rewrite") and (r.url_rewrite.hostname or r.url_rewrite.WhichOneof("path")):
+        rewrite = _rewrite(obj, f"spec.rules[{index}].filters.urlRewrite", r.url_rewrite,
+                           tuple(matches))
     filters = Filters(
         request_headers=_modifier(r.request_headers) if r.HasField("request_headers") else None,
         response_headers=_modifier(r.response_headers) if r.HasField("response_headers")
         else None,
+        rewrite=rewrite,
         mirrors=tuple(Mirror(_backend(m.backend, route.namespace), float(m.percent))
                       for m in r.mirrors),
     )
@@ -255,11 +286,17 @@ def _traffic(t: pb.TrafficPolicy) -> TrafficSettings:
         if t.rate_limit.requests_per_unit < 1:
             raise RouteConfigError(obj, "spec.rateLimit.requestsPerUnit", "must be >= 1")
         rl = RateLimitConfig(t.rate_limit.requests_per_unit / unit,
-                             t.rate_limit.burst or t.rate_limit.requests_per_unit)
+                             t.rate_limit.burst or t.rate_limit.requests_per_unit,
+                             per_source=t.rate_limit.per_source)
     od = None
     if t.HasField("outlier_detection"):
         o = t.outlier_detection
-        od = OutlierConfig(consecutive_5xx=o.consecutive_5xx or 5,
+        five = o.consecutive_5xx if o.HasField("consecutive_5xx") else 5
+        if five == 0 and o.consecutive_gateway_errors == 0:
+            raise RouteConfigError(obj, "spec.outlierDetection.consecutiveGatewayErrors",
+                                   "must be >= 1 when consecutive5xxErrors is 0")
+        od = OutlierConfig(consecutive_5xx=five,
+                           consecutive_gateway_errors=o.consecutive_gateway_errors,
                            interval_s=(o.interval_ms or 10_000) / 1000,
                            base_ejection_s=(o.base_ejection_time_ms or 30_000) / 1000,
                            max_ejection_percent=o.max_ejection_percent)
@@ -278,7 +315,8 @@ def _traffic(t: pb.TrafficPolicy) -> TrafficSettings:
     budget = None
     if t.HasField("retry_budget"):
         budget = (t.retry_budget.percent, t.retry_budget.min_retries_per_second)
-    return TrafficSettings(f"{t.namespace}/{t.name}", budget, od, limits, rl, faults)
+    return TrafficSettings(f"{t.namespace}/{t.name}", budget, od, limits, rl, faults,
+                           retry_non_idempotent=t.retry.allow_non_idempotent)
 
 
 def _authz(a: pb.Authorization) -> AuthzPolicy:

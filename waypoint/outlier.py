@@ -20,7 +20,7 @@ GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 @dataclass(frozen=True)
 class OutlierConfig:
-    consecutive_5xx: int = 5
+    consecutive_5xx: int = 5  # 0: 5xx ejection off (gateway errors alone eject)
     consecutive_gateway_errors: int = 0  # 0: not used separately
     interval_s: float = 10.0
     base_ejection_s: float = 30.0
@@ -74,7 +74,7 @@ class OutlierDetector:
         else:
             st.consecutive_gateway = 0
         cfg = self.config
-        tripped = st.consecutive_5xx >= cfg.consecutive_5xx or (
+        tripped = (cfg.consecutive_5xx > 0 and st.consecutive_5xx >= cfg.consecutive_5xx) or (
             cfg.consecutive_gateway_errors > 0
             and st.consecutive_gateway >= cfg.consecutive_gateway_errors
         )

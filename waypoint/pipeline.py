@@ -260,6 +260,7 @@ async def _tries(rt: Runtime, ex: Exchange, next: Next) -> Response:
         backoff_base_ms=cfg.backoff_ms if cfg else 25,
         backoff_max_ms=(cfg.backoff_ms if cfg else 25) * 10,
         per_try_timeout_ms=rule.timeouts.backend_ms,
+        retry_non_idempotent=rt.state.traffic(ex.service.key).retry_non_idempotent,
     )
     budget = rt.state.retry_budget(ex.service.key)
     budget.request_started(rt.state.clock())

@@ -1088,6 +1088,38 @@ class RetryPolicy(_message.Message):
 Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
+class UrlRewrite(_message.Message):
+    """Gateway API URLRewrite: a new Host and/or path sent upstream (neither set: none)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    FULL_PATH_FIELD_NUMBER: _builtins.int
+    PREFIX_MATCH_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    """Empty: keep the Host / :authority."""
+    full_path: _builtins.str
+    """The whole path is replaced (the query string is kept)."""
+    prefix_match: _builtins.str
+    """The PathPrefix the rule matched is replaced by this prefix."""
+    def __init__(
+        self,
+        *,
+        hostname: _builtins.str = ...,
+        full_path: _builtins.str = ...,
+        prefix_match: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["full_path", b"full_path", "path", b"path", "prefix_match", b"prefix_match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full_path", b"full_path", "hostname", b"hostname", "path", b"path", "prefix_match", b"prefix_match"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_path: _TypeAlias = _typing.Literal["full_path", "prefix_match"]  # noqa: Y015
+    _WhichOneofArgType_path: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_path) -> _WhichOneofReturnType_path | None: ...
+
+Global___UrlRewrite: _TypeAlias = UrlRewrite  # noqa: Y015
+
+@_typing.final
 class RouteRule(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1100,6 +1132,7 @@ class RouteRule(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     BACKEND_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    URL_REWRITE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     timeout_ms: _builtins.int
     backend_timeout_ms: _builtins.int
@@ -1115,6 +1148,8 @@ class RouteRule(_message.Message):
     def mirrors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mirror]: ...
     @_builtins.property
     def retry(self) -> Global___RetryPolicy: ...
+    @_builtins.property
+    def url_rewrite(self) -> Global___UrlRewrite: ...
     def __init__(
         self,
         *,
@@ -1127,10 +1162,11 @@ class RouteRule(_message.Message):
         timeout_ms: _builtins.int = ...,
         backend_timeout_ms: _builtins.int = ...,
         retry: Global___RetryPolicy | None = ...,
+        url_rewrite: Global___UrlRewrite | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request_headers", b"request_headers", "response_headers", b"response_headers", "retry", b"retry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_headers", b"request_headers", "response_headers", b"response_headers", "retry", b"retry", "url_rewrite", b"url_rewrite"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_timeout_ms", b"backend_timeout_ms", "backends", b"backends", "matches", b"matches", "mirrors", b"mirrors", "name", b"name", "request_headers", b"request_headers", "response_headers", b"response_headers", "retry", b"retry", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_timeout_ms", b"backend_timeout_ms", "backends", b"backends", "matches", b"matches", "mirrors", b"mirrors", "name", b"name", "request_headers", b"request_headers", "response_headers", b"response_headers", "retry", b"retry", "timeout_ms", b"timeout_ms", "url_rewrite", b"url_rewrite"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1226,23 +1262,30 @@ class OutlierDetection(_message.Message):
     INTERVAL_MS_FIELD_NUMBER: _builtins.int
     BASE_EJECTION_TIME_MS_FIELD_NUMBER: _builtins.int
     MAX_EJECTION_PERCENT_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_GATEWAY_ERRORS_FIELD_NUMBER: _builtins.int
     consecutive_5xx: _builtins.int
+    """Unset: 5 (the default); 0: 5xx ejection off (consecutive_gateway_errors acts alone)."""
     interval_ms: _builtins.int
     base_ejection_time_ms: _builtins.int
     max_ejection_percent: _builtins.int
+    consecutive_gateway_errors: _builtins.int
+    """Consecutive 502/503/504, connect failures and resets that eject; 0: not used."""
     def __init__(
         self,
         *,
-        consecutive_5xx: _builtins.int = ...,
+        consecutive_5xx: _builtins.int | None = ...,
         interval_ms: _builtins.int = ...,
         base_ejection_time_ms: _builtins.int = ...,
         max_ejection_percent: _builtins.int = ...,
+        consecutive_gateway_errors: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_5xx", b"_consecutive_5xx", "consecutive_5xx", b"consecutive_5xx"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_ejection_time_ms", b"base_ejection_time_ms", "consecutive_5xx", b"consecutive_5xx", "interval_ms", b"interval_ms", "max_ejection_percent", b"max_ejection_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_5xx", b"_consecutive_5xx", "base_ejection_time_ms", b"base_ejection_time_ms", "consecutive_5xx", b"consecutive_5xx", "consecutive_gateway_errors", b"consecutive_gateway_errors", "interval_ms", b"interval_ms", "max_ejection_percent", b"max_ejection_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__consecutive_5xx: _TypeAlias = _typing.Literal["consecutive_5xx"]  # noqa: Y015
+    _WhichOneofArgType__consecutive_5xx: _TypeAlias = _typing.Literal["_consecutive_5xx", b"_consecutive_5xx"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__consecutive_5xx) -> _WhichOneofReturnType__consecutive_5xx | None: ...
 
 Global___OutlierDetection: _TypeAlias = OutlierDetection  # noqa: Y015
 
@@ -1278,23 +1321,49 @@ class RateLimit(_message.Message):
     REQUESTS_PER_UNIT_FIELD_NUMBER: _builtins.int
     UNIT_SECONDS_FIELD_NUMBER: _builtins.int
     BURST_FIELD_NUMBER: _builtins.int
+    PER_SOURCE_FIELD_NUMBER: _builtins.int
     requests_per_unit: _builtins.int
     unit_seconds: _builtins.int
     burst: _builtins.int
+    per_source: _builtins.bool
+    """One bucket per caller SPIFFE identity (per route rule) instead of one shared."""
     def __init__(
         self,
         *,
         requests_per_unit: _builtins.int = ...,
         unit_seconds: _builtins.int = ...,
         burst: _builtins.int = ...,
+        per_source: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "requests_per_unit", b"requests_per_unit", "unit_seconds", b"unit_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "per_source", b"per_source", "requests_per_unit", b"requests_per_unit", "unit_seconds", b"unit_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
+
+@_typing.final
+class RetrySettings(_message.Message):
+    """Retry settings TrafficPolicy adds to the HTTPRoute retry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_NON_IDEMPOTENT_FIELD_NUMBER: _builtins.int
+    allow_non_idempotent: _builtins.bool
+    """Retry POST, PATCH, CONNECT and gRPC calls too (default: idempotent methods only)."""
+    def __init__(
+        self,
+        *,
+        allow_non_idempotent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_non_idempotent", b"allow_non_idempotent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrySettings: _TypeAlias = RetrySettings  # noqa: Y015
 
 @_typing.final
 class FaultInjection(_message.Message):
@@ -1336,6 +1405,7 @@ class TrafficPolicy(_message.Message):
     CONNECTION_POOL_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
     FAULT_INJECTION_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     name: _builtins.str
     @_builtins.property
@@ -1352,6 +1422,8 @@ class TrafficPolicy(_message.Message):
     def rate_limit(self) -> Global___RateLimit: ...
     @_builtins.property
     def fault_injection(self) -> Global___FaultInjection: ...
+    @_builtins.property
+    def retry(self) -> Global___RetrySettings: ...
     def __init__(
         self,
         *,
@@ -1363,10 +1435,11 @@ class TrafficPolicy(_message.Message):
         connection_pool: Global___ConnectionPool | None = ...,
         rate_limit: Global___RateLimit | None = ...,
         fault_injection: Global___FaultInjection | None = ...,
+        retry: Global___RetrySettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connection_pool", b"connection_pool", "fault_injection", b"fault_injection", "outlier_detection", b"outlier_detection", "rate_limit", b"rate_limit", "retry_budget", b"retry_budget"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection_pool", b"connection_pool", "fault_injection", b"fault_injection", "outlier_detection", b"outlier_detection", "rate_limit", b"rate_limit", "retry", b"retry", "retry_budget", b"retry_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_pool", b"connection_pool", "fault_injection", b"fault_injection", "name", b"name", "namespace", b"namespace", "outlier_detection", b"outlier_detection", "rate_limit", b"rate_limit", "retry_budget", b"retry_budget", "services", b"services"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_pool", b"connection_pool", "fault_injection", b"fault_injection", "name", b"name", "namespace", b"namespace", "outlier_detection", b"outlier_detection", "rate_limit", b"rate_limit", "retry", b"retry", "retry_budget", b"retry_budget", "services", b"services"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

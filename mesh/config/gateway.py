@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from mesh.config.base import OpenModel, Resource, check_duration, duration_ms
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+_PRECISE_HOSTNAME = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class Listener(OpenModel):
@@ -140,7 +142,56 @@ class MirrorConfig(OpenModel):
     percent: int | None = Field(default=None, ge=0, le=100)
 
 
-FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror")
+class HTTPPathModifier(OpenModel):
+    """Gateway API v1 HTTPPathModifier: exactly the field its type names."""
+
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    replace_full_path: str | None = Field(default=None, max_length=1024)
+    replace_prefix_match: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _one_value(self) -> HTTPPathModifier:
+        wanted, other = (("replaceFullPath", "replacePrefixMatch")
+                         if self.type == "ReplaceFullPath"
+                         else ("replacePrefixMatch", "replaceFullPath"))
+        values = {"replaceFullPath": self.replace_full_path,
+                  "replacePrefixMatch": self.replace_prefix_match}
+        if values[wanted] is None:
+            raise ValueError(f"{wanted}: required when type is {self.type}")
+        if values[other] is not None:
+            raise ValueError(f"{other}: not allowed when type is {self.type} (set {wanted})")
+        value = values[wanted] or ""
+        if not value.startswith("/"):
+            raise ValueError(f"{wanted}: must start with '/' (got {value!r})")
+        if any(c in value for c in "?# \t\r\n"):
+            raise ValueError(
+                f"{wanted}: must be a path without query, fragment or whitespace (got {value!r})")
+        return self
+
+
+class URLRewrite(OpenModel):
+    """Gateway API v1 HTTPURLRewriteFilter: a new Host and/or path sent upstream."""
+
+    hostname: str | None = None
+    path: HTTPPathModifier | None = None
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 253 or not _PRECISE_HOSTNAME.match(v)):
+            raise ValueError(
+                f"must be a precise DNS hostname (lower case letters, digits, '-' and '.', no "
+                f"wildcard, no port) (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> URLRewrite:
+        if self.hostname is None and self.path is None:
+            raise ValueError("must set hostname, path or both")
+        return self
+
+
+FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "URLRewrite")
 
 
 class HTTPRouteFilter(OpenModel):
@@ -148,6 +199,7 @@ class HTTPRouteFilter(OpenModel):
     request_header_modifier: HeaderModifier | None = None
     response_header_modifier: HeaderModifier | None = None
     request_mirror: MirrorConfig | None = None
+    url_rewrite: URLRewrite | None = None
 
     @model_validator(mode="after")
     def _config_present(self) -> HTTPRouteFilter:
@@ -160,6 +212,7 @@ class HTTPRouteFilter(OpenModel):
             "RequestHeaderModifier": ("requestHeaderModifier", self.request_header_modifier),
             "ResponseHeaderModifier": ("responseHeaderModifier", self.response_header_modifier),
             "RequestMirror": ("requestMirror", self.request_mirror),
+            "URLRewrite": ("urlRewrite", self.url_rewrite),
         }[self.type]
         if field[1] is None:
             raise ValueError(f"{field[0]}: required when type is {self.type}")
@@ -213,6 +266,30 @@ class HTTPRouteRule(OpenModel):
     backend_refs: list[BackendRef] = Field(default_factory=list, max_length=16)
     timeouts: HTTPRouteTimeouts | None = None
     retry: HTTPRouteRetry | None = None
+
+    @model_validator(mode="after")
+    def _rewrite(self) -> HTTPRouteRule:
+        """Gateway API's rules for URLRewrite: at most one per rule, and a prefix
+        replacement needs exactly one PathPrefix match (no match means PathPrefix /),
+        because the prefix replaced is the one matched."""
+        rewrites = [i for i, f in enumerate(self.filters) if f.type == "URLRewrite"]
+        if len(rewrites) > 1:
+            raise ValueError(f"filters[{rewrites[1]}]: at most one URLRewrite filter per rule")
+        if not rewrites:
+            return self
+        i = rewrites[0]
+        rewrite = self.filters[i].url_rewrite
+        if rewrite is None or rewrite.path is None or rewrite.path.type != "ReplacePrefixMatch":
+            return self
+        if not self.matches:
+            return self
+        paths = [m.path for m in self.matches]
+        if len(paths) != 1 or paths[0] is None or paths[0].type != "PathPrefix":
+            raise ValueError(
+                f"filters[{i}].urlRewrite.path: ReplacePrefixMatch needs exactly one match "
+                f"with a PathPrefix path (the prefix it replaces); use ReplaceFullPath or "
+                f"split the rule")
+        return self
 
 
 class HTTPRouteSpec(OpenModel):

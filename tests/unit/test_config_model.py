@@ -91,8 +91,14 @@ def test_design_example_message() -> None:
      "with '/' (got 'nope')"),
     ("kind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {name: r}\n"
      "spec: {parentRefs: [{name: s, kind: Service}], rules: [{filters: [{type: URLRewrite}]}]}",
-     "t.yaml doc 1 HTTPRoute default/r: spec.rules[0].filters[0].type: filter 'URLRewrite' is "
-     "not supported (supported: RequestHeaderModifier, ResponseHeaderModifier, RequestMirror)"),
+     "t.yaml doc 1 HTTPRoute default/r: spec.rules[0].filters[0].urlRewrite: required when "
+     "type is URLRewrite"),
+    ("kind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {name: r}\n"
+     "spec: {parentRefs: [{name: s, kind: Service}], "
+     "rules: [{filters: [{type: RequestRedirect}]}]}",
+     "t.yaml doc 1 HTTPRoute default/r: spec.rules[0].filters[0].type: filter 'RequestRedirect' "
+     "is not supported (supported: RequestHeaderModifier, ResponseHeaderModifier, "
+     "RequestMirror, URLRewrite)"),
     ("kind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {name: r}\n"
      "spec: {parentRefs: [{name: s, kind: Service}], rules: [{timeouts: {request: 1s, "
      "backendRequest: 2s}}]}",
@@ -113,7 +119,7 @@ def test_design_example_message() -> None:
     ("kind: TrafficPolicy\napiVersion: ambientmesh.io/v1alpha1\nmetadata: {name: t}\n"
      "spec: {targetRefs: [{name: s}]}",
      "t.yaml doc 1 TrafficPolicy default/t: spec: must set at least one of retryBudget, "
-     "outlierDetection, connectionPool, rateLimit, faultInjection"),
+     "retry, outlierDetection, connectionPool, rateLimit, faultInjection"),
     ("kind: TrafficPolicy\napiVersion: ambientmesh.io/v1alpha1\nmetadata: {name: t}\n"
      "spec: {targetRefs: [{name: s}], outlierDetection: {interval: 10 seconds}}",
      "t.yaml doc 1 TrafficPolicy default/t: spec.outlierDetection.interval: must be a "
