@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ class ConnectionRecord:
     reason: str = ""
     policy: str = ""
     started: float = field(default_factory=time.time)
+    proxy_pid: int = field(default_factory=os.getpid)  # the agent or one of its workers
     duration_ms: float = 0.0
 
 

@@ -11,16 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 StatusProvider = Callable[[], dict[str, Any]]
 
 
-def build_app(registry: CollectorRegistry, status: StatusProvider,
+def build_app(metrics_text: Callable[[], bytes], status: StatusProvider,
               ready: Callable[[], bool]) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=metrics_text(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
         ok = ready()

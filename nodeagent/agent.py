@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import signal
 import socket
 import time
@@ -21,10 +22,12 @@ from typing import Any
 
 import grpc.aio
 import structlog
+from prometheus_client import generate_latest
 
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
 from mesh.identity.ca_client import CertificateClient
+from mesh.identity.spiffe import SpiffeId
 from mesh.runtime import LocalRuntime, Node
 from mesh.xds.pods import PodReporter
 from mesh.xds.subscriber import ConfigSubscriber
@@ -41,6 +44,7 @@ from nodeagent.proxy.relay import relay_sockets
 from nodeagent.proxy.streams import dial, listening_socket
 from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
+from nodeagent.workers import WorkerPool, merge_expositions
 
 log = structlog.get_logger("nodeagent")
 
@@ -59,6 +63,7 @@ class AgentConfig:
     state_dir: Path
     trust_domain: str = "cluster.local"
     drain_seconds: float = 5.0
+    workers: int | None = None  # extra proxy processes; None: scale with the load
 
 
 class NodeAgent:
@@ -99,7 +104,9 @@ class NodeAgent:
             log.warning("no listener handover", error=str(e))
             store = None
         self.listener_store = store
-        self.enrollment = EnrollmentController(self.redirector, self.ctx, Listeners(store))
+        self.workers = WorkerPool(f"{config.cluster}-{config.node}", config.workers)
+        self.enrollment = EnrollmentController(self.redirector, self.ctx, Listeners(store),
+                                               self.workers)
         self.subscriber = ConfigSubscriber(
             config.controller, kind=pb.NODE, name=config.node, node=config.node,
             token=config.token, apply=self.apply,
@@ -114,6 +121,7 @@ class NodeAgent:
         async with self.pods_lock:  # netlink + subprocess work: off the event loop
             await asyncio.to_thread(self.pods.reconcile, state.pods_to_run, hosts)
         self.ctx.state = state
+        self.workers.set_snapshot(snapshot.SerializeToString())
         self._applied = True
         await self.enroll()
         self.metrics.config_version.clear()
@@ -139,11 +147,28 @@ class NodeAgent:
                 errors.append(f"{ref.namespace}/{ref.name}: certificate: {e}")
                 continue
             wanted[f"{spec.namespace}/{spec.name}"] = (spec, running.pod)
+            self._share_certificate(spec.identity)
         for gone in self.cert_pods - pod_refs:
             self.certs.remove_pod(gone)
         self.cert_pods = pod_refs
         errors += await self.enrollment.reconcile(wanted)
         self.enrollment_errors = errors
+
+    def _share_certificate(self, identity: str) -> None:
+        """Workers get the same certificate (renewed ones too: called on every tick)."""
+        try:
+            material = self.certs.material(SpiffeId.parse(identity))
+        except Exception:  # not issued yet: the next tick shares it
+            return
+        ck = material.certified_key
+        self.workers.set_certificate(identity, f"{ck.serial:x}", json.dumps({
+            "key": ck.key_pem().decode(), "chain": ck.chain_pem().decode(),
+            "bundle": material.bundle.to_pem().decode()}).encode())
+
+    def metrics_text(self) -> bytes:
+        own = generate_latest(self.metrics.registry).decode()
+        workers = self.workers.worker_metrics()
+        return (merge_expositions([own, *workers]) if workers else own).encode()
 
     async def report_pods(self, force: bool = False) -> None:
         statuses = self.pods.statuses()
@@ -167,6 +192,9 @@ class NodeAgent:
             if self.enrollment_errors and time.monotonic() - last_retry > ENROLL_RETRY:
                 last_retry = time.monotonic()
                 await self.enroll()
+            if self.workers.workers:
+                for enrolled in self.enrollment.pods.values():
+                    self._share_certificate(enrolled.endpoint.identity)
             await asyncio.sleep(POD_LOOP_INTERVAL)
 
     # ---- status --------------------------------------------------------------------
@@ -186,6 +214,7 @@ class NodeAgent:
             "pods": [{"pod": f"{s.namespace}/{s.name}", "ip": s.pod_ip,
                       "phase": pb.PodPhase.Name(s.phase)} for s in self.pods.statuses()],
             "certificates": [dataclasses.asdict(c) for c in self.certs.status()],
+            "workers": [w.proc.pid for w in self.workers.workers],
         }
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -195,7 +224,7 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        app = admin.build_app(self.metrics.registry, self.status, self.ready)
+        app = admin.build_app(self.metrics_text, self.status, self.ready)
         runner = await admin.serve(app, listening_socket(self.node.netns, str(self.node.host_ip),
                                                          METRICS_PORT))
         log.info("node agent started", node=self.config.node, controller=self.config.controller,
@@ -204,7 +233,8 @@ class NodeAgent:
             async with self.certs, asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self.subscriber.run()),
                          tg.create_task(self._pod_loop()),
-                         tg.create_task(self._controller_relay())]
+                         tg.create_task(self._controller_relay()),
+                         tg.create_task(self.workers.run())]
                 await stop.wait()
                 log.info("draining", deadline=self.config.drain_seconds)
                 for task in tasks:

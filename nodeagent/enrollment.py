@@ -18,13 +18,9 @@ from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
 from mesh.runtime import Pod
 from nodeagent.listener_store import Listeners
-from nodeagent.proxy.handlers import (
-    ProxyContext,
-    handle_hbone,
-    handle_inbound_plaintext,
-    handle_outbound,
-)
-from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
+from nodeagent.proxy.handlers import ProxyContext, serve_pod
+from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners
+from nodeagent.workers import WorkerPool
 
 log = structlog.get_logger("nodeagent.enrollment")
 
@@ -51,6 +47,7 @@ class EnrollmentController:
     redirector: Redirector
     ctx: ProxyContext
     listeners: Listeners = field(default_factory=lambda: Listeners(None))
+    workers: WorkerPool | None = None  # more processes serving the same listeners
     pods: dict[str, Enrolled] = field(default_factory=dict)
     connections: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -87,28 +84,23 @@ class EnrollmentController:
         try:
             for sock in listeners.inbound_sockets:
                 self.redirector.register_inbound_listener(pod.netns, sock)
-            serving = asyncio.create_task(self._serve(endpoint, listeners),
-                                          name=f"serve {endpoint.key}")
+            serving = asyncio.create_task(
+                serve_pod(self.ctx, endpoint, listeners, self.connections,
+                          self.workers.dispatch if self.workers else None),
+                name=f"serve {endpoint.key}")
             record = bpf_record(spec, pod)
             self.redirector.enroll(record)
         except BaseException:
             listeners.close()
             raise
         self.pods[endpoint.key] = Enrolled(endpoint, record, listeners, serving)
+        if self.workers is not None:
+            self.workers.add_pod(endpoint)
         log.info("pod captured", pod=endpoint.key, ip=endpoint.ip, identity=endpoint.identity)
 
-    async def _serve(self, pod: PodEndpoint, listeners: PodListeners) -> None:
-        ctx, conns = self.ctx, self.connections
-        async with asyncio.TaskGroup() as tg:
-            for sock in listeners.outbound_sockets:
-                tg.create_task(accept_loop(sock, lambda s: handle_outbound(ctx, pod, s), conns))
-            for sock in listeners.inbound_sockets:
-                tg.create_task(accept_loop(
-                    sock, lambda s: handle_inbound_plaintext(ctx, pod, s), conns))
-            tg.create_task(ctx.tunnels.serve(pod, listeners.hbone_sockets,
-                                             lambda request: handle_hbone(ctx, pod, request)))
-
     async def _stop_serving(self, enrolled: Enrolled) -> None:
+        if self.workers is not None:
+            self.workers.remove_pod(enrolled.endpoint.key)
         enrolled.serving.cancel()
         with contextlib.suppress(BaseException):
             await enrolled.serving

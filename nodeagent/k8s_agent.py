@@ -22,6 +22,7 @@ import grpc.aio
 import structlog
 from aiohttp import web
 from kubernetes_asyncio import client as kclient
+from prometheus_client import generate_latest
 
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
@@ -143,6 +144,7 @@ class KubeNodeAgent:
         self.reconciles += 1
 
     async def _reconcile_loop(self) -> None:
+        me = asyncio.current_task()
         await self.pods_watch.synced.wait()
         await self.namespaces_watch.synced.wait()
         while True:
@@ -153,6 +155,10 @@ class KubeNodeAgent:
                 await self.reconcile()
             except Exception as e:  # one bad pass must not stop the agent
                 log.exception("reconcile failed", error=str(e))
+            if me is not None and me.cancelling():
+                # Unenrolling waits for a pod's serving task with every exception
+                # suppressed, our own cancellation included: honour it here.
+                raise asyncio.CancelledError
 
     # ---- status ---------------------------------------------------------------------
     def ready(self) -> bool:
@@ -175,7 +181,8 @@ class KubeNodeAgent:
         }
 
     def _health_app(self) -> web.Application:
-        app = admin.build_app(self.metrics.registry, self.status, self.ready)
+        app = admin.build_app(lambda: generate_latest(self.metrics.registry), self.status,
+                              self.ready)
 
         async def live(_: web.Request) -> web.Response:
             return web.Response(text="live\n")

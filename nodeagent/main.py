@@ -27,10 +27,14 @@ from mesh.logs import configure_logging
 @click.option("--drain-seconds", default=5.0, show_default=True,
               help="On SIGTERM, how long established connections may finish.")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Extra proxy processes. Default: none while idle, up to one per "
+                   "other core while the agent is busy.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: Path | None,
-         drain_seconds: float, trust_domain: str, log_level: str) -> None:
+         drain_seconds: float, trust_domain: str, workers: int | None,
+         log_level: str) -> None:
     """Run the node agent: pods, eBPF capture and the L4 mTLS node proxy.
 
     \b
@@ -48,7 +52,7 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
         node=node, cluster=cluster, controller=controller,
         token=token_file.read_text().strip(),
         state_dir=state_dir or Path("/run/ambientmesh") / cluster / "nodes" / node,
-        trust_domain=trust_domain, drain_seconds=drain_seconds)
+        trust_domain=trust_domain, drain_seconds=drain_seconds, workers=workers)
     agent = NodeAgent(config)
     try:
         import uvloop

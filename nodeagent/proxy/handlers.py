@@ -9,11 +9,13 @@ Every connection ends in one access-log record and the Istio TCP metrics.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -25,7 +27,7 @@ from nodeagent.balance import EndpointPicker
 from nodeagent.errors import NoHealthyEndpoint
 from nodeagent.metrics import ConnectionLabels, ProxyMetrics
 from nodeagent.outbound_plan import Hop, Transport, plan
-from nodeagent.proxy.pod_listeners import PodEndpoint
+from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
 from nodeagent.proxy.relay import Transfer, relay_sockets
 from nodeagent.proxy.streams import dial
 from nodeagent.proxy.tunnel import (
@@ -243,3 +245,33 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
             client.close()
         ctx.access_log.write(record)
 
+
+
+# ---- one pod -------------------------------------------------------------------------
+Dispatch = Callable[[str, PodEndpoint, socket.socket], bool]
+"""Hands an accepted connection ("outbound" | "inbound_plaintext") to another process
+(a worker); False: serve it here."""
+
+
+async def serve_pod(ctx: ProxyContext, pod: PodEndpoint, listeners: PodListeners,
+                    connections: set[asyncio.Task[None]],
+                    dispatch: Dispatch | None = None) -> None:
+    """Accept on all of a pod's listeners until cancelled; connection tasks go into
+    `connections` (they outlive this call, so a drain can wait for them)."""
+    def outbound(s: socket.socket) -> Coroutine[Any, Any, None] | None:
+        if dispatch is not None and dispatch("outbound", pod, s):
+            return None
+        return handle_outbound(ctx, pod, s)
+
+    def inbound(s: socket.socket) -> Coroutine[Any, Any, None] | None:
+        if dispatch is not None and dispatch("inbound_plaintext", pod, s):
+            return None
+        return handle_inbound_plaintext(ctx, pod, s)
+
+    async with asyncio.TaskGroup() as tg:
+        for sock in listeners.outbound_sockets:
+            tg.create_task(accept_loop(sock, outbound, connections))
+        for sock in listeners.inbound_sockets:
+            tg.create_task(accept_loop(sock, inbound, connections))
+        tg.create_task(ctx.tunnels.serve(pod, listeners.hbone_sockets,
+                                         lambda request: handle_hbone(ctx, pod, request)))

@@ -23,7 +23,8 @@ from nodeagent.proxy.streams import listening_socket
 
 log = structlog.get_logger("nodeagent.proxy")
 
-SocketHandler = Callable[[socket.socket], Coroutine[Any, Any, None]]
+SocketHandler = Callable[[socket.socket], Coroutine[Any, Any, None] | None]
+"""Serves an accepted socket (a coroutine to run), or None when it handed it away."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ async def accept_loop(listener: socket.socket, handler: SocketHandler,
             await asyncio.sleep(0.05)
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = asyncio.create_task(handler(sock))
+        work = handler(sock)
+        if work is None:
+            continue
+        task = asyncio.create_task(work)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

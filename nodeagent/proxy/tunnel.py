@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mesh.hbone import (
     HboneClientPool,
@@ -20,9 +22,10 @@ from mesh.hbone import (
     HboneServer,
     HboneStream,
     HboneTunnelError,
+    StaticTls,
 )
 from mesh.identity.spiffe import SpiffeId
-from nodeagent.certs import CertificateManager, CertificateUnavailableError
+from nodeagent.certs import CertificateUnavailableError
 from nodeagent.proxy.pod_listeners import PodEndpoint
 from nodeagent.proxy.streams import dial
 
@@ -32,9 +35,18 @@ MissingCertificate = CertificateUnavailableError
 InboundTunnelRequest = HboneRequest
 
 
+class TlsMaterials(Protocol):
+    """Current TLS material per identity: the certificate manager in the agent, the
+    certificates pushed by the agent in a worker process."""
+
+    def client_tls(self, identity: SpiffeId) -> StaticTls: ...
+
+    def server_context_provider(self, identity: SpiffeId) -> Callable[[], ssl.SSLContext]: ...
+
+
 @dataclass
 class Tunnels:
-    certs: CertificateManager
+    certs: TlsMaterials
     pool: HboneClientPool = field(default_factory=HboneClientPool)
     drain_seconds: float = 0.0
 

@@ -45,7 +45,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0,
 
 
 class LocalMesh:
-    def __init__(self, cluster: str, nodes: int = 2) -> None:
+    def __init__(self, cluster: str, nodes: int = 2, agent_args: tuple[str, ...] = ()) -> None:
+        self.agent_args = agent_args
         self.cluster = cluster
         self.node_names = [f"node-{i}" for i in range(1, nodes + 1)]
         self.root = Path("/run/ambientmesh") / cluster
@@ -73,7 +74,7 @@ class LocalMesh:
             "--admin-addr", f"127.0.0.1:{self.admin_port}", "--log-level", "debug"])
         wait_for("controller admin API", lambda: self.admin("GET", "/v1/status"))
 
-    def start_agent(self, node: str) -> None:
+    def start_agent(self, node: str, *extra: str) -> None:
         secret = (self.controller_state / "node-token.secret").read_bytes()
         token_file = self.root / f"{node}.token"
         token_file.write_text(derive_node_token(secret, node))
@@ -81,12 +82,12 @@ class LocalMesh:
         self._spawn(node, [
             str(BIN / "ambient-nodeagent"), "--node", node, "--cluster", self.cluster,
             "--controller", f"127.0.0.1:{self.grpc_port}", "--token-file", str(token_file),
-            "--log-level", "debug"])
+            "--log-level", "debug", *extra])
 
     def start(self) -> LocalMesh:
         self.start_controller()
         for node in self.node_names:
-            self.start_agent(node)
+            self.start_agent(node, *self.agent_args)
         for node in self.node_names:
             wait_for(f"agent {node} ready", lambda n=node: self.agent_status(n)["connected"])
         return self
@@ -170,8 +171,8 @@ class LocalMesh:
 
 
 @contextlib.contextmanager
-def local_mesh(cluster: str, nodes: int = 2) -> Any:
-    mesh = LocalMesh(cluster, nodes)
+def local_mesh(cluster: str, nodes: int = 2, agent_args: tuple[str, ...] = ()) -> Any:
+    mesh = LocalMesh(cluster, nodes, agent_args)
     try:
         yield mesh.start()
     except BaseException:
