@@ -75,11 +75,15 @@ class Kubelet:
 
     def start(self, node: str, namespace: str, name: str) -> KubeletPod:
         local = self.runtime.create_pod(node, namespace, name)
-        proc = self.runtime.spawn(local, [sys.executable, "-c", SERVER])
         uid, cid = str(uuid.uuid4()), uuid.uuid4().hex * 2
         cgroup = self.kubepods / f"pod{uid}" / cid
         cgroup.mkdir(parents=True)
-        cg.join(cgroup, proc.pid)
+        # The shell joins the cgroup itself, then becomes the app in the pod's netns (no
+        # preexec_fn: forking with one in a process running gRPC threads can crash).
+        netns = self.runtime.pod_netns(namespace, name)
+        proc = subprocess.Popen(["sh", "-c", f'echo $$ > {cgroup / "cgroup.procs"} && exec ip '
+                                 f'netns exec {netns} {sys.executable} -c "$0"', SERVER],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pod = KubeletPod(local, uid, cid, proc, cgroup)
         self.pods.append(pod)
         return pod
@@ -125,11 +129,17 @@ def listeners(runtime: LocalRuntime, pod: Pod) -> set[int]:
     return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
 
 
-def call(runtime: LocalRuntime, src: Pod, dst: Pod) -> str:
+def call(runtime: LocalRuntime, src: KubeletPod, dst: Pod) -> str:
+    """Connect from inside `src` (its netns and its container cgroup, which is what
+    capture matches). The shell joins the cgroup itself: preexec_fn in a process with
+    gRPC threads can crash the forked child."""
     code = (f"import socket; s = socket.create_connection(('{dst.ip}', 8080), timeout=5); "
             "s.sendall(b'hello'); print(s.recv(100).decode())")
-    out = runtime.run(src, [sys.executable, "-c", code], timeout=20)
-    return str(out.stdout if hasattr(out, "stdout") else out).strip()
+    netns = runtime.pod_netns(src.local.namespace, src.local.name)
+    script = (f'echo $$ > {src.cgroup / "cgroup.procs"} && exec ip netns exec {netns} '
+              f'{sys.executable} -c "{code}"')
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20)
+    return out.stdout.strip() or out.stderr.strip()
 
 
 @contextlib.asynccontextmanager
@@ -207,13 +217,14 @@ async def test_enrolls_on_namespace_annotation_before_and_after_start(
 
         # Traffic between the two enrolled pods goes through the node proxy (HBONE).
         before = opened_connections(agent)
-        answer = await asyncio.to_thread(call, runtime, late.local, early.local)
+        answer = await asyncio.to_thread(call, runtime, late, early.local)
         assert answer == "echo:hello"
         await until(lambda: opened_connections(agent) > before, 5)
 
         server.delete("Pod", "demo", "early")
         await until(lambda: agent.enrollment.enrolled_keys() == ["demo/late"], 10)
-        assert not {15001, 15006, 15008} & listeners(runtime, early.local)
+        # Capture stops first, then the listeners close.
+        await until(lambda: not {15001, 15006, 15008} & listeners(runtime, early.local), 5)
 
         ns = server.get("Namespace", "", "demo")
         assert ns is not None
@@ -221,7 +232,7 @@ async def test_enrolls_on_namespace_annotation_before_and_after_start(
         server.update(ns)
         await until(lambda: agent.enrollment.enrolled_keys() == [], 10)
         # Unenrolled: plain networking again, app untouched.
-        answer = await asyncio.to_thread(call, runtime, late.local, early.local)
+        answer = await asyncio.to_thread(call, runtime, late, early.local)
         assert answer == "echo:hello"
 
 
