@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from pathlib import Path
 
 import click
 
@@ -56,8 +57,10 @@ def render(report: health.HealthReport) -> None:
 
 @click.command("status")
 @output_option
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Report on a Kubernetes cluster instead of the local mesh.")
 @click.pass_obj
-def command(mesh: MeshContext, fmt: str) -> None:
+def command(mesh: MeshContext, fmt: str, kubeconfig: Path | None) -> None:
     """Health of the local mesh, linkerd-check style: controller, CA root and expiry,
     each node agent (connected, config version ACKed or the NACK reason, BPF
     programs attached), enrolled pods per namespace, waypoints, certificates near
@@ -71,7 +74,12 @@ def command(mesh: MeshContext, fmt: str) -> None:
     Examples:
       sudo ambientctl status
       sudo ambientctl status -o json | jq .problems
+      ambientctl status --kubeconfig ~/.kube/config
     """
+    if kubeconfig is not None:
+        from ambientctl.commands.install import cluster_status
+
+        sys.exit(0 if cluster_status(kubeconfig, fmt) else 1)
     report = health.evaluate(gather(mesh))
     if fmt == "table":
         render(report)
