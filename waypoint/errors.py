@@ -22,6 +22,14 @@ class ProtocolError(WaypointError):
     """A peer sent bytes that are not valid HTTP; the connection is closed."""
 
 
+class HeadTooLargeError(ProtocolError):
+    """A request head (request line + headers) exceeded the waypoint's limit: 431."""
+
+
+class HeadTimeoutError(ProtocolError):
+    """A request head did not arrive in full within the time allowed (slowloris): 408."""
+
+
 class UpstreamError(WaypointError):
     """A backend could not be reached or broke the exchange; retried when policy allows."""
 

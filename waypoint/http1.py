@@ -26,7 +26,12 @@ import anyio.abc
 import httptools
 import structlog
 
-from waypoint.errors import ProtocolError, UpstreamResetError
+from waypoint.errors import (
+    HeadTimeoutError,
+    HeadTooLargeError,
+    ProtocolError,
+    UpstreamResetError,
+)
 from waypoint.messages import (
     BodySource,
     EmptyBody,
@@ -42,7 +47,11 @@ from waypoint.messages import (
 log = structlog.get_logger("waypoint.http1")
 
 READ_SIZE = 65536
+# Request line + headers: beyond this the request is answered 431 (Envoy's default
+# max_request_headers_kb is 60; llhttp itself has no limit).
 MAX_HEAD = 64 * 1024
+# From the first byte of a request to the end of its head (slowloris): 408 after this.
+HEAD_TIMEOUT = 10.0
 NO_BODY_STATUS = frozenset({204, 304})
 
 Event = tuple[str, object]
@@ -80,7 +89,7 @@ class _Events:
     """httptools callbacks turned into a queue of (kind, payload) events: head, body,
     end (payload: trailers or None)."""
 
-    def __init__(self, response: bool) -> None:
+    def __init__(self, response: bool, max_head: int = MAX_HEAD) -> None:
         self.queue: deque[Event] = deque()
         self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser
         self.parser = (httptools.HttpResponseParser(self) if response
@@ -90,22 +99,36 @@ class _Events:
         self._trailers: Headers = []
         self._head_done = False
         self.head_bytes = 0
+        self.max_head = max_head
+        # A message has begun and its head is not complete yet (the slowloris window).
+        self.in_head = False
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
         self._trailers = []
         self._head_done = False
+        self.head_bytes = 0
+        self.in_head = True
+
+    def _count(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > self.max_head:
+            raise HeadTooLargeError(f"request head larger than {self.max_head} bytes")
 
     def on_url(self, url: bytes) -> None:
+        self._count(len(url))
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Trailers count too: they are headers sent after the body.
+        self._count(len(name) + len(value) + 4)
         pair = (name.decode("latin-1").lower(), value.decode("latin-1"))
         (self._trailers if self._head_done else self._headers).append(pair)
 
     def on_headers_complete(self) -> None:
         self._head_done = True
+        self.in_head = False
         p = self.parser
         info: dict[str, object] = {
             "headers": self._headers,
@@ -130,7 +153,7 @@ class _Reader:
     """Feeds socket bytes to the parser on demand; remembers bytes after an Upgrade."""
 
     def __init__(self, stream: anyio.abc.ByteStream, response: bool, initial: bytes = b"",
-                 peer: str = "") -> None:
+                 peer: str = "", head_timeout: float | None = None) -> None:
         self.stream = stream
         self.response = response
         self.events = _Events(response)
@@ -138,6 +161,10 @@ class _Reader:
         self.upgrade_rest: bytes | None = None
         self.eof = False
         self.peer = peer
+        # Server side only: a request head must be complete this long after its first
+        # byte (a deadline, so trickling one byte at a time does not extend it).
+        self.head_timeout = head_timeout
+        self._head_deadline: float | None = None
 
     def reset_parser(self, rest: bytes = b"") -> None:
         """A fresh parser (after a HEAD response, or an Upgrade refused by the backend)."""
@@ -151,8 +178,26 @@ class _Reader:
         except httptools.HttpParserUpgrade as e:
             offset = e.args[0] if e.args else len(data)
             self.upgrade_rest = data[offset:]
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, HeadTooLargeError):
+                raise HeadTooLargeError(f"{e.__context__} from {self.peer or 'peer'}") from None
+            raise ProtocolError(f"malformed HTTP/1.1 from {self.peer or 'peer'}: {e}") from None
         except httptools.HttpParserError as e:
             raise ProtocolError(f"malformed HTTP/1.1 from {self.peer or 'peer'}: {e}") from None
+
+    async def _receive(self) -> bytes:
+        """Read from the socket; inside a request head, only until the head deadline."""
+        if self.head_timeout is None:
+            return await self.stream.receive(READ_SIZE)
+        if not self.events.in_head:
+            self._head_deadline = None
+            return await self.stream.receive(READ_SIZE)
+        if self._head_deadline is None:
+            self._head_deadline = anyio.current_time() + self.head_timeout
+        with anyio.move_on_after(self._head_deadline - anyio.current_time()):
+            return await self.stream.receive(READ_SIZE)
+        raise HeadTimeoutError(f"request head from {self.peer or 'peer'} not complete within "
+                               f"{self.head_timeout:g} s")
 
     async def next(self) -> Event | None:
         """The next parser event, or None at end of stream / after an Upgrade."""
@@ -164,7 +209,7 @@ class _Reader:
                 data, self.pending = self.pending, b""
             else:
                 try:
-                    data = await self.stream.receive(READ_SIZE)
+                    data = await self._receive()
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                         ConnectionError):
                     self.eof = True
@@ -211,16 +256,24 @@ class Http1ServerConnection:
     closes it."""
 
     def __init__(self, stream: anyio.abc.ByteStream, handler: Handler, info: DownstreamInfo,
-                 initial: bytes = b"") -> None:
+                 initial: bytes = b"", head_timeout: float = HEAD_TIMEOUT) -> None:
         self.stream = stream
         self.handler = handler
         self.info = info
-        self.reader = _Reader(stream, response=False, initial=initial, peer=info.peer)
+        self.reader = _Reader(stream, response=False, initial=initial, peer=info.peer,
+                              head_timeout=head_timeout)
 
     async def serve(self) -> None:
         try:
             while await self._one_exchange():
                 pass
+        except HeadTooLargeError as e:
+            log.debug("downstream head too large", error=str(e), peer=self.info.peer)
+            await self._send_quietly(self._local(431, "request header fields too large",
+                                                 close=True))
+        except HeadTimeoutError as e:
+            log.debug("downstream head timeout", error=str(e), peer=self.info.peer)
+            await self._send_quietly(self._local(408, "request timeout", close=True))
         except ProtocolError as e:
             log.debug("downstream protocol error", error=str(e), peer=self.info.peer)
             await self._send_quietly(self._local(400, "bad request", close=True))

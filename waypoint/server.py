@@ -25,7 +25,7 @@ from mesh.identity import SpiffeId
 from waypoint.accesslog import AccessLog
 from waypoint.config import WaypointConfig
 from waypoint.errors import UpstreamConnectError
-from waypoint.http1 import DownstreamInfo, Handler, Http1ServerConnection
+from waypoint.http1 import HEAD_TIMEOUT, DownstreamInfo, Handler, Http1ServerConnection
 from waypoint.http2 import PREFACE, Http2ServerConnection
 from waypoint.messages import BodySource, BytesBody, RequestHead, Response, local_response
 from waypoint.metrics import WaypointMetrics
@@ -64,10 +64,13 @@ async def serve_stream(stream: anyio.abc.ByteStream, handler: Handler, info: Dow
     """Sniff the protocol (the HTTP/2 preface, else HTTP/1.x) and serve the stream."""
     data = b""
     try:
-        while len(data) < len(PREFACE) and PREFACE.startswith(data):
-            data += await stream.receive(65536)
+        # A client that sends a first byte or two of "PRI * HTTP/2.0" (or "P...") and
+        # stops must not hold the connection forever (slowloris): same head deadline.
+        with anyio.fail_after(HEAD_TIMEOUT):
+            while len(data) < len(PREFACE) and PREFACE.startswith(data):
+                data += await stream.receive(65536)
     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-            ConnectionError):
+            ConnectionError, TimeoutError):
         with contextlib.suppress(Exception):
             await stream.aclose()
         return
