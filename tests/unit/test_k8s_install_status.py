@@ -102,3 +102,16 @@ async def test_unreachable_cluster_says_so(tmp_path: Path) -> None:
     result = await asyncio.to_thread(lambda: CliRunner().invoke(command, ["--status", str(cfg)]))
     assert result.exit_code != 0
     assert "cannot reach the API server" in str(result.exception) + result.output
+
+
+async def test_status_kubeconfig_is_the_same_report(server: FakeApiServer,
+                                                    tmp_path: Path) -> None:
+    from ambientctl.cli import cli
+
+    install(server, ready_agents=2)
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(kubeconfig(server))
+    result = await asyncio.to_thread(lambda: CliRunner().invoke(
+        cli, ["status", "--kubeconfig", str(cfg), "-o", "json"]))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["healthy"] is True
