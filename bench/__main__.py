@@ -16,6 +16,7 @@ import shlex
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         topo.close()
     if "memory" not in args.skip:
-        res["memory"]["envoy_sidecars_mb"] = memory.envoy_sidecars(topo.workdir,
-                                                                   (1, 10, args.pods))
+        with tempfile.TemporaryDirectory(prefix="ambient-bench-sidecars-") as tmp:
+            res["memory"]["envoy_sidecars_mb"] = memory.envoy_sidecars(Path(tmp),
+                                                                       (1, 10, args.pods))
         print("5. memory (envoy) done", flush=True)
     if "controlplane" not in args.skip:
         res["controlplane"] = controlplane(1000)

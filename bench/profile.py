@@ -1,15 +1,16 @@
 """Profile the node proxies under one bench workload with py-spy (sampling, native
-frames off): `python -m bench.profile [rr|bulk|l7] [--seconds 8]`.
+frames off): `python -m bench.profile [rr|bulk|l7|connect] [--seconds 8]`.
 
 Starts the bench topology, runs the workload from the mesh client, records both node
 agents (node-1 = outbound side, node-2 = inbound side) and prints, per agent, the
 functions with the most samples on-CPU by themselves (self) and with callees
-(total). Collapsed stacks are kept in the work dir for flame graphs."""
+(total). With --keep DIR the collapsed stacks are copied there (for flame graphs)."""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import subprocess
 import sys
 import threading
@@ -44,9 +45,10 @@ def top(collapsed: Path, n: int = 25) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("workload", choices=["rr", "bulk", "l7"], nargs="?", default="rr")
+    p.add_argument("workload", choices=["rr", "bulk", "l7", "connect"], nargs="?", default="rr")
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--conns", type=int, default=64)
+    p.add_argument("--keep", type=Path, help="copy the collapsed stacks into this directory")
     args = p.parse_args()
     topo = BenchTopology()
     try:
@@ -58,6 +60,8 @@ def main() -> None:
             "rr": ["rr", topo.target("mesh", ECHO), "--conns", str(args.conns),
                    "--duration", str(args.seconds + 4), "--warmup", "1"],
             "bulk": ["bulk", topo.target("mesh", SINK), str(400 * args.seconds)],
+            "connect": ["connect", topo.target("mesh", ECHO), "--rounds",
+                        str(400 * args.seconds)],
         }
         results: list[object] = []
 
@@ -93,8 +97,11 @@ def main() -> None:
         t.join()
         print("workload result:", results)
         for node, out in outs.items():
-            print(f"===== {node} ({out})")
+            print(f"===== {node}")
             print(top(out))
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(out, args.keep / out.name)
     finally:
         topo.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,7 @@ class BenchTopology:
         for e in self.envoys:
             e.stop()
         self.mesh.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     # ---- Envoy pair --------------------------------------------------------------
     def _next_base_id(self) -> int:
