@@ -21,6 +21,8 @@ from mesh.identity.spiffe import SpiffeId
 
 log = structlog.get_logger(__name__)
 
+MAX_REQUESTED_VALIDITY = 10 * 365 * 24 * 3600
+
 
 class PodDirectory(Protocol):
     def pod_placement(self, namespace: str, name: str) -> tuple[str, str] | None:
@@ -68,8 +70,10 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, node, pod,
                                identity, reason)
 
-        validity = (dt.timedelta(seconds=request.validity_seconds)
-                    if request.validity_seconds > 0 else None)
+        # An int64 from the wire: capped so timedelta cannot overflow (the CA clamps the
+        # lifetime to its max_ttl anyway).
+        seconds = min(request.validity_seconds, MAX_REQUESTED_VALIDITY)
+        validity = dt.timedelta(seconds=seconds) if seconds > 0 else None
         try:
             issued = self._ca.issue(request.csr_pem.encode(), identity, validity)
         except CertificateError as exc:

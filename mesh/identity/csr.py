@@ -6,6 +6,7 @@ controller connection never exposes a workload's private key."""
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -36,11 +37,18 @@ def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
     """Parse and check a CSR: signature valid, key ECDSA P-256."""
     try:
         csr = x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise CertificateError(f"cannot parse the CSR as PEM: {exc}") from None
-    if not csr.is_signature_valid:
-        raise CertificateError("the CSR signature does not verify: it was not signed by its key")
-    key = csr.public_key()
+    # cryptography parses the key, signature algorithm and extensions lazily: a CSR that
+    # is valid DER but carries a broken key or extension fails only here.
+    try:
+        if not csr.is_signature_valid:
+            raise CertificateError("the CSR signature does not verify: it was not signed by "
+                                   "its key")
+        key = csr.public_key()
+        _ = csr.extensions
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+        raise CertificateError(f"the CSR is malformed: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise CertificateError("the CSR key must be ECDSA P-256 (secp256r1)")
     return csr
