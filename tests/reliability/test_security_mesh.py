@@ -1,0 +1,266 @@
+"""Security properties of a running mesh (real controller, node agents, pods):
+
+- STRICT refuses plaintext on every pod port (v4 and v6), PERMISSIVE as the control;
+- a node agent cannot obtain the identity of a pod on another node;
+- a pod cannot use the controller's admin API or its gRPC services without credentials;
+- no private key is logged or written world-readable anywhere the mesh writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from mesh.identity.ca_client import CertificateClient
+from mesh.identity.csr import build_csr, generate_key
+from mesh.identity.errors import CertificateRefusedError
+from mesh.identity.node_token import derive_node_token
+from mesh.identity.spiffe import SpiffeId
+from mesh.runtime import Pod
+from tests.e2e.mesh_harness import wait_for
+from tests.e2e.test_l4_mesh import HELLO, PY, pod
+from tests.reliability.harness import APPS, ReliabilityMesh, reliability_mesh, wait_serving
+
+pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+
+PROBE = str(APPS / "portprobe.py")
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+TOPOLOGY = "\n---\n".join([
+    """
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: sec
+  labels:
+    ambientmesh.io/dataplane-mode: ambient
+""",
+    """
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: perm
+  labels:
+    ambientmesh.io/dataplane-mode: ambient
+""",
+    """
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: legacy
+""",
+    """
+apiVersion: ambientmesh.io/v1alpha1
+kind: PeerAuthentication
+metadata:
+  name: strict
+  namespace: sec
+spec:
+  mtls:
+    mode: STRICT
+""",
+    pod("vault", "sec", "node-2", [PY, HELLO, "8080"], "vault", "app: vault"),
+    pod("client", "sec", "node-1", ["sleep", "infinity"], "client"),
+    pod("open", "perm", "node-2", [PY, HELLO, "8080"], "open", "app: open"),
+    pod("outsider", "legacy", "node-1", ["sleep", "infinity"]),
+])
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[ReliabilityMesh]:
+    with reliability_mesh("ams" + secrets.token_hex(2)) as m:
+        m.apply(TOPOLOGY)
+        client = m.pod("sec", "client", enrolled=True)
+        vault = m.pod("sec", "vault", enrolled=True)
+        m.pod("perm", "open", enrolled=True)
+        m.pod("legacy", "outsider", enrolled=False)
+        wait_serving(m, client, f"http://{vault.ip}:8080/")
+        yield m
+
+
+def probe(mesh: ReliabilityMesh, src: Pod, host: str, ports: list[int],
+          payload: bytes = HTTP_GET) -> list[dict[str, Any]]:
+    out = mesh.exec(src, [PY, PROBE, payload.hex(), host, *map(str, ports)], timeout=60)
+    assert out.returncode == 0, out.stderr
+    result: list[dict[str, Any]] = json.loads(out.stdout)
+    return result
+
+
+def test_strict_refuses_plaintext_on_every_pod_port(mesh: ReliabilityMesh) -> None:
+    outsider = mesh.runtime.get_pod("legacy", "outsider")
+    vault = mesh.runtime.get_pod("sec", "vault")
+    open_ = mesh.runtime.get_pod("perm", "open")
+    # The control: the same probe reaches a PERMISSIVE pod's app in plaintext.
+    wait_for("PERMISSIVE pod answers plaintext", lambda: "hello from open" in probe(
+        mesh, outsider, str(open_.ip), [8080])[0]["data"], timeout=20)
+    rng = random.Random(11)
+    ports = sorted({8080, 15001, 15006, 15008, 15020, 15090, 22, 53, 80, 443, 1, 65535,
+                    *rng.sample(range(1024, 65535), 40)})
+    results = probe(mesh, outsider, str(vault.ip), ports)
+    results += probe(mesh, outsider, str(vault.ip6), [8080, 15006, 15008, 443])
+    outcomes: dict[str, int] = {}
+    for r in results:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        assert "hello from" not in r["data"], f"app reached in plaintext: {r}"
+        assert not r["data"].startswith("HTTP/"), f"plaintext HTTP answered: {r}"
+    print(f"STRICT: {len(results)} pod ports probed in plaintext (v4 + v6): {outcomes}")
+    # Mesh traffic to the same pod still flows.
+    client = mesh.runtime.get_pod("sec", "client")
+    ok = mesh.exec(client, ["curl", "-sS", "-m", "5", f"http://{vault.ip}:8080/"])
+    assert ok.returncode == 0 and "hello from vault" in ok.stdout, ok.stderr
+
+
+def test_a_node_agent_cannot_obtain_another_nodes_pod_identity(mesh: ReliabilityMesh) -> None:
+    secret = (mesh.controller_state / "node-token.secret").read_bytes()
+    vault_id = SpiffeId.for_workload("sec", "vault")  # vault runs on node-2
+
+    async def ask(node: str, token_node: str, pod_ns: str, pod_name: str) -> str:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.grpc_port}") as ch:
+            client = CertificateClient(ch, node, derive_node_token(secret, token_node))
+            try:
+                signed = await client.create_certificate(
+                    build_csr(generate_key(), vault_id), pod_ns, pod_name)
+            except CertificateRefusedError as e:
+                return f"{e.code}: {e}"
+            return f"ISSUED {signed.identity}"
+
+    answers = {
+        "node-1 asks for node-2's pod": asyncio.run(ask("node-1", "node-1", "sec", "vault")),
+        "node-1 claims to be node-2": asyncio.run(ask("node-2", "node-1", "sec", "vault")),
+        "node-1 asks for an unknown pod": asyncio.run(ask("node-1", "node-1", "sec", "nope")),
+        "node-1 asks for its pod with vault's CSR": asyncio.run(
+            ask("node-1", "node-1", "sec", "client")),
+    }
+    for what, answer in answers.items():
+        print(f"{what}: {answer[:140]}")
+    assert answers["node-1 asks for node-2's pod"].startswith("PERMISSION_DENIED")
+    assert answers["node-1 claims to be node-2"].startswith("UNAUTHENTICATED")
+    assert answers["node-1 asks for an unknown pod"].startswith("PERMISSION_DENIED")
+    assert answers["node-1 asks for its pod with vault's CSR"].startswith("INVALID_ARGUMENT")
+    assert "certificate.refused" in mesh.logs("controller")
+    # The legitimate owner still gets it.
+    assert asyncio.run(ask("node-2", "node-2", "sec", "vault")) == f"ISSUED {vault_id}"
+
+
+GRPC_WITHOUT_TOKEN = """
+import asyncio, sys
+import grpc
+from mesh.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc
+async def main():
+    async with grpc.aio.insecure_channel(sys.argv[1]) as ch:
+        out = []
+        try:
+            await ca_pb2_grpc.CertificateServiceStub(ch).CreateCertificate(
+                ca_pb2.CreateCertificateRequest(csr_pem="x", pod_namespace="sec",
+                                                pod_name="vault"), timeout=5)
+            out.append("CA: OK")
+        except grpc.aio.AioRpcError as e:
+            out.append(f"CA: {e.code().name}")
+        call = config_pb2_grpc.ConfigServiceStub(ch).Subscribe(timeout=5)
+        try:
+            await call.write(config_pb2.SubscribeRequest(hello=config_pb2.Hello(
+                kind=config_pb2.NODE, name="node-1")))
+            await call.read()
+            out.append("Subscribe: OK")
+        except grpc.aio.AioRpcError as e:
+            out.append(f"Subscribe: {e.code().name}")
+        print(" ".join(out))
+asyncio.run(main())
+"""
+
+
+def test_a_pod_cannot_use_the_controller_without_credentials(mesh: ReliabilityMesh) -> None:
+    """The admin API listens on the controller's loopback, which no pod netns reaches;
+    the one controller port pods reach (the node relay to gRPC) demands a node token."""
+    apply = (b'POST /v1/apply HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+             b'Content-Length: 2\r\nConnection: close\r\n\r\n{}')
+    summary = []
+    for ns, name in (("legacy", "outsider"), ("sec", "client")):
+        src = mesh.runtime.get_pod(ns, name)
+        targets = ["127.0.0.1", *(str(mesh.runtime.get_node(n).host_ip)
+                                  for n in mesh.node_names)]
+        for host in targets:
+            for r in probe(mesh, src, host, [mesh.admin_port, mesh.grpc_port, 15014], apply):
+                summary.append(f"{name}->{host}:{r['port']} {r['outcome']}")
+                head = r["data"].split("\r\n", 1)[0]
+                assert not head.startswith("HTTP/1.1 2"), f"admin write from a pod: {r}"
+                if head.startswith("HTTP/"):
+                    assert " 401 " in head or " 400 " in head, r
+        relay = f"{mesh.runtime.get_node(src.node).host_ip}:{mesh.grpc_port}"
+        out = mesh.exec(src, [PY, "-c", GRPC_WITHOUT_TOKEN, relay], timeout=30)
+        assert out.returncode == 0, out.stderr
+        print(f"{ns}/{name} via relay {relay} without a token: {out.stdout.strip()}")
+        assert out.stdout.split() == ["CA:", "UNAUTHENTICATED", "Subscribe:", "UNAUTHENTICATED"]
+    print("admin API from pods: " + ", ".join(summary))
+    # From the controller's own host (root netns), an admin write without the token is 401.
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{mesh.admin_port}/v1/apply", data=b"{}",
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 401
+
+
+KEY_MARKERS = (b"PRIVATE KEY-----",)
+
+
+def files_under(*roots: Path) -> Iterator[Path]:
+    for root in roots:
+        if root.is_dir():
+            for p in root.rglob("*"):
+                if p.is_file() and not p.is_symlink():
+                    yield p
+
+
+def test_no_private_key_is_logged_or_world_readable(mesh: ReliabilityMesh) -> None:
+    """After certificates were issued to every pod and the waypoint-less mesh ran
+    traffic: every file holding a private key is 0600 (dirs 0700 up to the state
+    root), and no log line holds key material."""
+    started = time.time() - 600
+    roots = [mesh.root, mesh.runtime.state_dir]
+    key_files, logs_scanned, scanned = [], 0, 0
+    for path in files_under(*roots):
+        scanned += 1
+        data = path.read_bytes()
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if any(m in data for m in KEY_MARKERS):
+            key_files.append(f"{path.relative_to(mesh.root.parent)} {oct(mode)}")
+            assert mode & 0o077 == 0, f"private key readable by others: {path} {oct(mode)}"
+            assert path.suffix != ".log", f"private key in a log: {path}"
+            parent = path.parent
+            while parent != mesh.root.parent and parent != Path("/"):
+                assert stat.S_IMODE(parent.stat().st_mode) & 0o002 == 0, parent
+                parent = parent.parent
+        if path.suffix in (".log", ".jsonl"):
+            logs_scanned += 1
+            assert b"PRIVATE KEY" not in data and b"BEGIN EC" not in data, path
+    # Scratch files anyone could have written keys to during the run.
+    for path in files_under(Path("/tmp")):
+        try:
+            if path.stat().st_mtime < started or path.stat().st_size > 1 << 20:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if b"PRIVATE KEY-----" in data and "pytest-of" not in str(path):
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"key in /tmp: {path}"
+    # Keys of workloads live only in the node agents' memory (memfd into SSLContext).
+    agents = [mesh.procs[n].pid for n in mesh.node_names]
+    memfds = sum(1 for pid in agents for fd in Path(f"/proc/{pid}/fd").iterdir()
+                 if "memfd:" in os.readlink(fd))
+    print(f"key hygiene: {scanned} files scanned ({logs_scanned} logs), files with a key: "
+          f"{key_files}; open memfds in agents: {memfds}")
+    assert key_files, "the CA key was not found: the scan looks in the wrong place"
+    assert all(" 0o600" in f for f in key_files)
