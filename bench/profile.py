@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("workload", choices=["rr", "bulk", "l7", "connect"], nargs="?", default="rr")
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--conns", type=int, default=64)
+    p.add_argument("--rate", type=int, default=0, help="rr: requests/s (0: saturate)")
     p.add_argument("--keep", type=Path, help="copy the collapsed stacks into this directory")
     args = p.parse_args()
     topo = BenchTopology()
@@ -58,7 +59,8 @@ def main() -> None:
             l7.setup_waypoint(topo)
         work = {
             "rr": ["rr", topo.target("mesh", ECHO), "--conns", str(args.conns),
-                   "--duration", str(args.seconds + 4), "--warmup", "1"],
+                   "--duration", str(args.seconds + 4), "--warmup", "1",
+                   "--rate", str(args.rate)],
             "bulk": ["bulk", topo.target("mesh", SINK), str(400 * args.seconds)],
             "connect": ["connect", topo.target("mesh", ECHO), "--rounds",
                         str(400 * args.seconds)],

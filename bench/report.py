@@ -204,7 +204,7 @@ def chart(path: Path, res: dict[str, Any]) -> None:
             xs = [g + i * width for g in range(len(groups))]
             ax.bar(xs, vals, width, label=name, color=colors.get(name, "#2ca02c"))
         ax.set_xticks([g + width * (len(values) - 1) / 2 for g in range(len(groups))])
-        ax.set_xticklabels(groups, fontsize=8)
+        ax.set_xticklabels(groups, fontsize=7, rotation=20 if len(groups) > 3 else 0)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.legend(fontsize=7)
@@ -236,7 +236,7 @@ def chart(path: Path, res: dict[str, Any]) -> None:
         ns = [n for n in env if n in node]
         bars(axes[1][2], [f"{n} pods" for n in ns],
              {"mesh": [node[n] for n in ns], "envoy": [env[n] for n in ns]},
-             "5. proxy memory (MB RSS, one node proxy vs Envoy per pod)", "MB")
+             "5. RSS MB: node agent+proxy vs Envoy per pod", "MB")
         axes[1][2].set_yscale("log")
     fig.suptitle(f"ambient-mesh vs direct vs Envoy pair — {res['date']}", fontsize=12)
     fig.tight_layout()
