@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mesh.runtime.errors import CgroupV2Missing
@@ -63,19 +64,24 @@ def kill_all(path: Path, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a cgroup subtree bottom-up, killing what still runs in it."""
+def remove_tree(path: Path, reap: Callable[[], None] = lambda: None) -> None:
+    """Remove a cgroup subtree bottom-up, killing what still runs in it.
+
+    A killed process stays linked to its cgroup until its parent reaps it; `reap` lets
+    a caller that spawned some of them collect their exit status meanwhile."""
     if not path.is_dir():
         return
     for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
-        remove_tree(child)
+        remove_tree(child, reap)
     kill_all(path)
-    for _ in range(100):
+    for _ in range(250):
         try:
             path.rmdir()
             return
         except FileNotFoundError:
             return
-        except OSError:
+        except OSError:  # a process joined meanwhile, or a killed one is not reaped yet
+            kill_all(path, timeout=0.5)
+            reap()
             time.sleep(0.02)
     path.rmdir()

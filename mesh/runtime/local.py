@@ -48,6 +48,7 @@ class LocalRuntime:
         self.state_dir = state_dir or DEFAULT_STATE_ROOT / cluster / "runtime"
         self.cgroup_dir = cgroups.cgroup2_root() / cluster
         self.fabric_netns = f"{cluster}-fabric"
+        self._spawned: list[subprocess.Popen[Any]] = []
 
     # ---- names -------------------------------------------------------------------
     def node_netns(self, node: str) -> str:
@@ -144,7 +145,7 @@ class LocalRuntime:
         plumbing.delete_netns(node.netns)
         with contextlib.suppress(FileNotFoundError):
             (self._records("nodes") / f"{name}.json").unlink()
-        cgroups.remove_tree(node.cgroup_path)
+        cgroups.remove_tree(node.cgroup_path, self._reap)
         log.info("node deleted", node=name)
 
     # ---- pods --------------------------------------------------------------------
@@ -198,7 +199,7 @@ class LocalRuntime:
     def delete_pod(self, namespace: str, name: str) -> None:
         """Kill the pod's processes and remove its netns, cgroup and records."""
         pod = self.get_pod(namespace, name)
-        cgroups.remove_tree(pod.cgroup_path)
+        cgroups.remove_tree(pod.cgroup_path, self._reap)
         plumbing.delete_netns(pod.netns)
         shutil.rmtree(ETC_NETNS / pod.netns, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
@@ -231,15 +232,24 @@ class LocalRuntime:
         return ["ip", "netns", "exec", pod.netns, *argv]
 
     def spawn(self, pod: Pod, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
-        """Start a process inside the pod: its netns, its /etc/hosts and its cgroup."""
-        procs_file = str(pod.cgroup_path / "cgroup.procs")
+        """Start a process inside the pod: its netns, its /etc/hosts and its cgroup.
 
-        def join_cgroup() -> None:
-            with open(procs_file, "w") as f:
-                f.write("0")
-
+        The child joins the cgroup from a tiny shell before exec (`echo 0` moves the
+        writer itself), not from a Python preexec_fn: forking Python code in a process
+        with threads (gRPC's, the agent's workers) can crash or deadlock the child."""
+        join_then_exec = 'echo 0 > "$1" && shift && exec "$@"'
         popen.setdefault("start_new_session", True)
-        return subprocess.Popen(self.command(pod, argv), preexec_fn=join_cgroup, **popen)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", join_then_exec, "sh", str(pod.cgroup_path / "cgroup.procs"),
+             *self.command(pod, argv)], **popen)
+        self._spawned = [p for p in self._spawned if p.returncode is None]
+        self._spawned.append(proc)
+        return proc
+
+    def _reap(self) -> None:
+        """Collect our own killed children: until then they pin their cgroup."""
+        for proc in self._spawned:
+            proc.poll()
 
     def run(
         self, pod: Pod, argv: Sequence[str], timeout: float = 30.0, **kw: Any
@@ -258,7 +268,7 @@ class LocalRuntime:
     # ---- teardown ----------------------------------------------------------------
     def destroy(self) -> None:
         """Remove every trace of this cluster, also what a crashed process left behind."""
-        cgroups.remove_tree(self.cgroup_dir)
+        cgroups.remove_tree(self.cgroup_dir, self._reap)
         for name in plumbing.list_netns(f"{self.cluster}-"):
             plumbing.delete_netns(name)
             shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
