@@ -3,8 +3,10 @@
 Owns the wire protocol (framing, flow control, half-close), the client connection
 pool and the server accept loop. It does not create sockets in network namespaces
 (callers pass a dialer or a listening socket), decide authorization (the server's
-handler does) or pick destinations (the node proxy does). h2 is used only behind
-`framing.H2Framing`, so the framing can be replaced without touching the rest."""
+handler does) or pick destinations (the node proxy does). The HTTP/2 codec is
+`h2core.H2Core` (ours, narrow and fast; the default) or `framing.H2Framing` (the h2
+library, kept as the reference peer): TunnelSettings.framing picks one, both speak
+the events of `events.py` (docs/performance.md)."""
 
 from mesh.hbone.client import Dialer, HboneClientPool, StaticTls, TlsSource, default_dial
 from mesh.hbone.errors import (
