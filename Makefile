@@ -44,9 +44,11 @@ down: setup
 bench: setup
 	$(PY) -m bench
 
-# The long variants of the reliability tests (rotation over 60 s, ...).
+# The long variants of the reliability tests (docs/reliability.md): controller down
+# 60 s, rotation every 10 s for 120 s, 2000 concurrent + 50 000 churn, ...; the fuzz
+# tests with 10x the examples. Figures are printed at the end ("reliability figures").
 soak: setup
-	AMBIENT_SOAK=1 $(PY) -m pytest tests -q -k "soak or rotation or reliability"
+	AMBIENT_SOAK=1 $(PY) -m pytest tests -q -rfE -k "soak or rotation or reliability or fuzz"
 
 proto: setup
 

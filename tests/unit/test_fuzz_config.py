@@ -8,6 +8,7 @@ together hold every kind."""
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from hypothesis import strategies as st
 from controller.configdir import ConfigDirectory
 from mesh.config import ConfigError
 from mesh.config.loader import KINDS, parse_documents
+
+# make soak (AMBIENT_SOAK=1) runs ten times the examples.
+SCALE = 10 if os.environ.get("AMBIENT_SOAK") == "1" else 1
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("ambientctl/demo/manifests/*.yaml")])
@@ -111,7 +115,7 @@ def related(issue_path: str, broken: str) -> bool:
     return a == b or b.startswith(a + ".") or a.startswith(b + ".")
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=mutations())
 def test_a_broken_field_is_named_precisely(m: tuple[dict[str, Any], tuple[str | int, ...], Any]
                                            ) -> None:
@@ -138,7 +142,7 @@ def test_a_broken_field_is_named_precisely(m: tuple[dict[str, Any], tuple[str | 
     # else: the value happened to be valid for that field; nothing to check
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.text(max_size=300) | st.binary(max_size=300).map(
     lambda b: b.decode("latin-1")))
 def test_arbitrary_text_is_refused_with_config_error_only(text: str) -> None:
@@ -159,7 +163,7 @@ def snapshot(d: ConfigDirectory) -> dict[Any, Any]:
     return {k: doc.resource for k, doc in d.objects().items()}
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=150 * SCALE, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(m=mutations(), with_valid=st.booleans())
 def test_a_refused_apply_keeps_everything_in_force(

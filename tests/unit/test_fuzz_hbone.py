@@ -6,6 +6,7 @@ server never dies, and a valid CONNECT still relays afterwards."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import threading
@@ -25,7 +26,10 @@ from mesh.identity.ca import CertificateAuthority
 from tests.hbone_helpers import CLIENT_ID, SERVER_ID, echo, listen, relay_handler
 from tests.identity_helpers import mint, new_ca
 
-FUZZ = settings(max_examples=120, deadline=None,
+# make soak (AMBIENT_SOAK=1) runs ten times the examples.
+SCALE = 10 if os.environ.get("AMBIENT_SOAK") == "1" else 1
+
+FUZZ = settings(max_examples=120 * SCALE, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow,
                                        HealthCheck.function_scoped_fixture])
 
@@ -176,7 +180,7 @@ def test_random_connect_headers_are_answered_never_crash(
     assert hbone.alive and not hbone.errors
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=60 * SCALE)
 @given(data=st.binary(min_size=1, max_size=2000), preface=st.booleans())
 def test_random_bytes_after_the_handshake_end_the_connection(
         hbone: LoopbackHbone, data: bytes, preface: bool) -> None:

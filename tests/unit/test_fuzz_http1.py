@@ -6,6 +6,7 @@ second request never reaches the handler."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -21,10 +22,13 @@ from waypoint import server as waypoint_server
 from waypoint.http1 import MAX_HEAD, DownstreamInfo, Http1ServerConnection
 from waypoint.messages import BodySource, RequestHead, Response, local_response
 
+# make soak (AMBIENT_SOAK=1) runs ten times the examples.
+SCALE = 10 if os.environ.get("AMBIENT_SOAK") == "1" else 1
+
 STATUS = re.compile(rb"^HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")
 ALLOWED = {200, 400, 408, 431}
 HEAD_TIMEOUT = 0.4
-FUZZ = settings(max_examples=100, deadline=None,
+FUZZ = settings(max_examples=100 * SCALE, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -191,7 +195,7 @@ SMUGGLE_HEADERS = [
 ]
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80 * SCALE, deadline=None)
 @given(framing=st.sampled_from(SMUGGLE_HEADERS),
        method=st.sampled_from(["POST", "GET", "PUT"]))
 def test_smuggling_attempts_get_400_and_never_reach_the_handler(framing: str,
@@ -204,7 +208,7 @@ def test_smuggling_attempts_get_400_and_never_reach_the_handler(framing: str,
     assert statuses(answer) == [400], (framing, answer[:120])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25 * SCALE, deadline=None)
 @given(extra=st.integers(1, 3 * MAX_HEAD), many=st.booleans())
 def test_oversized_heads_get_431(extra: int, many: bool) -> None:
     if many:

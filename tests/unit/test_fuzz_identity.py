@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,10 +38,14 @@ from mesh.identity.node_token import (
 from mesh.identity.spiffe import SpiffeId
 from tests.identity_helpers import new_ca
 
+# make soak (AMBIENT_SOAK=1) runs ten times the examples.
+SCALE = 10 if os.environ.get("AMBIENT_SOAK") == "1" else 1
+
 SECRET = b"s" * 32
 # Text as gRPC metadata can carry it: no surrogates (they cannot be encoded at all).
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=80)
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300 * SCALE, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---- node tokens --------------------------------------------------------------------------
@@ -208,7 +213,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 ASCII = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=40)
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=150 * SCALE, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(node=st.sampled_from(["node-a", "node-b", "node-c", ""]) | ASCII,
        token_for=st.sampled_from(["node-a", "node-b", "none"]),
