@@ -15,6 +15,8 @@ import dataclasses
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import grpc.aio
 import structlog
 from prometheus_client import generate_latest
 
+from ebpf.errors import EbpfError
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
 from mesh.identity.ca_client import CertificateClient
@@ -66,12 +69,25 @@ class AgentConfig:
     workers: int | None = None  # extra proxy processes; None: scale with the load
 
 
+def load_redirector(pin_name: str, cgroup: Path) -> Redirector:
+    """Compile and attach in a short-lived child, then use the pinned objects here:
+    bcc maps LLVM and clang (~100 MB) into any process that compiles, and the
+    agent would carry them for its whole life."""
+    script = ("import sys; from pathlib import Path; from ebpf.redirector import Redirector; "
+              "Redirector.load(sys.argv[1], Path(sys.argv[2])).close()")
+    done = subprocess.run([sys.executable, "-c", script, pin_name, str(cgroup)],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise EbpfError(f"loading the BPF programs failed: {done.stderr.strip()[-2000:]}")
+    return Redirector.open(pin_name)
+
+
 class NodeAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.runtime = LocalRuntime(cluster=config.cluster)
         self.node: Node = self.runtime.create_node(config.node)
-        self.redirector = Redirector.load(f"{config.cluster}-{config.node}",
+        self.redirector = load_redirector(f"{config.cluster}-{config.node}",
                                           self.node.cgroup_path)
         port = config.controller.rpartition(":")[2]
         token_file = config.state_dir / "waypoint.token"
