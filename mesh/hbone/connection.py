@@ -91,6 +91,12 @@ class HboneConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
+    @property
+    def scratch(self) -> memoryview:
+        """The read buffer, lent to relays: whatever lands here is copied out (or
+        consumed) before the callback that received it returns."""
+        return self._view
+
     def buffer_updated(self, nbytes: int) -> None:
         try:
             events = self._framing.feed(self._view[:nbytes])

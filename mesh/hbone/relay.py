@@ -18,7 +18,6 @@ from typing import cast
 from mesh.hbone.errors import HboneStreamReset
 from mesh.hbone.stream import HboneStream
 
-READ_BUFFER = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -39,11 +38,11 @@ class RelayResult:
 class _TcpSide(asyncio.BufferedProtocol):
     """The TCP half of a relay; also the stream's sink."""
 
-    def __init__(self, stream: HboneStream, done: asyncio.Future[None], read_buffer: int) -> None:
+    def __init__(self, stream: HboneStream, done: asyncio.Future[None],
+                 read_buffer: int | None) -> None:
         self.stream = stream
         self.done = done
-        self._buffer = bytearray(read_buffer)
-        self._view = memoryview(self._buffer)
+        self._view = memoryview(bytearray(read_buffer)) if read_buffer else stream.scratch
         self.transport: asyncio.Transport | None = None
         self.tcp_eof = False
         self.stream_eof = False
@@ -119,8 +118,13 @@ class _TcpSide(asyncio.BufferedProtocol):
 
 
 async def relay(stream: HboneStream, sock: socket.socket, *,
-                read_buffer: int = READ_BUFFER) -> RelayResult:
-    """Relay until both directions ended (or either side reset); closes `sock`."""
+                read_buffer: int | None = None) -> RelayResult:
+    """Relay until both directions ended (or either side reset); closes `sock`.
+
+    TCP reads land in the tunnel connection's read buffer, shared by all its relays
+    and by its own TLS reads: every read is copied out before the callback returns
+    (one thread, one callback at a time), so 1000 relays cost one buffer, not 1000
+    (256 MB). `read_buffer` gives this relay a private buffer of that size instead."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     side = _TcpSide(stream, done, read_buffer)

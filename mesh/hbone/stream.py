@@ -71,6 +71,11 @@ class HboneStream(anyio.abc.ByteStream):
     def peer(self) -> str:
         return self._conn.peer_label
 
+    @property
+    def scratch(self) -> memoryview:
+        """The connection's read buffer, for callers that copy out synchronously."""
+        return self._conn.scratch
+
     def __repr__(self) -> str:
         return f"<HboneStream {self.stream_id} {self.authority} via {self.peer}>"
 
