@@ -10,8 +10,9 @@ _FIGURES: list[tuple[str, str]] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # The call report's output includes what its (module) fixtures printed in setup.
     if report.nodeid.startswith("tests/reliability/") and report.capstdout and \
-            report.when in ("setup", "call"):
+            report.when == "call":
         _FIGURES.append((report.nodeid, report.capstdout))
 
 

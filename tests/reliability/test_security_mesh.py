@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import secrets
 import stat
 import time
@@ -213,7 +214,9 @@ def test_a_pod_cannot_use_the_controller_without_credentials(mesh: ReliabilityMe
     assert info.value.code == 401
 
 
-KEY_MARKERS = (b"PRIVATE KEY-----",)
+# A real PEM private key block, not just the words (source files mention them).
+PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=\r\n]{40,}"
+                     rb"-----END [A-Z ]*PRIVATE KEY-----")
 
 
 def files_under(*roots: Path) -> Iterator[Path]:
@@ -235,7 +238,7 @@ def test_no_private_key_is_logged_or_world_readable(mesh: ReliabilityMesh) -> No
         scanned += 1
         data = path.read_bytes()
         mode = stat.S_IMODE(path.stat().st_mode)
-        if any(m in data for m in KEY_MARKERS):
+        if PEM_KEY.search(data):
             key_files.append(f"{path.relative_to(mesh.root.parent)} {oct(mode)}")
             assert mode & 0o077 == 0, f"private key readable by others: {path} {oct(mode)}"
             assert path.suffix != ".log", f"private key in a log: {path}"
@@ -246,6 +249,7 @@ def test_no_private_key_is_logged_or_world_readable(mesh: ReliabilityMesh) -> No
         if path.suffix in (".log", ".jsonl"):
             logs_scanned += 1
             assert b"PRIVATE KEY" not in data and b"BEGIN EC" not in data, path
+            assert not PEM_KEY.search(data), path
     # Scratch files anyone could have written keys to during the run.
     for path in files_under(Path("/tmp")):
         try:
@@ -254,7 +258,7 @@ def test_no_private_key_is_logged_or_world_readable(mesh: ReliabilityMesh) -> No
             data = path.read_bytes()
         except OSError:
             continue
-        if b"PRIVATE KEY-----" in data and "pytest-of" not in str(path):
+        if PEM_KEY.search(data) and "pytest-of" not in str(path):
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"key in /tmp: {path}"
     # Keys of workloads live only in the node agents' memory (memfd into SSLContext).
     agents = [mesh.procs[n].pid for n in mesh.node_names]
