@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
+import resource
 import signal
 import socket
 import subprocess
@@ -69,6 +72,20 @@ class AgentConfig:
     workers: int | None = None  # extra proxy processes; None: scale with the load
 
 
+def release_free_memory() -> None:
+    gc.collect()  # connection objects in reference cycles go first, then the heap
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def raise_fd_limit() -> int:
+    """Every proxied connection costs two or three descriptors: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def load_redirector(pin_name: str, cgroup: Path) -> Redirector:
     """Compile and attach in a short-lived child, then use the pinned objects here:
     bcc maps LLVM and clang (~100 MB) into any process that compiles, and the
@@ -85,6 +102,7 @@ def load_redirector(pin_name: str, cgroup: Path) -> Redirector:
 class NodeAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.fd_limit = raise_fd_limit()
         self.runtime = LocalRuntime(cluster=config.cluster)
         self.node: Node = self.runtime.create_node(config.node)
         self.redirector = load_redirector(f"{config.cluster}-{config.node}",
@@ -201,7 +219,13 @@ class NodeAgent:
 
     async def _pod_loop(self) -> None:
         last_retry = 0.0
+        busy = False
         while True:
+            # After a burst, hand freed heap back to the system: glibc keeps it otherwise,
+            # and the agent would stay at its peak size for good.
+            if busy and not self.enrollment.connections:
+                release_free_memory()
+            busy = bool(self.enrollment.connections)
             async with self.pods_lock:
                 self.pods.tick()
             await self.report_pods()

@@ -137,6 +137,8 @@ def run(mesh: ReliabilityMesh) -> LoadRun:
     # Soak: wait out the pool's 90 s idle timeout too, so every fd must be gone.
     result.fds["after"] = settle(agent, baseline_fds, timeout=pick(10, 120))
     result.fds["pooled tunnels"] = pooled_tunnels(mesh, agent)
+    # Worker processes the agent started for the load (one channel fd each).
+    result.fds["workers"] = len(mesh.agent_status("node-1")["workers"])
     result.rss_kib["after"] = rss_kib(agent)
     print(f"\nconcurrent: {result.held}\nchurn: {result.churned}\nagent fds: {result.fds}; "
           f"RSS MiB: { {k: round(v / 1024, 1) for k, v in result.rss_kib.items()} } "
@@ -158,6 +160,7 @@ def test_open_fds_back_to_baseline(run: LoadRun) -> None:
     idle): those are counted from the kernel's socket table, not assumed."""
     assert run.fds["after concurrent"] <= run.fds["baseline"], run.fds
     extra_tunnels = run.fds["pooled tunnels"] - run.fds["baseline pooled tunnels"]
+    extra_tunnels += run.fds.get("workers", 0)  # each worker's channel to the agent
     assert run.fds["after"] <= run.fds["baseline"] + max(0, extra_tunnels), run.fds
 
 
