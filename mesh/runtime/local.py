@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,13 @@ import structlog
 
 from mesh.runtime import cgroups, plumbing
 from mesh.runtime.addressing import MAX_NODES, MAX_PODS_PER_NODE, NodeAddressing
-from mesh.runtime.errors import AddressExhausted, NodeNotFound, NotRootError, PodNotFound
+from mesh.runtime.errors import (
+    AddressExhausted,
+    NodeNotFound,
+    NotRootError,
+    PodNotFound,
+    RuntimeError_,
+)
 from mesh.runtime.model import Node, Pod
 
 log = structlog.get_logger("runtime")
@@ -267,16 +273,28 @@ class LocalRuntime:
 
     # ---- teardown ----------------------------------------------------------------
     def destroy(self) -> None:
-        """Remove every trace of this cluster, also what a crashed process left behind."""
-        cgroups.remove_tree(self.cgroup_dir, self._reap)
+        """Remove every trace of this cluster, also what a crashed process left behind.
+        Best effort through every step: one stuck object never leaves the rest behind."""
+        failures: list[str] = []
+
+        def attempt(what: str, step: Callable[[], object]) -> None:
+            try:
+                step()
+            except OSError as e:
+                failures.append(f"{what}: {e}")
+
         for name in plumbing.list_netns(f"{self.cluster}-"):
-            plumbing.delete_netns(name)
-            shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
+            attempt(f"netns {name}", lambda n=name: plumbing.delete_netns(n))  # type: ignore[misc]
+        attempt("cgroups", lambda: cgroups.remove_tree(self.cgroup_dir, self._reap))
         if ETC_NETNS.is_dir():
             for leftover in ETC_NETNS.glob(f"{self.cluster}-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
         if BPF_PIN_ROOT.is_dir():
             for pin in BPF_PIN_ROOT.glob(f"{self.cluster}-*"):
-                shutil.rmtree(pin, ignore_errors=True) if pin.is_dir() else pin.unlink()
+                attempt(f"pin {pin}", (lambda p=pin: shutil.rmtree(p)) if pin.is_dir()  # type: ignore[misc]
+                        else pin.unlink)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        if failures:
+            raise RuntimeError_(f"cluster {self.cluster} not fully removed: "
+                                + "; ".join(failures))
         log.info("cluster destroyed", cluster=self.cluster)
