@@ -77,3 +77,31 @@ class PeerGoingAway:
 
 Event = (ConnectRequested | Answered | DataArrived | StreamFinished | StreamAborted
          | WindowOpened | PeerSettings | PeerGoingAway)
+
+
+def connect_request(stream_id: int, headers: list[tuple[bytes, bytes]] | list
+                    ) -> ConnectRequested:
+    """A request's HEADERS as the event both codecs report (pseudo-headers split off)."""
+    method = authority = ""
+    extra: list[tuple[str, str]] = []
+    for name, value in headers:
+        n = name.decode("latin-1") if isinstance(name, bytes) else name
+        v = value.decode("latin-1") if isinstance(value, bytes) else value
+        if n == ":method":
+            method = v
+        elif n == ":authority":
+            authority = v
+        elif not n.startswith(":"):
+            extra.append((n, v))
+    return ConnectRequested(stream_id, method, authority, tuple(extra))
+
+
+def response_status(headers: list) -> int:
+    """The :status of a response's HEADERS, 0 when missing or malformed."""
+    for name, value in headers:
+        if name in (b":status", ":status"):
+            try:
+                return int(value)
+            except ValueError:
+                break
+    return 0

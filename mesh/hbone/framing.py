@@ -32,6 +32,8 @@ from mesh.hbone.events import (
     StreamAborted,
     StreamFinished,
     WindowOpened,
+    connect_request,
+    response_status,
 )
 from mesh.hbone.settings import TunnelSettings
 
@@ -108,10 +110,10 @@ class H2Framing:
                 events.append(WindowOpened(ev.stream_id or 0))
             elif isinstance(ev, h2.events.RequestReceived):
                 assert ev.stream_id is not None
-                events.append(self._request(ev.stream_id, ev.headers or []))
+                events.append(connect_request(ev.stream_id, ev.headers or []))
             elif isinstance(ev, h2.events.ResponseReceived):
                 assert ev.stream_id is not None
-                events.append(Answered(ev.stream_id, _status(ev.headers or [])))
+                events.append(Answered(ev.stream_id, response_status(ev.headers or [])))
             elif isinstance(ev, h2.events.StreamReset):
                 assert ev.stream_id is not None
                 events.append(StreamAborted(ev.stream_id, int(ev.error_code or 0)))
@@ -123,20 +125,6 @@ class H2Framing:
                 events.append(PeerGoingAway(ev.last_stream_id or 0, int(ev.error_code or 0)))
         return events
 
-    @staticmethod
-    def _request(stream_id: int, headers: list[tuple[bytes, bytes]] | list) -> ConnectRequested:
-        method = authority = ""
-        extra: list[tuple[str, str]] = []
-        for name, value in headers:
-            n = name.decode("latin-1") if isinstance(name, bytes) else name
-            v = value.decode("latin-1") if isinstance(value, bytes) else value
-            if n == ":method":
-                method = v
-            elif n == ":authority":
-                authority = v
-            elif not n.startswith(":"):
-                extra.append((n, v))
-        return ConnectRequested(stream_id, method, authority, tuple(extra))
 
     # ---- output -------------------------------------------------------------------
 
@@ -227,11 +215,3 @@ class H2Framing:
         return int(self._conn.open_outbound_streams)
 
 
-def _status(headers: list) -> int:
-    for name, value in headers:
-        if name in (b":status", ":status"):
-            try:
-                return int(value)
-            except ValueError:
-                break
-    return 0

@@ -34,7 +34,6 @@ from mesh.hbone.events import (
     REFUSED_STREAM,
     STREAM_CLOSED,
     Answered,
-    ConnectRequested,
     DataArrived,
     Event,
     PeerGoingAway,
@@ -42,6 +41,8 @@ from mesh.hbone.events import (
     StreamAborted,
     StreamFinished,
     WindowOpened,
+    connect_request,
+    response_status,
 )
 from mesh.hbone.settings import TunnelSettings
 
@@ -311,9 +312,9 @@ class H2Core:
             st = _Stream(send_window=self._peer_initial_window,
                          recv_window=self._recv_initial_window)
             self._streams[sid] = st
-            events.append(_request(sid, headers))
+            events.append(connect_request(sid, headers))
         elif not peer_initiated and not st.answered:
-            status = _status(headers)
+            status = response_status(headers)
             if 100 <= status < 200:
                 return  # informational: the final answer follows
             st.answered = True
@@ -580,26 +581,3 @@ class H2Core:
         return self._peer_max_streams
 
 
-def _request(stream_id: int, headers: list[tuple[bytes, bytes]] | list) -> ConnectRequested:
-    method = authority = ""
-    extra: list[tuple[str, str]] = []
-    for name, value in headers:
-        n = name.decode("latin-1") if isinstance(name, bytes) else name
-        v = value.decode("latin-1") if isinstance(value, bytes) else value
-        if n == ":method":
-            method = v
-        elif n == ":authority":
-            authority = v
-        elif not n.startswith(":"):
-            extra.append((n, v))
-    return ConnectRequested(stream_id, method, authority, tuple(extra))
-
-
-def _status(headers: list) -> int:
-    for name, value in headers:
-        if name in (b":status", ":status"):
-            try:
-                return int(value)
-            except ValueError:
-                break
-    return 0
