@@ -19,6 +19,7 @@ from mesh.identity.errors import CaUnavailableError, CertificateRefusedError
 from mesh.identity.node_token import derive_node_token
 from mesh.identity.spiffe import SpiffeId
 from mesh.identity.svid import CertifiedKey, load_pem_chain
+from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 from tests.identity_helpers import new_ca
 
 SECRET = b"k" * 32

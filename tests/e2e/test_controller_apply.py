@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from controller.app import Controller, ControllerSettings
+from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.anyio

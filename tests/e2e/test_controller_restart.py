@@ -21,6 +21,7 @@ import pytest
 from mesh.api import config_pb2 as pb
 from mesh.identity.node_token import derive_node_token
 from mesh.xds import Backoff, ConfigSubscriber
+from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.anyio

@@ -24,6 +24,7 @@ from mesh.hbone import HboneClientPool, HboneRequest, HboneServer
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.node_token import derive_node_token
 from nodeagent.certs import CertificateManager, PodRef
+from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 from tests.hbone_helpers import (
     CLIENT_ID,
     SERVER_ID,

@@ -28,6 +28,7 @@ from mesh.identity.spiffe import SpiffeId
 from mesh.xds import Backoff, ConfigSubscriber
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client
+from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.anyio
 NODEAGENT = "system:serviceaccount:ambient-system:ambient-nodeagent"
