@@ -45,8 +45,10 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0,
 
 
 class LocalMesh:
-    def __init__(self, cluster: str, nodes: int = 2, agent_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, cluster: str, nodes: int = 2, agent_args: tuple[str, ...] = (),
+                 controller_args: tuple[str, ...] = ()) -> None:
         self.agent_args = agent_args
+        self.controller_args = controller_args
         self.cluster = cluster
         self.node_names = [f"node-{i}" for i in range(1, nodes + 1)]
         self.root = Path("/run/ambientmesh") / cluster
@@ -71,7 +73,8 @@ class LocalMesh:
             str(BIN / "ambient-controller"), "--config-dir", str(self.config_dir),
             "--state-dir", str(self.controller_state),
             "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-            "--admin-addr", f"127.0.0.1:{self.admin_port}", "--log-level", "debug"])
+            "--admin-addr", f"127.0.0.1:{self.admin_port}", "--log-level", "debug",
+            *self.controller_args])
         wait_for("controller admin API", lambda: self.admin("GET", "/v1/status"))
 
     def start_agent(self, node: str, *extra: str) -> None:

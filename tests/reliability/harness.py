@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.runtime import Pod
-from tests.e2e.mesh_harness import BIN, LocalMesh, wait_for
+from tests.e2e.mesh_harness import LocalMesh, wait_for
 
 APPS = Path(__file__).parent / "apps"
 LOADGEN = str(APPS / "loadgen.py")
@@ -38,19 +38,7 @@ class ReliabilityMesh(LocalMesh):
 
     def __init__(self, cluster: str, nodes: int = 2, controller_args: list[str] | None = None
                  ) -> None:
-        super().__init__(cluster, nodes)
-        self.controller_args = controller_args or []
-
-    def start_controller(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.config_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn("controller", [
-            str(BIN / "ambient-controller"), "--config-dir", str(self.config_dir),
-            "--state-dir", str(self.controller_state),
-            "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-            "--admin-addr", f"127.0.0.1:{self.admin_port}", "--log-level", "debug",
-            *self.controller_args])
-        wait_for("controller admin API", lambda: self.admin("GET", "/v1/status"))
+        super().__init__(cluster, nodes, controller_args=tuple(controller_args or ()))
 
     def kill(self, name: str) -> None:
         """SIGKILL a mesh process (its whole session), as a crash would."""
