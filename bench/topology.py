@@ -10,7 +10,8 @@ apps (bench/apps.py): echo :7000, sink :7001, http :7002. The L7 service `web.be
 (port 80 -> 7002) goes through the waypoint `bench/waypoint`.
 
 Built on tests/e2e/mesh_harness.LocalMesh, with quiet logs (debug logging on every
-connection would bill the mesh for log formatting nobody asked for)."""
+connection would bill the mesh for log formatting nobody asked for) and no worker
+processes (the Envoys run one worker thread each)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from bench import envoy
 from mesh.identity.ca import CertificateAuthority
 from mesh.identity.spiffe import SpiffeId
 from mesh.runtime import Pod
-from tests.e2e.mesh_harness import BIN, LocalMesh, wait_for
+from tests.e2e.mesh_harness import LocalMesh, wait_for
 
 APPS = str(Path(__file__).resolve().parent / "apps.py")
 PY = sys.executable
@@ -106,37 +107,15 @@ def fleet_yaml(start: int, stop: int) -> str:
     return "---\n".join(docs)
 
 
-class QuietMesh(LocalMesh):
-    """LocalMesh with warning-level logs for the controller and the agents."""
-
-    def start_controller(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.config_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn("controller", [
-            str(BIN / "ambient-controller"), "--config-dir", str(self.config_dir),
-            "--state-dir", str(self.controller_state),
-            "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-            "--admin-addr", f"127.0.0.1:{self.admin_port}", "--log-level", LOG_LEVEL])
-        wait_for("controller admin API", lambda: self.admin("GET", "/v1/status"))
-
-    def start_agent(self, node: str) -> None:
-        from mesh.identity.node_token import derive_node_token
-
-        secret = (self.controller_state / "node-token.secret").read_bytes()
-        token_file = self.root / f"{node}.token"
-        token_file.write_text(derive_node_token(secret, node))
-        token_file.chmod(0o600)
-        self._spawn(node, [
-            str(BIN / "ambient-nodeagent"), "--node", node, "--cluster", self.cluster,
-            "--controller", f"127.0.0.1:{self.grpc_port}", "--token-file", str(token_file),
-            "--log-level", LOG_LEVEL])
-
-
 class BenchTopology:
     """Owns the mesh, the Envoys and the temp dir; `close()` removes every trace."""
 
     def __init__(self) -> None:
-        self.mesh = QuietMesh("amb" + secrets.token_hex(2))
+        # Quiet logs, and one proxy process per node (no workers): Envoy runs with
+        # --concurrency 1, so this compares one core against one core.
+        self.mesh = LocalMesh("amb" + secrets.token_hex(2),
+                              agent_args=("--log-level", LOG_LEVEL, "--workers", "0"),
+                              controller_args=("--log-level", LOG_LEVEL))
         self.workdir = Path(tempfile.mkdtemp(prefix="ambient-bench-"))
         self.envoys: list[envoy.EnvoyProcess] = []
         self._base_id = 100 + secrets.randbelow(1000) * 10
