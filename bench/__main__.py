@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+SCENARIOS = ["rr", "connect", "bulk", "l7", "memory", "controlplane"]
 
 
 def machine_facts() -> dict[str, Any]:
@@ -64,6 +65,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench import l4, l7, memory
     from bench.topology import BenchTopology
 
+    def wanted(scenario: str) -> bool:
+        return scenario not in args.skip and (not args.only or scenario in args.only)
+
     started = time.monotonic()
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"),
                            "command": args.command, "machine": machine_facts()}
@@ -74,16 +78,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         topo.start()
         print("topology up", flush=True)
         rss_idle = memory.rss_mb(topo.agent_pid("node-2"))
-        res["l4"] = {"rr": l4.request_response(topo, opts)}
-        print("1. request/response done", flush=True)
-        res["l4"]["connect"] = l4.new_connections(topo, opts)
-        print("2. new connections done", flush=True)
-        res["l4"]["bulk"] = l4.bulk(topo, opts)
-        print("3. bulk done", flush=True)
-        if "l7" not in args.skip:
+        res["l4"] = {}
+        if wanted("rr"):
+            res["l4"]["rr"] = l4.request_response(topo, opts)
+            print("1. request/response done", flush=True)
+        if wanted("connect"):
+            res["l4"]["connect"] = l4.new_connections(topo, opts)
+            print("2. new connections done", flush=True)
+        if wanted("bulk"):
+            res["l4"]["bulk"] = l4.bulk(topo, opts)
+            print("3. bulk done", flush=True)
+        if wanted("l7"):
             res["l7"] = l7.run(topo, seconds=int(args.seconds))
             print("4. L7 done", flush=True)
-        if "memory" not in args.skip:
+        if wanted("memory"):
             counts = (1, 10, args.pods)
             node = memory.node_proxy(topo, counts)
             node["rss_mb_before_traffic_1_pod"] = round(rss_idle, 1)
@@ -92,12 +100,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print("5. memory (mesh) done", flush=True)
     finally:
         topo.close()
-    if "memory" not in args.skip:
+    if wanted("memory"):
         with tempfile.TemporaryDirectory(prefix="ambient-bench-sidecars-") as tmp:
             res["memory"]["envoy_sidecars_mb"] = memory.envoy_sidecars(Path(tmp),
                                                                        (1, 10, args.pods))
         print("5. memory (envoy) done", flush=True)
-    if "controlplane" not in args.skip:
+    if wanted("controlplane"):
         res["controlplane"] = controlplane(1000)
         print("6. control plane done", flush=True)
     res["machine"]["load_after"] = _load()
@@ -113,12 +121,16 @@ def main() -> None:
     p.add_argument("--bulk-mib", type=int, default=512)
     p.add_argument("--connects", type=int, default=300)
     p.add_argument("--pods", type=int, default=100, help="largest enrolled-pod count")
-    p.add_argument("--skip", nargs="*", default=[], choices=["l7", "memory", "controlplane"])
+    p.add_argument("--skip", nargs="*", default=[], choices=SCENARIOS)
+    p.add_argument("--only", nargs="*", default=[], choices=SCENARIOS,
+                   help="run just these (e.g. --only l7); a partial run implies --no-write")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     p.add_argument("--no-write", action="store_true",
                    help="leave RESULTS.md, results.json and the chart alone")
     p.add_argument("--json", type=Path, help="also write this run's results here")
     args = p.parse_args()
+    if args.only or {"rr", "connect", "bulk"} & set(args.skip):
+        args.no_write = True  # a partial run must not replace the full side-by-side section
     args.command = "make bench" if os.environ.get("MAKELEVEL") else \
         "python -m bench " + shlex.join(sys.argv[1:])
     if os.geteuid() != 0:
