@@ -27,6 +27,8 @@ from prometheus_client import generate_latest
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
 from mesh.identity.ca_client import CertificateClient
+from mesh.kube.kinds import NAMESPACES, PODS
+from mesh.kube.reflector import Reflector
 from mesh.runtime import Pod
 from mesh.runtime.cgroups import cgroup2_root
 from mesh.xds.subscriber import ConfigSubscriber
@@ -41,7 +43,6 @@ from nodeagent.k8s_pods import (
     runnable,
     runtime_pod,
 )
-from nodeagent.k8s_watch import KubeWatch, node_watches
 from nodeagent.metrics import ProxyMetrics
 from nodeagent.proxy.handlers import ProxyContext
 from nodeagent.proxy.tunnel import Tunnels
@@ -77,8 +78,12 @@ class KubeNodeAgent:
         self.reconciles = 0
         self._dirty = asyncio.Event()
         self._applied = False
-        self.pods_watch, self.namespaces_watch = node_watches(
-            api, config.node, self._dirty.set, config.watch_timeout)
+        # The pods the kubelet runs on this node, and the namespaces (their annotation).
+        self.pods_watch = Reflector(PODS, api, self._dirty.set,
+                                    field_selector=f"spec.nodeName={config.node}",
+                                    watch_timeout=config.watch_timeout)
+        self.namespaces_watch = Reflector(NAMESPACES, api, self._dirty.set,
+                                          watch_timeout=config.watch_timeout)
 
     def _token(self) -> str:
         """Re-read on every (re)connection: the kubelet rotates projected tokens."""
@@ -110,10 +115,11 @@ class KubeNodeAgent:
         wanted: dict[str, tuple[pb.PodToRun, Pod]] = {}
         refs: set[PodRef] = set()
         errors: list[str] = []
-        for (ns, name), pod in sorted(self.pods_watch.objects.items()):
+        namespaces = self.namespaces_watch.cache.objects
+        for (ns, name), pod in sorted(self.pods_watch.cache.objects.items()):
             if not runnable(pod):
                 continue
-            spec = pod_spec(pod, self.namespaces_watch.objects.get(("", ns)),
+            spec = pod_spec(pod, namespaces.get(("", ns)),
                             self.config.trust_domain)
             if not spec.enrolled:
                 continue
@@ -170,9 +176,10 @@ class KubeNodeAgent:
             "node": self.config.node, "mode": "kubernetes",
             "connected": self.subscriber.connected, "config_version": self.subscriber.version,
             "last_error": self.subscriber.last_error,
-            "watches": {w.kind: {"synced": w.synced.is_set(), "objects": len(w.objects),
-                                 "resourceVersion": w.resource_version, "relists": w.relists,
-                                 "error": w.last_error}
+            "watches": {w.kind.kind: {"synced": w.synced.is_set(),
+                                      "objects": len(w.cache.objects),
+                                      "resourceVersion": w.cache.resource_version,
+                                      "relists": w.cache.relists, "error": w.last_error}
                         for w in (self.pods_watch, self.namespaces_watch)},
             "bpf": self.redirector.status(),
             "enrolled_pods": self.enrollment.enrolled_keys(),
@@ -217,5 +224,5 @@ class KubeNodeAgent:
             self.redirector.close()
             log.info("node agent stopped", node=self.config.node)
 
-    def watches(self) -> tuple[KubeWatch, KubeWatch]:
+    def watches(self) -> tuple[Reflector, Reflector]:
         return self.pods_watch, self.namespaces_watch

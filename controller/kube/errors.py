@@ -1,20 +1,11 @@
-"""Typed errors of Kubernetes mode; each message says what to check."""
+"""Typed errors of Kubernetes mode; each message says what to check. Reading errors
+(KubeError, ResourceExpired) live with the reflector in mesh.kube.errors."""
 
 from __future__ import annotations
 
+from mesh.kube.errors import KubeError, ResourceExpired
 
-class KubeError(Exception):
-    """Talking to the Kubernetes API failed in a way the caller must handle."""
-
-
-class ResourceExpired(KubeError):
-    """410 Gone: the resourceVersion we hold was compacted away; relist."""
-
-    def __init__(self, kind: str, resource_version: str) -> None:
-        self.kind = kind
-        self.resource_version = resource_version
-        super().__init__(f"{kind}: resourceVersion {resource_version} is too old (410 Gone); "
-                         "relisting")
+__all__ = ["KubeAuthError", "KubeError", "ResourceExpired"]
 
 
 class KubeAuthError(KubeError):

@@ -12,14 +12,30 @@ from typing import Any
 import structlog
 from kubernetes_asyncio import client as kclient
 
-from controller.kube.kinds import CONTROLLER_KINDS, WatchedKind
-from controller.kube.reflector import Reflector
 from controller.kube.translate import translate
 from controller.registry import Registry
 from controller.view import PodState, Ref
 from mesh.config import ObjectKey
+from mesh.kube.kinds import (
+    AUTHORIZATION_POLICIES,
+    ENDPOINT_SLICES,
+    GATEWAYS,
+    HTTP_ROUTES,
+    NAMESPACES,
+    PEER_AUTHENTICATIONS,
+    PODS,
+    SERVICES,
+    TRAFFIC_POLICIES,
+    WatchedKind,
+)
+from mesh.kube.reflector import Reflector
 
 _log = structlog.get_logger("controller.kube.source")
+
+CONTROLLER_KINDS: tuple[WatchedKind, ...] = (
+    NAMESPACES, PODS, SERVICES, ENDPOINT_SLICES, GATEWAYS, HTTP_ROUTES,
+    PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES, TRAFFIC_POLICIES,
+)
 
 
 class KubeSource:

@@ -254,5 +254,5 @@ async def test_pod_opt_out_and_host_network_pods_are_left_alone(
         await until(lambda: agent.enrollment.enrolled_keys() == ["demo/inside"], 15)
         await asyncio.sleep(0.5)
         assert agent.enrollment.enrolled_keys() == ["demo/inside"]
-        assert set(agent.pods_watch.objects) == {("demo", "inside"), ("demo", "out"),
+        assert set(agent.pods_watch.cache.objects) == {("demo", "inside"), ("demo", "out"),
                                                  ("ambient-system", "ambient-nodeagent-x")}

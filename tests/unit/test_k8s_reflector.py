@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from controller.kube.kinds import PODS, WatchedKind
-from controller.kube.reflector import Reflector
+from mesh.kube.kinds import PODS, WatchedKind
+from mesh.kube.reflector import Reflector
 from mesh.xds.backoff import Backoff
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.kube.errors import KubeError, ResourceExpired
-from controller.kube.store import ObjectCache
+from mesh.kube.errors import KubeError, ResourceExpired
+from mesh.kube.store import ObjectCache
 
 
 def pod(name: str, rv: str, ns: str = "default", **extra: object) -> dict[str, object]:

@@ -2,7 +2,11 @@
 paginated list, then watch from the list's resourceVersion with bookmarks; a dropped
 watch resumes from the last resourceVersion seen, a 410 Gone relists, any other
 failure backs off (with jitter) and retries. `on_change` is called after every
-change to the cache, never while it is half-updated."""
+change to the cache, never while it is half-updated.
+
+The one implementation for every reader: the controller runs one per watched kind,
+the node agent one for its node's pods (field selector) and one for namespaces, the
+waypoint reconciler one per kind it owns (label selector)."""
 
 from __future__ import annotations
 
@@ -17,26 +21,30 @@ from kubernetes_asyncio import client as kclient
 from kubernetes_asyncio import watch as kwatch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controller.kube.errors import KubeError, ResourceExpired
-from controller.kube.kinds import WatchedKind
-from controller.kube.store import KubeObject, ObjectCache
+from mesh.kube.errors import KubeError, ResourceExpired
+from mesh.kube.kinds import WatchedKind
+from mesh.kube.store import KubeObject, ObjectCache
 from mesh.xds.backoff import Backoff
 
-_log = structlog.get_logger("controller.kube.reflector")
+_log = structlog.get_logger("mesh.kube.reflector")
 PAGE_SIZE = 500
 
 
 class Reflector:
     def __init__(self, kind: WatchedKind, api: kclient.ApiClient,
                  on_change: Callable[[], None], *, field_selector: str = "",
-                 watch_timeout: int = 300, backoff: Backoff | None = None,
+                 label_selector: str = "", watch_timeout: int = 300, backoff: Backoff | None = None,
                  page_size: int = PAGE_SIZE) -> None:
         self.kind = kind
         self.cache = ObjectCache(kind.kind)
         self._api = api
         self._call = kind.list_call(api)
         self._on_change = on_change
-        self._selector = {"field_selector": field_selector} if field_selector else {}
+        self._selector: dict[str, str] = {}
+        if field_selector:
+            self._selector["field_selector"] = field_selector
+        if label_selector:
+            self._selector["label_selector"] = label_selector
         self._watch_timeout = watch_timeout
         self._page_size = page_size
         self._backoff = backoff or Backoff(initial=0.2, maximum=30.0)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.kube.errors import KubeError, ResourceExpired
+from mesh.kube.errors import KubeError, ResourceExpired
 
 Key = tuple[str, str]
 KubeObject = dict[str, Any]
