@@ -5,6 +5,35 @@
 static __u64 (*am_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
 static __u64 (*am_netns_cookie)(void *ctx) = (void *)BPF_FUNC_get_netns_cookie;
 
+/* The enrolled pod the current task belongs to, or 0.
+ *
+ * A pod is enrolled by one cgroup id, but its tasks may sit below that cgroup:
+ * Kubernetes gives every container (app, sidecar, init) its own cgroup under the
+ * pod's, and a container may nest further (systemd scopes). So the task's own cgroup
+ * is tried first (local pods, whose processes live directly in the pod cgroup: one
+ * lookup), then its ancestors from the deepest level up; the nearest enrolled one
+ * wins. Level 0 (the root, where the node proxy lives) is never looked up. Levels
+ * deeper than the task's return 0 from the helper and cost no lookup, so a task at
+ * level d outside every pod costs d lookups in all. Enrollment refuses a pod cgroup
+ * deeper than AM_MAX_POD_CGROUP_LEVEL, so no pod can be silently out of reach. */
+static __always_inline struct am_pod_config *am_task_pod(void)
+{
+    __u64 own = bpf_get_current_cgroup_id();
+    struct am_pod_config *pod = am_pods.lookup(&own);
+    if (pod)
+        return pod;
+#pragma unroll
+    for (int level = AM_MAX_POD_CGROUP_LEVEL; level > 0; level--) {
+        __u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (id == 0 || id == own)
+            continue;
+        pod = am_pods.lookup(&id);
+        if (pod)
+            return pod;
+    }
+    return 0;
+}
+
 /* Exclusion lists are zero-terminated fixed arrays inside the pod's config. */
 static __always_inline int am_port_listed(const __u16 *ports, __u16 port)
 {

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from ebpf import constants as C
 from ebpf.errors import EnrollmentError
-from ebpf.layout import PodConfig
+from ebpf.layout import MAX_POD_CGROUP_LEVEL, PodConfig
+from ebpf.pins import is_cgroup2
+
+ROOT_CGROUP_ID = 1  # the cgroup v2 root: where the node proxy runs
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,9 @@ class EnrolledPod:
     """A pod handed to the redirector.
 
     cgroup_path: the pod's cgroup v2 directory; its id (the directory's inode) selects
-      the pod's sockets for outbound capture. cgroup_id may be given instead/as well.
+      the pod's sockets for outbound capture: those of tasks in it and in every cgroup
+      below it (Kubernetes: give the pod-level cgroup, and every container is captured).
+      cgroup_id may be given instead/as well.
     netns: name under /var/run/netns or an absolute path (/proc/<pid>/ns/net); the
       sk_lookup program is linked there.
     ips: the pod's addresses; inbound capture applies to connections to these.
@@ -59,6 +64,45 @@ class EnrolledPod:
             raise EnrollmentError(
                 f"pod {self.name}: cgroup {self.cgroup_path} does not exist (pod deleted?)"
             ) from None
+
+    def check_capturable(self) -> None:
+        """Refuse a cgroup outbound capture could never match, or would over-match:
+        the root (every process on the node, the proxy included) and anything deeper
+        than the programs' ancestor walk reaches. Failing here beats a pod that looks
+        enrolled while its connections bypass the mesh."""
+        if self.cgroup_id == ROOT_CGROUP_ID:
+            raise EnrollmentError(
+                f"pod {self.name}: cgroup id {ROOT_CGROUP_ID} is the cgroup root; give "
+                "the pod's own cgroup (enrolling the root would capture every process)"
+            )
+        if self.cgroup_path is None:
+            return
+        level = cgroup_level(self.cgroup_path)
+        if level == 0:
+            raise EnrollmentError(
+                f"pod {self.name}: {self.cgroup_path} is the cgroup root; give the pod's "
+                "own cgroup (enrolling the root would capture every process)"
+            )
+        if level > MAX_POD_CGROUP_LEVEL:
+            raise EnrollmentError(
+                f"pod {self.name}: cgroup {self.cgroup_path} is {level} levels below the "
+                f"cgroup root; outbound capture reaches pod cgroups up to level "
+                f"{MAX_POD_CGROUP_LEVEL} (raise MAX_POD_CGROUP_LEVEL in ebpf/layout.py)"
+            )
+
+
+def cgroup_level(path: Path) -> int:
+    """How far `path` is below the root of its cgroup2 mount (root = 0): the level
+    bpf_get_current_ancestor_cgroup_id() counts in, as long as the mount shows the
+    whole hierarchy (the host's mount, or a hostPath mount of it in a DaemonSet)."""
+    current = Path(os.path.realpath(path))
+    if not is_cgroup2(current):
+        raise EnrollmentError(f"{path} is not a cgroup v2 directory")
+    level = 0
+    while current.parent != current and is_cgroup2(current.parent):
+        current = current.parent
+        level += 1
+    return level
 
 
 def check_ports(pod: str, field_name: str, ports: Sequence[int]) -> None:

@@ -123,6 +123,12 @@ STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
     ("am_listener_key", ListenerKey),
 )
 
+# The deepest cgroup level (root = 0) at which a pod can be enrolled: outbound capture
+# walks a task's ancestors from here up (am_task_pod in common.bpf.h). Kubelet pod
+# cgroups sit at level 2-3 (6-7 inside kind's nested nodes); 11 leaves room and keeps
+# the walk to a fixed 11 cheap steps.
+MAX_POD_CGROUP_LEVEL = 11
+
 _CTYPE_NAMES = {
     ctypes.c_uint8: "__u8",
     ctypes.c_uint16: "__u16",
@@ -142,6 +148,7 @@ _DEFINES = {
     "AM_LOOPBACK_IFINDEX": C.LOOPBACK_IFINDEX,
     "AM_FLAG_CAPTURE_OUTBOUND": C.FLAG_CAPTURE_OUTBOUND,
     "AM_FLAG_CAPTURE_INBOUND": C.FLAG_CAPTURE_INBOUND,
+    "AM_MAX_POD_CGROUP_LEVEL": MAX_POD_CGROUP_LEVEL,
 }
 
 

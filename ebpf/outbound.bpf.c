@@ -4,7 +4,8 @@
  *
  * Attached at a cgroup (the node's in local mode, the v2 root in Kubernetes), so it
  * runs for every socket below it; enrolled pods are picked by the *current task's*
- * cgroup id. The proxy is never captured: it lives in a cgroup that is never enrolled
+ * cgroup or its nearest enrolled ancestor (am_task_pod: every container of a pod is
+ * captured when the pod-level cgroup is enrolled). The proxy is never captured: it lives in a cgroup that is never enrolled
  * and marks its sockets with AM_PROXY_MARK (checked as well, belt and braces). */
 
 static __always_inline struct am_pod_config *am_capturing_pod(struct bpf_sock_addr *ctx)
@@ -14,8 +15,7 @@ static __always_inline struct am_pod_config *am_capturing_pod(struct bpf_sock_ad
     struct bpf_sock *sk = ctx->sk;
     if (sk && sk->mark == AM_PROXY_MARK)
         return 0;
-    __u64 cgroup_id = bpf_get_current_cgroup_id();
-    struct am_pod_config *pod = am_pods.lookup(&cgroup_id);
+    struct am_pod_config *pod = am_task_pod();
     if (!pod || !(pod->flags & AM_FLAG_CAPTURE_OUTBOUND))
         return 0;
     return pod;

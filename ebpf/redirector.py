@@ -112,8 +112,10 @@ class Redirector:
     # ---- pods --------------------------------------------------------------------
     def enroll(self, pod: EnrolledPod) -> None:
         """Start capturing a pod's traffic; idempotent, and re-enrolling updates its
-        exclusions in place. Map updates first, the sk_lookup link last."""
+        exclusions in place. Map updates first, the sk_lookup link last. Tasks in the
+        pod's cgroup and in every cgroup below it (containers) are captured."""
         cgroup_id = pod.resolved_cgroup_id()
+        pod.check_capturable()
         ns = netns_path(pod.netns)
         try:
             cookie = netns_cookie(ns)

@@ -5,13 +5,16 @@ runtime — by finding each pod's processes in the host's /proc.
 A pod is found by its UID in the cgroup path of its processes (kubelet names the pod
 cgroup `pod<uid>` with the cgroupfs driver, `kubepods-<qos>-pod<uid_with_underscores>.slice`
 with the systemd one). Its netns is that of the pod's oldest process (the sandbox,
-alive as long as the pod); its cgroup is that of its first app container, whose
-sockets the outbound program matches by cgroup id. Pure parts (`pod_spec`,
-`cgroup_of`) are separate from the /proc scan (`PodLocator`)."""
+alive as long as the pod). Its cgroup is the pod-level one, the parent of every
+container's cgroup: outbound capture matches a task by its cgroup or any ancestor,
+so enrolling the pod-level cgroup captures every container (app, sidecar, init),
+not only the first. Pure parts (`pod_spec`, `cgroup_of`, `pod_cgroup`) are separate
+from the /proc scan (`PodLocator`)."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +90,24 @@ def pod_markers(uid: str) -> tuple[str, str]:
     return (f"pod{uid}", f"pod{uid.replace('-', '_')}")
 
 
+def pod_cgroup(path: str, uid: str) -> str | None:
+    """The pod-level cgroup in a process's cgroup path: the path cut after the
+    component kubelet named after the pod UID, or None when no component is.
+
+    cgroupfs driver: /kubepods[/burstable|/besteffort]/pod<uid>/<container>
+    systemd driver:  /kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_>.slice/
+                     cri-containerd-<id>.scope (crio-, docker- alike)
+    The container part may nest further (a scope inside the container); a path seen
+    from another cgroup namespace keeps its leading "/..", for PodLocator to resolve."""
+    names = "|".join(re.escape(m) for m in pod_markers(uid))
+    component = re.compile(rf"(?:.*-)?(?:{names})(?:\.slice)?")
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if component.fullmatch(part):
+            return "/".join(parts[: i + 1]) or "/"
+    return None
+
+
 def cgroup_of(proc_cgroup_text: str) -> str:
     """The cgroup v2 path in /proc/<pid>/cgroup ("0::/path"), "" if none."""
     for line in proc_cgroup_text.splitlines():
@@ -139,17 +160,19 @@ class PodLocator:
                 return candidate
         return None
 
-    def locate(self, uid: str, containers: Sequence[str]) -> PodProcesses | None:
+    def locate(self, uid: str, containers: Sequence[str] = ()) -> PodProcesses | None:
+        """The pod's sandbox netns and pod-level cgroup, None while no process of it
+        runs. `containers` (runtime ids) is accepted for callers that know them; the
+        pod-level cgroup holds every container, so it is not needed to choose one."""
         markers = pod_markers(uid)
-        procs = [(pid, path, start) for pid, path, start in self._scan()
-                 if any(m in path for m in markers)]
+        procs = [(pid, path, start, pod_path) for pid, path, start in self._scan()
+                 if (pod_path := pod_cgroup(path, uid)) is not None]
         if not procs:
             return None
         sandbox = min(procs, key=lambda p: (p[2], p[0]))
-        app = next((p for cid in containers for p in procs if cid and cid in p[1]), None)
-        chosen = app or sandbox
-        marker = next(m for m in markers if m in chosen[1])
-        cgroup = self._absolute(chosen[1], marker)
+        pod_path = sandbox[3]
+        marker = next(m for m in markers if m in pod_path)
+        cgroup = self._absolute(pod_path, marker)
         if cgroup is None:
             return None
         return PodProcesses(sandbox[0], self.proc_root / str(sandbox[0]) / "ns" / "net", cgroup)
