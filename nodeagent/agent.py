@@ -264,9 +264,9 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        app = admin.build_app(self.metrics_text, self.status, self.ready)
-        runner = await admin.serve(app, listening_socket(self.node.netns, str(self.node.host_ip),
-                                                         METRICS_PORT))
+        server = await admin.serve_http(
+            admin.AdminEndpoints(self.metrics_text, self.status, self.ready),
+            listening_socket(self.node.netns, str(self.node.host_ip), METRICS_PORT))
         log.info("node agent started", node=self.config.node, controller=self.config.controller,
                  metrics=f"{self.node.host_ip}:{METRICS_PORT} (netns {self.node.netns})")
         try:
@@ -281,7 +281,8 @@ class NodeAgent:
                     task.cancel()
         finally:
             await self.enrollment.drain(self.config.drain_seconds, keep_capture=True)
-            await runner.cleanup()
+            server.close()
+            await server.wait_closed()
             with contextlib.suppress(Exception):
                 await self.reporter.aclose()
             await self.channel.close(None)
