@@ -4,13 +4,19 @@ Connections are keyed by (source identity, destination ip, port) and shared by u
 to the peer's stream limit. A connection made with a TLS context that is no longer
 current (the source certificate was renewed) takes no new streams and closes once
 its last stream ends, so rotation never drops a live tunnel and new tunnels always
-present the current certificate."""
+present the current certificate.
+
+Opening a tunnel is bounded as a whole by TunnelSettings.connect_timeout (dial, TLS,
+the peer's SETTINGS, the CONNECT answer); a timeout names the phase it stopped in.
+A connection that dies (keepalive timeout, reset) leaves the pool at once, so the
+next tunnel dials anew."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +29,7 @@ from mesh.hbone.errors import (
     HboneProtocolError,
     HboneStreamRefused,
     HboneTunnelError,
+    HboneTunnelTimeout,
 )
 from mesh.hbone.settings import TunnelSettings
 from mesh.hbone.stream import HboneStream
@@ -70,23 +77,40 @@ async def default_dial(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Phase:
+    """Where a tunnel setup is, for the timeout message. A setup waiting for another
+    one's dial to the same peer (pooled) is wherever that dial is."""
+
+    def __init__(self) -> None:
+        self.name = "TCP connect"
+        self.waiting_on: _Phase | None = None
+
+    def describe(self) -> str:
+        return self.waiting_on.describe() if self.waiting_on is not None else self.name
+
+
 class HboneClientPool:
     def __init__(self, *, settings: TunnelSettings | None = None, dial: Dialer = default_dial,
                  pooled: bool = True, max_streams_per_connection: int = 1024,
-                 idle_timeout: float = 90.0, connect_timeout: float = 10.0) -> None:
+                 idle_timeout: float = 90.0, connect_timeout: float | None = None) -> None:
+        """`connect_timeout` overrides settings.connect_timeout."""
         self.settings = settings or TunnelSettings()
         self._dial = dial
         self._pooled = pooled
         self._max_streams = max_streams_per_connection
         self._idle_timeout = idle_timeout
-        self._connect_timeout = connect_timeout
+        self._connect_timeout = (connect_timeout if connect_timeout is not None
+                                 else self.settings.connect_timeout)
         self._conns: dict[PoolKey, list[HboneConnection]] = {}
-        self._dialing: dict[PoolKey, asyncio.Future[None]] = {}
+        self._dialing: dict[PoolKey, tuple[asyncio.Future[None], _Phase]] = {}
         self._idle_timers: dict[HboneConnection, asyncio.TimerHandle] = {}
         self._key_of: dict[HboneConnection, PoolKey] = {}
         self._current_ctx: dict[str, ssl.SSLContext] = {}
         self._closed = False
         self.connections_opened = 0
+        # Each tunnel's connection, so a caller can learn why a reset tunnel died.
+        self._conn_of: weakref.WeakKeyDictionary[HboneStream, HboneConnection] = \
+            weakref.WeakKeyDictionary()
 
     def connections(self, source_identity: str | None = None) -> list[HboneConnection]:
         return [c for key, conns in self._conns.items() for c in conns
@@ -98,8 +122,27 @@ class HboneClientPool:
         """Open a tunnel to `authority` (the original ip:port) through the HBONE server at
         `dest`, presenting `source`'s certificate.
 
-        Raises HboneConnectError for a non-2xx answer, HboneTunnelError when the
+        Raises HboneConnectError for a non-2xx answer, HboneTunnelTimeout when the
+        whole setup takes longer than the connect timeout, HboneTunnelError when the
         connection cannot be made or the peer is not `expected_peer`."""
+        phase = _Phase()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await self._connect(source, dest, authority, phase, dial, expected_peer,
+                                           headers)
+        except TimeoutError:
+            raise HboneTunnelTimeout(phase.describe(), self._connect_timeout,
+                                     peer=f"{dest[0]}:{dest[1]}") from None
+
+    def failure_of(self, stream: HboneStream) -> HboneTunnelError | None:
+        """Why the connection carrying `stream` died (keepalive timeout, ...), if it
+        did: a reset tunnel's cause for logs and metrics."""
+        conn = self._conn_of.get(stream)
+        return conn.failure if conn is not None else None
+
+    async def _connect(self, source: TlsSource, dest: tuple[str, int], authority: str,
+                       phase: _Phase, dial: Dialer | None, expected_peer: SpiffeId | None,
+                       headers: tuple[tuple[str, str], ...]) -> HboneStream:
         if self._closed:
             raise HboneTunnelError("the HBONE pool is closed", peer=f"{dest[0]}:{dest[1]}")
         ctx = source.client_context()
@@ -108,7 +151,8 @@ class HboneClientPool:
             self._current_ctx[source.identity] = ctx
             self._retire_stale(source.identity, ctx)
         for attempt in range(3):
-            conn = await self._connection_for(key, ctx, dial or self._dial)
+            phase.name = "TCP connect"
+            conn = await self._connection_for(key, ctx, dial or self._dial, phase)
             if expected_peer is not None and conn.peer_identity != expected_peer:
                 raise HboneTunnelError(
                     f"peer is {conn.peer_identity}, expected {expected_peer}",
@@ -119,6 +163,7 @@ class HboneClientPool:
                 conn.go_away()  # out of stream ids: retire it, use a fresh connection
                 continue
             self._cancel_idle(conn)
+            phase.name = "CONNECT response"
             try:
                 status = await answer
             except HboneStreamRefused:
@@ -136,10 +181,11 @@ class HboneClientPool:
         if not 200 <= status < 300:
             stream.reset()
             raise HboneConnectError(status, conn.peer_label, authority)
+        self._conn_of[stream] = conn
         return stream
 
     async def _connection_for(self, key: PoolKey, ctx: ssl.SSLContext,
-                              dial: Dialer) -> HboneConnection:
+                              dial: Dialer, phase: _Phase) -> HboneConnection:
         while True:
             if self._pooled:
                 for conn in self._conns.get(key, ()):
@@ -149,42 +195,52 @@ class HboneClientPool:
                         return conn
                 pending = self._dialing.get(key)
                 if pending is not None:
-                    await asyncio.shield(pending)
+                    phase.waiting_on = pending[1]  # kept if the timeout strikes here
+                    await asyncio.shield(pending[0])
+                    phase.waiting_on = None
                     continue
-            return await self._dial_new(key, ctx, dial)
+            return await self._dial_new(key, ctx, dial, phase)
 
     async def _dial_new(self, key: PoolKey, ctx: ssl.SSLContext,
-                        dial: Dialer) -> HboneConnection:
+                        dial: Dialer, phase: _Phase) -> HboneConnection:
         loop = asyncio.get_running_loop()
         marker: asyncio.Future[None] = loop.create_future()
         if self._pooled:
-            self._dialing[key] = marker
+            self._dialing[key] = (marker, phase)
         peer = (key[1], key[2])
         label = f"{key[1]}:{key[2]}"
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                try:
-                    sock = await dial(key[1], key[2])
-                except OSError as exc:
-                    raise HboneTunnelError(f"cannot connect: {exc.strerror or exc}",
-                                           peer=label) from None
-                conn = HboneConnection(client_side=True, settings=self.settings,
-                                       peer_address=peer, on_idle=self._on_idle,
-                                       on_lost=self._on_lost)
-                conn.ssl_context = ctx
-                try:
-                    await loop.create_connection(
-                        lambda: conn, sock=sock, ssl=ctx, server_hostname="",
-                        ssl_handshake_timeout=self.settings.handshake_timeout)
-                except (OSError, ssl.SSLError) as exc:
-                    sock.close()
-                    raise HboneTunnelError(f"TLS handshake failed: {exc}", peer=label) from None
+            phase.name = "TCP connect"
+            try:
+                sock = await dial(key[1], key[2])
+            except OSError as exc:
+                raise HboneTunnelError(f"cannot connect: {exc.strerror or exc}",
+                                       peer=label) from None
+            conn = HboneConnection(client_side=True, settings=self.settings,
+                                   peer_address=peer, on_idle=self._on_idle,
+                                   on_lost=self._on_lost)
+            conn.ssl_context = ctx
+            phase.name = "TLS handshake"
+            try:
+                # The overall connect timeout bounds it; asyncio's own would say less.
+                await loop.create_connection(
+                    lambda: conn, sock=sock, ssl=ctx, server_hostname="",
+                    ssl_handshake_timeout=max(self.settings.handshake_timeout,
+                                              self._connect_timeout + 1))
+            except (OSError, ssl.SSLError) as exc:
+                sock.close()
+                raise HboneTunnelError(f"TLS handshake failed: {exc}", peer=label) from None
+            except BaseException:
+                sock.close()
+                raise
+            phase.name = "HTTP/2 settings"
+            try:
                 await conn.ready
-        except TimeoutError:
-            raise HboneTunnelError(f"no HBONE connection within {self._connect_timeout}s",
-                                   peer=label) from None
+            except BaseException:
+                conn.abort()
+                raise
         finally:
-            if self._dialing.get(key) is marker:
+            if key in self._dialing and self._dialing[key][0] is marker:
                 del self._dialing[key]
             marker.set_result(None)
         self._conns.setdefault(key, []).append(conn)

@@ -2,7 +2,10 @@
 
 A BufferedProtocol reading into one reused buffer (no allocation per TLS read),
 feeding the sans-I/O framing, dispatching its events to streams, and writing its
-output once per batch. Streams call back into it to send, acknowledge and reset."""
+output once per batch. Streams call back into it to send, acknowledge and reset.
+
+Liveness: a PING keepalive (keepalive.py) on both sides. A connection that fails it
+records why in `failure`, aborts, and every stream on it sees a reset."""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ from typing import cast
 
 import structlog
 
-from mesh.hbone.errors import HboneProtocolError, HboneStreamRefused, HboneTunnelError
+from mesh.hbone.errors import (
+    HboneKeepaliveTimeout,
+    HboneProtocolError,
+    HboneStreamRefused,
+    HboneTunnelError,
+)
 from mesh.hbone.events import (
     REFUSED_STREAM,
     Answered,
@@ -27,6 +35,7 @@ from mesh.hbone.events import (
 )
 from mesh.hbone.framing import H2Framing
 from mesh.hbone.h2core import H2Core
+from mesh.hbone.keepalive import Keepalive, KeepaliveAction, ping_frame
 from mesh.hbone.settings import TunnelSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity.errors import CertificateError
@@ -69,6 +78,10 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self.ready: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
+        # Why the connection ended, when it was not a plain close (keepalive, ...).
+        self.failure: HboneTunnelError | None = None
+        self._keepalive: Keepalive | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio protocol -----------------------------------------------------------
 
@@ -87,6 +100,11 @@ class HboneConnection(asyncio.BufferedProtocol):
             return
         self._framing.start()
         self._flush()
+        if self.settings.keepalive:
+            self._keepalive = Keepalive(self.settings.keepalive_interval,
+                                        self.settings.keepalive_timeout, self._loop.time())
+            self._keepalive_timer = self._loop.call_at(
+                self._loop.time() + self.settings.keepalive_interval, self._keepalive_tick)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -98,6 +116,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._keepalive is not None:
+            self._keepalive.received(self._loop.time())
         try:
             events = self._framing.feed(self._view[:nbytes])
         except HboneProtocolError as exc:
@@ -155,13 +175,39 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(HboneTunnelError(f"connection lost: {exc or 'closed'}", peer=self.peer_label))
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        self._fail(self.failure or HboneTunnelError(f"connection lost: {exc or 'closed'}",
+                                                    peer=self.peer_label))
         for stream in list(self.streams.values()):
             stream.on_reset(0)
         if not self.lost.done():
             self.lost.set_result(None)
         if self._on_lost is not None:
             self._on_lost(self)
+
+    # ---- keepalive ------------------------------------------------------------------
+
+    def _keepalive_tick(self) -> None:
+        self._keepalive_timer = None
+        ka = self._keepalive
+        if ka is None or self.closed or self._transport is None:
+            return
+        action, next_at = ka.poll(self._loop.time())
+        if action is KeepaliveAction.DEAD:
+            self.failure = HboneKeepaliveTimeout(ka.timeout, peer=self.peer_label)
+            log.warning("hbone.keepalive_timeout", peer=self.peer_label,
+                        peer_identity=str(self.peer_identity), streams=len(self.streams),
+                        client_side=self.client_side,
+                        silent_for=round(self._loop.time() - ka.last_received, 3))
+            self.closed = True  # no more writes, no new streams from the pool
+            self._transport.abort()  # connection_lost resets every stream, failure says why
+            return
+        if action is KeepaliveAction.PING:
+            self._flush()  # the codec's pending frames first: the PING starts a frame
+            self._transport.write(ping_frame(ka.opaque()))
+        self._keepalive_timer = self._loop.call_at(next_at, self._keepalive_tick)
 
     # ---- operations used by streams, client and server ------------------------------
 

@@ -15,6 +15,32 @@ class HboneTunnelError(HboneError):
         self.peer = peer
 
 
+class HboneTunnelTimeout(HboneTunnelError):
+    """Opening a tunnel took longer than TunnelSettings.connect_timeout. `phase` says
+    where it stopped: "TCP connect" (peer or link unreachable), "TLS handshake" or
+    "HTTP/2 settings" (something answers TCP but is not an HBONE server, or is
+    overloaded), "CONNECT response" (the peer's proxy accepted the tunnel connection
+    but did not answer this stream: it or the link stalled)."""
+
+    def __init__(self, phase: str, timeout: float, *, peer: str) -> None:
+        HboneError.__init__(self, f"tunnel to {peer} timed out during {phase} "
+                                  f"(after {timeout:g} s)")
+        self.peer = peer
+        self.phase = phase
+        self.timeout = timeout
+
+
+class HboneKeepaliveTimeout(HboneTunnelError):
+    """A connection received nothing for keepalive_timeout after a PING: the link or
+    the peer is gone. Its streams are reset, the pool forgets it; new tunnels dial anew."""
+
+    def __init__(self, timeout: float, *, peer: str) -> None:
+        HboneError.__init__(self, f"tunnel to {peer} failed keepalive: no answer to a "
+                                  f"PING within {timeout:g} s (link down or peer hung)")
+        self.peer = peer
+        self.timeout = timeout
+
+
 class HboneStreamRefused(HboneTunnelError):
     """The peer refused a new stream (REFUSED_STREAM: it is draining); retry it on
     another connection, nothing was processed."""
@@ -44,3 +70,7 @@ class HboneStreamReset(HboneError):
 
 class HboneProtocolError(HboneError):
     """The peer violated HTTP/2 or HBONE; the connection is closed."""
+
+
+class HboneSettingsError(HboneError, ValueError):
+    """A TunnelSettings value is out of range; the message names the setting."""
