@@ -27,6 +27,7 @@ from prometheus_client import generate_latest
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
 from mesh.identity.ca_client import CertificateClient
+from mesh.identity.token_source import TokenFile
 from mesh.kube.kinds import NAMESPACES, PODS
 from mesh.kube.reflector import Reflector
 from mesh.runtime import Pod
@@ -85,22 +86,20 @@ class KubeNodeAgent:
         self.namespaces_watch = Reflector(NAMESPACES, api, self._dirty.set,
                                           watch_timeout=config.watch_timeout)
 
-    def _token(self) -> str:
-        """Re-read on every (re)connection: the kubelet rotates projected tokens."""
-        return self.config.token_file.read_text().strip()
-
     def _connect(self) -> None:
         c = self.config
         self.redirector = Redirector.load(f"{c.pin_name}-{c.node}",
                                           c.attach_cgroup or cgroup2_root())
         self.channel = grpc.aio.insecure_channel(c.controller)
-        self.certs = CertificateManager(CertificateClient(self.channel, c.node, self._token()),
+        # Read for every CSR and every (re)subscription: the kubelet rotates the token.
+        token = TokenFile(c.token_file)
+        self.certs = CertificateManager(CertificateClient(self.channel, c.node, token),
                                         c.trust_domain)
         self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), Tunnels(self.certs),
                                 self.redirector.original_destination)
         self.enrollment = EnrollmentController(self.redirector, self.ctx)
         self.subscriber = ConfigSubscriber(c.controller, kind=pb.NODE, name=c.node, node=c.node,
-                                           token=self._token(), apply=self.apply)
+                                           token=token, apply=self.apply)
 
     async def apply(self, snapshot: pb.Snapshot) -> None:
         self.ctx.state = ProxyState.from_snapshot(snapshot)  # SnapshotRejected -> NACK

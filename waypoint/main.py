@@ -29,6 +29,7 @@ from mesh.identity.csr import build_csr, generate_key
 from mesh.identity.spiffe import SpiffeId
 from mesh.identity.svid import load_pem_chain
 from mesh.identity.tls import client_context, server_context
+from mesh.identity.token_source import TokenFile, TokenFileError
 from mesh.logs import configure_logging
 from mesh.xds import ConfigSubscriber
 from waypoint.config import WaypointConfig, build, split_hostport
@@ -144,7 +145,12 @@ async def _run(opts: dict[str, object]) -> None:
         token_file = opts["token_file"]
         if not isinstance(token_file, Path):
             raise click.UsageError("--controller needs --token-file (the node's token)")
-        token = token_file.read_text().strip()
+        # Asked again for every CSR and every (re)subscription: projected tokens rotate.
+        token = TokenFile(token_file)
+        try:
+            token()  # fail now, naming the file, if it cannot be read
+        except TokenFileError as e:
+            raise click.BadParameter(str(e), param_hint="--token-file") from None
         node = str(opts["node"])
         channel = grpc.aio.insecure_channel(str(controller))
         identity = Identity(CertificateClient(channel, node, token), str(opts["namespace"]),
@@ -168,8 +174,7 @@ async def _run(opts: dict[str, object]) -> None:
         if controller and identity is not None:
             sub = ConfigSubscriber(str(controller), kind=pb.WAYPOINT, name=str(opts["name"]),
                                    namespace=str(opts["namespace"]), node=str(opts["node"]),
-                                   token=Path(str(opts["token_file"])).read_text().strip(),
-                                   apply=apply)
+                                   token=token, apply=apply)
             tg.start_soon(sub.run)
             tg.start_soon(identity.renew_forever)
         await server.ready.wait()

@@ -41,6 +41,8 @@ class KubeSettings:
     controller_service: str = "ambient-controller.ambient-system.svc:15012"
     watch_timeout: int = 300
     manage_waypoints: bool = True
+    # Accepted tokens are trusted this long without asking the API server again.
+    token_cache_seconds: float = 60.0
 
 
 async def api_client(kubeconfig: Path | None) -> kclient.ApiClient:
@@ -75,7 +77,8 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
                 == WAYPOINT_CLASS
 
         controller.interceptors.append(KubeAuthInterceptor(
-            TokenReviewer(api, audiences=kube.audiences), secret=controller.secret,
+            TokenReviewer(api, audiences=kube.audiences, ttl=kube.token_cache_seconds),
+            secret=controller.secret,
             nodeagent_sa=kube.nodeagent_sa,
             pods=lambda ns, name: source.raw("Pod", ns, name), is_waypoint=is_waypoint))
         async with asyncio.TaskGroup() as tg:

@@ -19,6 +19,7 @@ from mesh.identity.errors import CaUnavailableError, CertificateError, Certifica
 from mesh.identity.node_token import auth_metadata
 from mesh.identity.spiffe import SpiffeId
 from mesh.identity.svid import load_pem_chain
+from mesh.identity.token_source import TokenFileError, TokenSource, token_source
 
 _REFUSALS = {
     grpc.StatusCode.PERMISSION_DENIED,
@@ -39,12 +40,13 @@ class SignedCertificate:
 
 
 class CertificateClient:
-    """Requests certificates for pods of one node over an existing gRPC channel."""
+    """Requests certificates for pods of one node over an existing gRPC channel; the
+    token is asked of `token` for every request (projected tokens rotate)."""
 
-    def __init__(self, channel: grpc.aio.Channel, node: str, token: str, *,
+    def __init__(self, channel: grpc.aio.Channel, node: str, token: str | TokenSource, *,
                  timeout: float = 10.0) -> None:
         self._stub = ca_pb2_grpc.CertificateServiceStub(channel)
-        self._metadata = auth_metadata(node, token)
+        self._token = token_source(token)
         self.node = node
         self._timeout = timeout
 
@@ -54,8 +56,14 @@ class CertificateClient:
             csr_pem=csr_pem.decode(), pod_namespace=namespace, pod_name=pod,
             validity_seconds=int(validity.total_seconds()) if validity else 0)
         try:
+            token = self._token()
+        except TokenFileError as exc:  # a rotation in progress or a missing mount: retry
+            raise CaUnavailableError(f"no token to request a certificate for pod "
+                                     f"{namespace}/{pod}: {exc}") from None
+        try:
             response = await self._stub.CreateCertificate(
-                request, metadata=self._metadata, timeout=self._timeout)
+                request, metadata=auth_metadata(self.node, token),
+                timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             message = (f"CA refused a certificate for pod {namespace}/{pod} on node "
                        f"{self.node}: {exc.details()}")

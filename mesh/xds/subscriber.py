@@ -18,6 +18,7 @@ import structlog
 from mesh.api import config_pb2 as pb
 from mesh.api import config_pb2_grpc as pb_grpc
 from mesh.identity.node_token import auth_metadata
+from mesh.identity.token_source import TokenFileError, TokenSource, token_source
 from mesh.xds.backoff import Backoff
 from mesh.xds.errors import SubscriptionError
 
@@ -37,7 +38,7 @@ class ConfigSubscriber:
         kind: int,
         name: str,
         node: str,
-        token: str,
+        token: str | TokenSource,
         apply: ApplyFn,
         namespace: str = "",
         pod_cidrs: Sequence[str] = (),
@@ -48,7 +49,8 @@ class ConfigSubscriber:
         self.name = name
         self.namespace = namespace
         self.pod_cidrs = list(pod_cidrs)
-        self._metadata = auth_metadata(node, token)
+        self.node = node
+        self._token = token_source(token)  # asked again on every (re)connection
         self._apply = apply
         self.backoff = backoff or Backoff()
         self.snapshot: pb.Snapshot | None = None
@@ -69,7 +71,7 @@ class ConfigSubscriber:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (grpc.aio.AioRpcError, SubscriptionError, OSError) as e:
+            except (grpc.aio.AioRpcError, SubscriptionError, TokenFileError, OSError) as e:
                 self.last_error = self._describe(e)
             finally:
                 self.connected = False
@@ -87,12 +89,13 @@ class ConfigSubscriber:
         return str(e)
 
     async def _session(self) -> None:
+        metadata = auth_metadata(self.node, self._token())
         async with grpc.aio.insecure_channel(self.target, options=[
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 20_000),
         ]) as channel:
             stub = pb_grpc.ConfigServiceStub(channel)
-            call = stub.Subscribe(metadata=self._metadata)  # type: ignore[call-arg]
+            call = stub.Subscribe(metadata=metadata)  # type: ignore[call-arg]
             try:
                 await call.write(pb.SubscribeRequest(hello=pb.Hello(
                     kind=self.kind, name=self.name,  # type: ignore[arg-type]

@@ -140,6 +140,7 @@ class FakeApiServer:
         self.objects: dict[str, dict[tuple[str, str], Obj]] = {t.plural: {} for t in TYPES}
         self.history: list[tuple[int, str, str, Obj]] = []
         self.reviews: dict[str, Obj] = {}
+        self.reviewed: list[str] = []  # every token a TokenReview asked about, in order
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._watches: set[_Watch] = set()
         self._continues: dict[str, tuple[int, list[Obj]]] = {}
@@ -426,6 +427,7 @@ class FakeApiServer:
     async def _token_review(self, request: web.Request) -> web.Response:
         body = await request.json()
         spec = body.get("spec") or {}
+        self.reviewed.append(str(spec.get("token", "")))
         known = self.reviews.get(spec.get("token", ""))
         wanted = spec.get("audiences") or []
         if known is None:
