@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import click
-import structlog
 
-from mesh.logs import configure_logging
+from mesh.logs import configure_logging, keep_console_renderers_out
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +40,7 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
     Example (what `ambientctl up` runs for each local node):
       ambient-nodeagent --node node-1 --token-file /run/ambientmesh/amesh/node-1.token
     """
+    keep_console_renderers_out()  # before anything loads structlog
     configure_logging(log_level)
     if os.geteuid() != 0:
         click.echo("ambient-nodeagent needs root: it loads eBPF programs and enters network "
@@ -57,6 +57,8 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
     try:
         import uvloop
     except ImportError:
+        import structlog
+
         structlog.get_logger().warning("uvloop missing: using the slower stdlib event loop")
         asyncio.run(agent.run())
     else:
