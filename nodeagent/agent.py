@@ -32,6 +32,7 @@ from prometheus_client import generate_latest
 from ebpf.errors import EbpfError
 from ebpf.redirector import Redirector
 from mesh.api import config_pb2 as pb
+from mesh.hbone import HboneClientPool, TunnelSettings
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.spiffe import SpiffeId
 from mesh.runtime import LocalRuntime, Node
@@ -70,6 +71,7 @@ class AgentConfig:
     trust_domain: str = "cluster.local"
     drain_seconds: float = 5.0
     workers: int | None = None  # extra proxy processes; None: scale with the load
+    tunnel: TunnelSettings = dataclasses.field(default_factory=TunnelSettings)  # HBONE timeouts
 
 
 def release_free_memory() -> None:
@@ -129,7 +131,8 @@ class NodeAgent:
         self.channel = grpc.aio.insecure_channel(config.controller)
         self.certs = CertificateManager(
             CertificateClient(self.channel, config.node, config.token), config.trust_domain)
-        tunnels = Tunnels(self.certs, drain_seconds=config.drain_seconds)
+        tunnels = Tunnels(self.certs, HboneClientPool(settings=config.tunnel),
+                          drain_seconds=config.drain_seconds)
         self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), tunnels,
                                 self.redirector.original_destination)
         try:

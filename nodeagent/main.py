@@ -29,11 +29,25 @@ from mesh.logs import configure_logging, keep_console_renderers_out
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Extra proxy processes. Default: none while idle, up to one per "
                    "other core while the agent is busy.")
+@click.option("--tunnel-connect-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=5.0, show_default=True, envvar="AMBIENT_TUNNEL_CONNECT_TIMEOUT",
+              help="Seconds to open an HBONE tunnel to a peer node (TCP connect, TLS, "
+                   "CONNECT answer); then the app's connection is reset and the access "
+                   "log says which phase timed out.")
+@click.option("--tunnel-keepalive-interval", type=click.FloatRange(min=0), default=10.0,
+              show_default=True, envvar="AMBIENT_TUNNEL_KEEPALIVE_INTERVAL",
+              help="Send an HTTP/2 PING on a tunnel connection after this many seconds "
+                   "without receiving anything (0: no keepalive).")
+@click.option("--tunnel-keepalive-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=5.0, show_default=True, envvar="AMBIENT_TUNNEL_KEEPALIVE_TIMEOUT",
+              help="A tunnel connection silent this long after a PING is dead: its "
+                   "connections are reset and the next ones dial anew.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: Path | None,
          drain_seconds: float, trust_domain: str, workers: int | None,
-         log_level: str) -> None:
+         tunnel_connect_timeout: float, tunnel_keepalive_interval: float,
+         tunnel_keepalive_timeout: float, log_level: str) -> None:
     """Run the node agent: pods, eBPF capture and the L4 mTLS node proxy.
 
     \b
@@ -46,13 +60,19 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
         click.echo("ambient-nodeagent needs root: it loads eBPF programs and enters network "
                    "namespaces. Run it with sudo.", err=True)
         sys.exit(1)
+    from mesh.hbone import TunnelSettings
     from nodeagent.agent import AgentConfig, NodeAgent
 
+    tunnel = TunnelSettings(connect_timeout=tunnel_connect_timeout,
+                            keepalive_interval=tunnel_keepalive_interval,
+                            keepalive_timeout=tunnel_keepalive_timeout)
+    os.environ.update(tunnel.env())  # worker processes inherit the same settings
     config = AgentConfig(
         node=node, cluster=cluster, controller=controller,
         token=token_file.read_text().strip(),
         state_dir=state_dir or Path("/run/ambientmesh") / cluster / "nodes" / node,
-        trust_domain=trust_domain, drain_seconds=drain_seconds, workers=workers)
+        trust_domain=trust_domain, drain_seconds=drain_seconds, workers=workers,
+        tunnel=tunnel)
     agent = NodeAgent(config)
     try:
         import uvloop

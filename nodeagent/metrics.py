@@ -51,6 +51,13 @@ class ProxyMetrics:
                                    registry=self.registry)
         self.config_version = Gauge("ambient_config_applied", "Applied snapshot version",
                                     ["version"], registry=self.registry)
+        # Not an Istio metric: ztunnel reports these only as logs. reason: connect_timeout
+        # | connect_failed | keepalive_timeout; phase: where (tcp_connect, tls_handshake,
+        # http2_settings, connect_response, established).
+        self.tunnel_failures = Counter(
+            "ambient_tunnel_failures", "HBONE tunnels to a peer proxy that could not be "
+            "opened in time or died (link cut, peer hung)", ["reason", "phase"],
+            registry=self.registry)
 
     def connection_opened(self, labels: ConnectionLabels) -> None:
         self.opened.labels(*labels.values()).inc()
@@ -62,3 +69,6 @@ class ProxyMetrics:
         self.closed.labels(*values).inc()
         self.received.labels(*values).inc(request_bytes)
         self.sent.labels(*values).inc(response_bytes)
+
+    def tunnel_failed(self, reason: str, phase: str) -> None:
+        self.tunnel_failures.labels(reason, phase).inc()

@@ -4,7 +4,10 @@ Outbound (15001): original destination -> plan -> HBONE / plaintext -> relay.
 Inbound HBONE (15008): verified peer -> L4 authorization -> the app on loopback.
 Inbound plaintext (15006): PeerAuthentication STRICT refuses; PERMISSIVE authorizes
 (no principal) and relays, labelled plaintext.
-Every connection ends in one access-log record and the Istio TCP metrics.
+Every connection ends in one access-log record and the Istio TCP metrics. A tunnel
+that cannot be opened in time or dies under a connection (link cut, peer hung) resets
+the app's connection, is logged as outcome "error" with the reason naming the peer,
+and counted in ambient_tunnel_failures_total.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from nodeagent.proxy.tunnel import (
     TunnelFailed,
     TunnelRefused,
     Tunnels,
+    failure_kind,
 )
 from nodeagent.state import ProxyState
 
@@ -89,7 +93,12 @@ async def _splice(ctx: ProxyContext, downstream: socket.socket, upstream: Upstre
             transfer.request_bytes, transfer.response_bytes = (
                 (up, down) if downstream_is_client else (down, up))
             if result.reset:
-                record.outcome, record.reason = "reset", "connection reset"
+                failure = ctx.tunnels.failure_of(upstream)
+                if failure is not None:  # the tunnel died under it: say why, count it
+                    record.outcome, record.reason = "error", str(failure)
+                    ctx.metrics.tunnel_failed(*failure_kind(failure, relaying=True))
+                else:
+                    record.outcome, record.reason = "reset", "connection reset"
     finally:
         record.request_bytes = transfer.request_bytes
         record.response_bytes = transfer.response_bytes
@@ -112,6 +121,8 @@ async def _connect_first(ctx: ProxyContext, pod: PodEndpoint,
                 upstream = await dial(pod.netns, hop.address, hop.port, CONNECT_TIMEOUT)
         except (OSError, TimeoutError, TunnelFailed) as e:
             last = e
+            if isinstance(e, TunnelFailed):
+                ctx.metrics.tunnel_failed(*failure_kind(e))
             ctx.picker.report_failure((hop.address, hop.target_port), time.monotonic())
             log.info("destination unreachable", pod=pod.key, to=hop.authority, error=str(e))
             continue
@@ -152,7 +163,10 @@ async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.so
     except (NoHealthyEndpoint, MissingCertificate) as e:
         record.outcome, record.reason = "refused", str(e)
         hbone.reset_socket(client)
-    except (OSError, TimeoutError, TunnelFailed, hbone.HboneStreamReset) as e:
+    except TunnelFailed as e:  # its message names the peer and what failed
+        record.outcome, record.reason = "error", str(e)
+        hbone.reset_socket(client)
+    except (OSError, TimeoutError, hbone.HboneStreamReset) as e:
         record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
         hbone.reset_socket(client)
     finally:

@@ -3,12 +3,15 @@
 Outbound tunnels present the *source* pod's certificate and are dialled from inside
 that pod's netns; inbound HBONE servers present the *destination* pod's certificate.
 Both take their TLS context from the certificate manager per new connection, so a
-renewal reaches new connections while established ones carry on.
+renewal reaches new connections while established ones carry on. Both use the same
+TunnelSettings (connect timeout, keepalive): the agent passes its flags in, a worker
+process inherits them through the environment (TunnelSettings.env).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -23,7 +26,9 @@ from mesh.hbone import (
     HboneStream,
     HboneTunnelError,
     StaticTls,
+    TunnelSettings,
 )
+from mesh.hbone.errors import HboneKeepaliveTimeout, HboneTunnelTimeout
 from mesh.identity.spiffe import SpiffeId
 from nodeagent.certs import CertificateUnavailableError
 from nodeagent.proxy.pod_listeners import PodEndpoint
@@ -44,10 +49,24 @@ class TlsMaterials(Protocol):
     def server_context_provider(self, identity: SpiffeId) -> Callable[[], ssl.SSLContext]: ...
 
 
+def settings_from_environment() -> TunnelSettings:
+    return TunnelSettings.from_env(os.environ)
+
+
+def failure_kind(error: HboneTunnelError, *, relaying: bool = False) -> tuple[str, str]:
+    """(reason, phase) labels of ambient_tunnel_failures_total for a tunnel error."""
+    if isinstance(error, HboneKeepaliveTimeout):
+        return "keepalive_timeout", "relay" if relaying else "connect_response"
+    if isinstance(error, HboneTunnelTimeout):
+        return "connect_timeout", error.phase.lower().replace("/", "").replace(" ", "_")
+    return "connect_failed", "setup"
+
+
 @dataclass
 class Tunnels:
     certs: TlsMaterials
-    pool: HboneClientPool = field(default_factory=HboneClientPool)
+    pool: HboneClientPool = field(
+        default_factory=lambda: HboneClientPool(settings=settings_from_environment()))
     drain_seconds: float = 0.0
 
     async def open(self, pod: PodEndpoint, address: str, port: int, authority: str,
@@ -56,17 +75,23 @@ class Tunnels:
         source = self.certs.client_tls(SpiffeId.parse(pod.identity))
 
         async def dial_in_pod(host: str, p: int) -> socket.socket:
-            return await dial(pod.netns, host, p)
+            # The pool's connect timeout bounds the whole setup, this dial included.
+            return await dial(pod.netns, host, p, self.pool.settings.connect_timeout + 1)
 
         expected = SpiffeId.parse(expected_identity) if expected_identity else None
         return await self.pool.connect(source, (address, port), authority, dial=dial_in_pod,
                                        expected_peer=expected)
 
+    def failure_of(self, stream: HboneStream) -> HboneTunnelError | None:
+        """Why an outbound tunnel's connection died (keepalive timeout, ...), if it did."""
+        return self.pool.failure_of(stream)
+
     async def serve(self, pod: PodEndpoint, sockets: list[socket.socket],
                     handler: Callable[[HboneRequest], Awaitable[None]]) -> None:
         """Serve HBONE on the pod's 15008 listeners until cancelled."""
         provider = self.certs.server_context_provider(SpiffeId.parse(pod.identity))
-        server = HboneServer(provider, handler, grace=self.drain_seconds)
+        server = HboneServer(provider, handler, settings=self.pool.settings,
+                             grace=self.drain_seconds)
         async with asyncio.TaskGroup() as tg:
             for sock in sockets:
                 tg.create_task(server.serve(sock))
