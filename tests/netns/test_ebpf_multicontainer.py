@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from ebpf import EnrolledPod, EnrollmentError, Redirector
 from ebpf.enrollment import cgroup_level
 from ebpf.layout import MAX_POD_CGROUP_LEVEL
 from mesh.runtime import LocalRuntime, Pod
+from nodeagent.enrollment import bpf_record
+from nodeagent.k8s_pods import PodLocator, pod_spec, runtime_pod
 from tests.netns.ebpf_helpers import (
     CaptureListener,
     enrolled,
@@ -171,3 +176,48 @@ def test_pod_cgroup_at_the_deepest_level_is_matched_and_one_deeper_is_refused(
     with pytest.raises(EnrollmentError, match=f"up to level {MAX_POD_CGROUP_LEVEL}"):
         world["redirector"].enroll(EnrolledPod(name="demo/too-deep", netns=multi.netns,
                                                cgroup_path=too_deep))
+
+
+def test_kubernetes_pod_found_through_proc_is_enrolled_at_pod_level(
+    world: dict[str, Any],
+) -> None:
+    """The Kubernetes chain end to end, minus the API server: a systemd-driver kubelet
+    tree (pause, app and sidecar scopes under kubepods-burstable-pod<uid>.slice),
+    found through the real /proc by PodLocator, turned into the agent's enrollment
+    record; the app and the sidecar are both captured."""
+    rt, multi = world["rt"], world["pods"]["multi"]
+    uid = str(uuid.uuid4())
+    pod_slice = (multi.cgroup_path / "kubepods.slice" / "kubepods-burstable.slice"
+                 / f"kubepods-burstable-pod{uid.replace('-', '_')}.slice")
+    scopes = {name: pod_slice / f"cri-containerd-{uuid.uuid4().hex * 2}.scope"
+              for name in ("pause", "app", "sidecar")}
+    for path in scopes.values():
+        path.mkdir(parents=True)
+    pause = rt.spawn(in_cgroup(multi, scopes["pause"]), ["sleep", "600"],
+                     stdout=subprocess.DEVNULL)
+    try:
+        procs = scopes["pause"] / "cgroup.procs"
+        deadline = time.monotonic() + 10
+        while not procs.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the shell joins the scope, then execs
+        found = PodLocator().locate(uid)
+        assert found is not None and found.cgroup == pod_slice
+        assert [str(found.pid)] == procs.read_text().split()
+
+        api = {"metadata": {"namespace": "demo", "name": "k8s", "uid": uid},
+               "spec": {"containers": [{"name": "app"}, {"name": "sidecar"}]},
+               "status": {"phase": "Running", "podIP": str(multi.ip)}}
+        ns = {"metadata": {"name": "demo",
+                           "labels": {"ambientmesh.io/dataplane-mode": "ambient"}}}
+        record = bpf_record(pod_spec(api, ns, "cluster.local"), runtime_pod(api, "n1", found))
+        assert record.cgroup_path == pod_slice
+        world["redirector"].enroll(record)
+
+        dst = [(str(world["srv"].ip), PORTS[2])]
+        for name in ("app", "sidecar"):
+            world["containers"][name] = in_cgroup(multi, scopes[name])
+            assert _kinds(_connect(world, name, dst)) == ["captured"], name
+        assert _kinds(_connect(world, "a", dst)) == ["direct"], "outside the k8s pod slice"
+    finally:
+        pause.kill()
+        pause.wait()
