@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from mesh.api import config_pb2 as pb
 from waypoint.authz import AuthzPolicy, AuthzRule, OperationCondition, SourceCondition
@@ -76,7 +77,14 @@ class ServiceInfo:
     def port(self, port: int | None) -> ServicePortInfo | None:
         if port is None:
             return self.ports[0] if len(self.ports) == 1 else None
-        return next((p for p in self.ports if p.port == port), None)
+        return self._by_port.get(port)
+
+    @cached_property
+    def _by_port(self) -> dict[int, ServicePortInfo]:
+        by_port: dict[int, ServicePortInfo] = {}
+        for p in self.ports:
+            by_port.setdefault(p.port, p)  # the first wins, as a linear scan would
+        return by_port
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,7 @@ class ReplayableBody:
         self._limit = limit
         self.complete = empty
         self.overflowed = False
+        self.size = 0  # bytes read from the source so far, kept or not
 
     @property
     def replayable(self) -> bool:
@@ -186,6 +187,7 @@ class ReplayableBody:
         except StopAsyncIteration:
             self.complete = True
             return None
+        self.size += len(chunk)
         if not self.overflowed:
             self._size += len(chunk)
             if self._size > self._limit:

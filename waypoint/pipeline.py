@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
 
@@ -22,7 +21,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from waypoint.accesslog import AccessLog, AccessRecord
+from waypoint.accesslog import AccessLog, AccessRecord, WallClock
 from waypoint.authz import RequestFacts, evaluate
 from waypoint.config import ServiceInfo, split_hostport
 from waypoint.errors import LimitExceededError, UpstreamConnectError, UpstreamError
@@ -42,7 +41,6 @@ from waypoint.messages import (
 )
 from waypoint.metrics import RequestLabels, WaypointMetrics
 from waypoint.otlp import OtlpExporter
-from waypoint.retry import DEFAULT_RETRY_CODES, RetryPolicy
 from waypoint.routing import BackendTarget, Mirror, RouteSelection
 from waypoint.state import WaypointState
 from waypoint.tracing import Span, ensure_request_id, inject, start_span
@@ -53,6 +51,8 @@ log = structlog.get_logger("waypoint.pipeline")
 RATE_LIMIT_HEADER = "x-ambient-ratelimited"
 MIRROR_MAX_IN_FLIGHT = 64
 RETRY_BUFFER = 1 << 20
+PEER_LABELS_CACHE = 4096  # (caller, endpoint) pairs whose metric labels are kept
+_NO_RESPONSE = frozenset({"UF", "UR"})  # flags of a try that got no response at all
 
 
 @dataclass
@@ -96,6 +96,23 @@ class Runtime:
     access_log: AccessLog
     exporter: OtlpExporter | None = None
     mirrors_in_flight: int = 0
+    clock: WallClock = field(default_factory=WallClock)
+    _peer_labels: dict[tuple[str | None, int, int, str], tuple[object, object, PeerLabels]] = \
+        field(default_factory=dict)
+
+    def peer_labels(self, principal: str | None, ep: Endpoint | None,
+                    dest: ServiceInfo | None, authority: str) -> PeerLabels:
+        """The first nine metric labels (who called whom), the same for every request
+        between one caller and one endpoint: computed once, then looked up."""
+        key = (principal, id(ep), id(dest), "" if dest else authority)
+        held = self._peer_labels.get(key)
+        if held is not None and held[0] is ep and held[1] is dest:
+            return held[2]
+        labels = peer_labels(principal, ep, dest, authority)
+        if len(self._peer_labels) >= PEER_LABELS_CACHE:
+            self._peer_labels.clear()
+        self._peer_labels[key] = (ep, dest, labels)
+        return labels
 
 
 def build_pipeline(rt: Runtime) -> Handler:
@@ -132,23 +149,20 @@ def _compose(stages: Sequence[Stage], terminal: Next) -> Handler:
 
 
 async def observe(rt: Runtime, ex: Exchange, next: Next) -> Response:
-    ex.request_id = ensure_request_id(ex.head.headers)
-    ex.span = start_span(ex.head.headers, f"{ex.head.authority}{ex.head.path}", time.time_ns())
-    inject(ex.head.headers, ex.span)
-    method, path, authority = ex.head.method, ex.head.path, ex.head.authority
-    start_wall = datetime.now(UTC).isoformat(timespec="milliseconds")
+    head = ex.head
+    ex.request_id = ensure_request_id(head.headers)
+    ex.span = start_span(head.headers, f"{head.authority}{head.path}", time.time_ns())
+    inject(head.headers, ex.span)
+    rec = _Observed(head.method, head.path, head.authority, rt.clock.now())
     try:
         resp = await next(ex)
     except BaseException as e:
         cancelled = isinstance(e, anyio.get_cancelled_exc_class())
-        _finish(rt, ex, 499 if cancelled else 500, ["DC"], 0, "", method, path, authority,
-                start_wall, "")
+        _finish(rt, ex, rec, 499 if cancelled else 500, ["DC"], 0, "")
         raise
-    flags = ex.flags + resp.flags
-    resp.body = _ObservedBody(resp.body, partial(
-        _finish, rt, ex, resp.status, flags, status_upstream=resp.upstream_host, method=method,
-        path=path, authority=authority, start_wall=start_wall,
-        user_agent=header(ex.head.headers, "user-agent") or ""))
+    rec.user_agent = header(head.headers, "user-agent") or ""
+    resp.body = _ObservedBody(resp.body, rt, ex, rec, resp.status, ex.flags + resp.flags,
+                              resp.upstream_host)
     return resp
 
 
@@ -241,8 +255,9 @@ async def apply_filters(rt: Runtime, ex: Exchange, next: Next) -> Response:
 async def retry_and_timeout(rt: Runtime, ex: Exchange, next: Next) -> Response:
     assert ex.selection is not None and ex.service is not None
     rule = ex.selection.rule
-    request_s = rule.timeouts.request_ms / 1000 if rule.timeouts.request_ms else math.inf
-    with anyio.move_on_after(request_s) as scope:
+    if not rule.timeouts.request_ms:
+        return await _tries(rt, ex, next)  # no cancel scope to enter and leave
+    with anyio.move_on_after(rule.timeouts.request_ms / 1000) as scope:
         resp = await _tries(rt, ex, next)
     if scope.cancelled_caught:
         ex.reason = f"request timeout {rule.timeouts.request_ms} ms"
@@ -252,29 +267,25 @@ async def retry_and_timeout(rt: Runtime, ex: Exchange, next: Next) -> Response:
 
 async def _tries(rt: Runtime, ex: Exchange, next: Next) -> Response:
     assert ex.selection is not None and ex.service is not None
-    rule = ex.selection.rule
-    cfg = rule.retry
-    policy = RetryPolicy(
-        attempts=cfg.attempts if cfg else 0,
-        codes=cfg.codes if cfg and cfg.codes else DEFAULT_RETRY_CODES,
-        backoff_base_ms=cfg.backoff_ms if cfg else 25,
-        backoff_max_ms=(cfg.backoff_ms if cfg else 25) * 10,
-        per_try_timeout_ms=rule.timeouts.backend_ms,
-        retry_non_idempotent=rt.state.traffic(ex.service.key).retry_non_idempotent,
-    )
+    policy = rt.state.retry_policy(ex.selection.rule, ex.service.key)
     budget = rt.state.retry_budget(ex.service.key)
     budget.request_started(rt.state.clock())
     while True:
         ex.tries += 1
-        per_try = policy.per_try_timeout_ms / 1000 if policy.per_try_timeout_ms else math.inf
-        with anyio.move_on_after(per_try) as scope:
-            resp = await next(ex)
-        if scope.cancelled_caught:
+        status: int | None
+        if not policy.per_try_timeout_ms:
+            resp = await next(ex)  # no cancel scope to enter and leave
+            timed_out = False
+        else:
+            with anyio.move_on_after(policy.per_try_timeout_ms / 1000) as scope:
+                resp = await next(ex)
+            timed_out = scope.cancelled_caught
+        if timed_out:
             _record_outcome(rt, ex, None)
             resp = local_response(504, "upstream per-try timeout", flag="UT")
-            status: int | None = None
+            status = None
         else:
-            status = None if set(resp.flags) & {"UF", "UR"} else resp.status
+            status = None if _NO_RESPONSE.intersection(resp.flags) else resp.status
         if "UO" in resp.flags or not ex.body.replayable or \
                 not policy.should_retry(ex.head.method, ex.tries, status, ex.head.is_grpc):
             return resp
@@ -303,8 +314,8 @@ async def balance(rt: Runtime, ex: Exchange, next: Next) -> Response:
         rt.metrics.ejected.labels(backend.fqdn).set(len(detector.ejected()))
     ex.endpoint = rt.state.round_robin(backend.key, port, endpoints, ex.previous_host)
     resp = await next(ex)
-    if "UO" not in resp.flags:
-        _record_outcome(rt, ex, None if set(resp.flags) & {"UF", "UR"} else resp.status)
+    if detector is not None and "UO" not in resp.flags:
+        _record_outcome(rt, ex, None if _NO_RESPONSE.intersection(resp.flags) else resp.status)
     return resp
 
 
@@ -393,12 +404,31 @@ def _bytes_body(data: bytes) -> BodySource:
     return BytesBody(data) if data else EmptyBody()
 
 
+@dataclass(slots=True)
+class _Observed:
+    """What the access log needs of the request as it arrived (filters may rewrite
+    the head on its way upstream)."""
+
+    method: str
+    path: str
+    authority: str
+    start_wall: str
+    user_agent: str = ""
+
+
 class _ObservedBody:
     """Counts response bytes and reports the request once, when the body is done."""
 
-    def __init__(self, inner: BodySource, done: Callable[..., None]) -> None:
+    def __init__(self, inner: BodySource, rt: Runtime, ex: Exchange, rec: _Observed,
+                 status: int, flags: list[str], upstream_host: str) -> None:
         self.inner = self._inner = inner
-        self._done: Callable[..., None] | None = done
+        self._rt = rt
+        self._ex = ex
+        self._rec = rec
+        self._status = status
+        self._flags = flags
+        self._upstream_host = upstream_host
+        self._done = False
         self.sent = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -414,64 +444,61 @@ class _ObservedBody:
         try:
             await self._inner.aclose()
         finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done(response_bytes=self.sent, trailers=self._inner.trailers)
+            if not self._done:
+                self._done = True
+                _finish(self._rt, self._ex, self._rec, self._status, self._flags, self.sent,
+                        self._upstream_host)
 
 
-def _finish(rt: Runtime, ex: Exchange, status: int, flags: list[str],
-            response_bytes: int = 0, status_upstream: str = "", method: str = "",
-            path: str = "", authority: str = "", start_wall: str = "", user_agent: str = "",
-            trailers: Headers | None = None) -> None:
-    duration_ms = (time.monotonic() - ex.started) * 1000
-    principal = ex.info.source_principal
+PeerLabels = tuple[str, str, str, str, str, str, str, str, str]
+
+
+def peer_labels(principal: str | None, ep: Endpoint | None, dest: ServiceInfo | None,
+                authority: str) -> PeerLabels:
     src_ns = ""
     if principal:
         parts = principal.split("/")
         if "ns" in parts[:-1]:
             src_ns = parts[parts.index("ns") + 1]
+    return (
+        "unknown",
+        src_ns or "unknown",
+        principal or "unknown",
+        ep.workload if ep and ep.workload else "unknown",
+        ep.namespace if ep and ep.namespace else dest.namespace if dest else "unknown",
+        dest.fqdn if dest else (authority or "unknown"),
+        dest.name if dest else "unknown",
+        dest.namespace if dest else "unknown",
+        ep.identity if ep and ep.identity else "unknown",
+    )
+
+
+def _finish(rt: Runtime, ex: Exchange, rec: _Observed, status: int, flags: list[str],
+            response_bytes: int, status_upstream: str) -> None:
+    duration_ms = (time.monotonic() - ex.started) * 1000
+    principal = ex.info.source_principal
     backend = rt.state.config.services.get(ex.backend.service) if ex.backend else None
     dest = backend or ex.service
-    ep = ex.endpoint
-    grpc = ex.head.is_grpc
-    flag_text = ",".join(dict.fromkeys(flags)) or "-"
-    labels = RequestLabels(
-        source_workload="unknown",
-        source_workload_namespace=src_ns or "unknown",
-        source_principal=principal or "unknown",
-        destination_workload=(ep.workload if ep and ep.workload else "unknown"),
-        destination_workload_namespace=(ep.namespace if ep and ep.namespace else
-                                        dest.namespace if dest else "unknown"),
-        destination_service=dest.fqdn if dest else (authority or "unknown"),
-        destination_service_name=dest.name if dest else "unknown",
-        destination_service_namespace=dest.namespace if dest else "unknown",
-        destination_principal=(ep.identity if ep and ep.identity else "unknown"),
-        request_protocol="grpc" if grpc else "http",
-        response_code=status,
-        response_flags=flag_text,
-        connection_security_policy="mutual_tls" if principal else "none",
-    )
-    request_bytes = len(ex.body.content() or b"")
+    flag_text = ",".join(dict.fromkeys(flags)) if flags else "-"
+    peer = rt.peer_labels(principal, ex.endpoint, dest, rec.authority)
+    labels = RequestLabels(*peer, "grpc" if ex.head.is_grpc else "http", status, flag_text,
+                           "mutual_tls" if principal else "none")
+    request_bytes = ex.body.size if ex.body.complete else 0
     rt.metrics.observe(labels, duration_ms, request_bytes, response_bytes)
     span = ex.span
-    if span is not None:
+    if span is not None and rt.exporter is not None:
         span.end_ns = time.time_ns()
         span.error = status >= 500
         span.attributes.update({
-            "http.request.method": method, "url.path": path, "server.address": authority,
-            "http.response.status_code": status, "upstream.address": status_upstream,
-            "route.name": ex.route_name, "x-request-id": ex.request_id,
+            "http.request.method": rec.method, "url.path": rec.path,
+            "server.address": rec.authority, "http.response.status_code": status,
+            "upstream.address": status_upstream, "route.name": ex.route_name,
+            "x-request-id": ex.request_id,
         })
-        if rt.exporter is not None:
-            rt.exporter.submit(span)
-    rt.access_log.write(AccessRecord(
-        start_time=start_wall, method=method, path=path, protocol=ex.head.protocol,
-        response_code=status, response_flags=flag_text, duration_ms=round(duration_ms, 3),
-        bytes_received=request_bytes, bytes_sent=response_bytes, authority=authority,
-        request_id=ex.request_id, trace_id=span.context.trace_id if span else "",
-        source_principal=principal or "", destination_service=labels.destination_service,
-        upstream_host=status_upstream, route_name=ex.route_name, attempts=ex.tries,
-        user_agent=user_agent, reason=ex.reason,
-    ))
-
-
+        rt.exporter.submit(span)
+    if rt.access_log.enabled:
+        rt.access_log.write(AccessRecord(
+            rec.start_wall, rec.method, rec.path, ex.head.protocol, status, flag_text,
+            round(duration_ms, 3), request_bytes, response_bytes, rec.authority,
+            ex.request_id, span.context.trace_id if span else "", principal or "",
+            peer[5], status_upstream, ex.route_name, ex.tries, rec.user_agent, ex.reason))

@@ -145,6 +145,7 @@ class WaypointServer:
             finally:
                 with anyio.CancelScope(shield=True):
                     await pool.aclose()
+                self.access_log.flush()
 
     async def _plain_connection(self, stream: anyio.abc.SocketStream) -> None:
         assert self.handler is not None

@@ -13,7 +13,7 @@ from waypoint.config import TrafficSettings, WaypointConfig
 from waypoint.limits import ConnectionLimits
 from waypoint.outlier import OutlierDetector
 from waypoint.ratelimit import RateLimiter
-from waypoint.retry import RetryBudget
+from waypoint.retry import DEFAULT_RETRY_CODES, RetryBudget, RetryPolicy
 from waypoint.routing import BackendTarget, RouteRule
 from waypoint.upstream import Endpoint
 from waypoint.weighted import WeightedPicker
@@ -33,12 +33,16 @@ class WaypointState:
         self._budgets: dict[str, tuple[tuple[float, int], RetryBudget]] = {}
         self._outliers: dict[tuple[str, str], tuple[object, OutlierDetector]] = {}
         self._limits: dict[str, tuple[object, ConnectionLimits]] = {}
-        self._pickers: dict[RouteRule, WeightedPicker[BackendTarget]] = {}
+        # Keyed by id(): a frozen RouteRule hashes every nested field on each lookup.
+        # The rule is held in the value, so the id cannot be reused while cached.
+        self._pickers: dict[int, tuple[RouteRule, WeightedPicker[BackendTarget]]] = {}
+        self._policies: dict[tuple[int, str], tuple[RouteRule, RetryPolicy]] = {}
         self._cursor: dict[tuple[str, int], int] = {}
 
     def update(self, config: WaypointConfig) -> None:
         self.config = config
         self._pickers.clear()
+        self._policies.clear()
 
     def traffic(self, service: str) -> TrafficSettings:
         return self.config.traffic_for(service)
@@ -73,11 +77,28 @@ class WaypointState:
         return held[1]
 
     def picker(self, rule: RouteRule) -> WeightedPicker[BackendTarget]:
-        p = self._pickers.get(rule)
-        if p is None:
-            p = self._pickers[rule] = WeightedPicker([(b, b.weight) for b in rule.backends],
-                                                     self.rng)
-        return p
+        held = self._pickers.get(id(rule))
+        if held is None or held[0] is not rule:
+            held = (rule, WeightedPicker([(b, b.weight) for b in rule.backends], self.rng))
+            self._pickers[id(rule)] = held
+        return held[1]
+
+    def retry_policy(self, rule: RouteRule, service: str) -> RetryPolicy:
+        """The rule's retry settings with the service's TrafficPolicy, made once per
+        config rather than per request."""
+        key = (id(rule), service)
+        held = self._policies.get(key)
+        if held is None or held[0] is not rule:
+            cfg = rule.retry
+            backoff = cfg.backoff_ms if cfg else 25
+            policy = RetryPolicy(
+                attempts=cfg.attempts if cfg else 0,
+                codes=cfg.codes if cfg and cfg.codes else DEFAULT_RETRY_CODES,
+                backoff_base_ms=backoff, backoff_max_ms=backoff * 10,
+                per_try_timeout_ms=rule.timeouts.backend_ms,
+                retry_non_idempotent=self.traffic(service).retry_non_idempotent)
+            held = self._policies[key] = (rule, policy)
+        return held[1]
 
     def round_robin(self, backend: str, port: int, endpoints: Sequence[Endpoint],
                     avoid: str | None) -> Endpoint:

@@ -8,13 +8,12 @@ trace; W3C wins when a request carries both and they disagree."""
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from waypoint.messages import Headers, header, remove_header, set_header
+from waypoint.messages import Headers, header
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -27,7 +26,17 @@ IdSource = Callable[[int], str]  # nbytes -> lowercase hex
 
 
 def random_hex(nbytes: int) -> str:
-    return secrets.token_hex(nbytes)
+    return os.urandom(nbytes).hex()
+
+
+def random_uuid4() -> str:
+    """A random (version 4) UUID string, as str(uuid.uuid4()) but without building a
+    UUID object: a few microseconds less on every request without an x-request-id."""
+    h = bytearray(os.urandom(16))
+    h[6] = (h[6] & 0x0F) | 0x40
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True)
@@ -124,16 +133,21 @@ def inject(headers: Headers, span: Span) -> None:
     """Write the waypoint's span as the parent of whatever the backend does next."""
     ctx = span.context
     flags = "01" if ctx.sampled else "00"
-    set_header(headers, "traceparent", f"00-{ctx.trace_id}-{ctx.span_id}-{flags}")
+    replaced = _REPLACED_WITH_STATE if ctx.tracestate else _REPLACED
+    kept = [(k, v) for k, v in headers if k not in replaced]
+    kept.append(("traceparent", f"00-{ctx.trace_id}-{ctx.span_id}-{flags}"))
     if ctx.tracestate:
-        set_header(headers, "tracestate", ctx.tracestate)
-    for h in B3_HEADERS:
-        remove_header(headers, h)
-    headers.append(("x-b3-traceid", ctx.trace_id))
-    headers.append(("x-b3-spanid", ctx.span_id))
+        kept.append(("tracestate", ctx.tracestate))
+    kept.append(("x-b3-traceid", ctx.trace_id))
+    kept.append(("x-b3-spanid", ctx.span_id))
     if span.parent_span_id:
-        headers.append(("x-b3-parentspanid", span.parent_span_id))
-    headers.append(("x-b3-sampled", "1" if ctx.sampled else "0"))
+        kept.append(("x-b3-parentspanid", span.parent_span_id))
+    kept.append(("x-b3-sampled", "1" if ctx.sampled else "0"))
+    headers[:] = kept
+
+
+_REPLACED = frozenset({"traceparent", *B3_HEADERS})
+_REPLACED_WITH_STATE = _REPLACED | {"tracestate"}
 
 
 def ensure_request_id(headers: Headers, make: Callable[[], str] | None = None) -> str:
@@ -141,6 +155,6 @@ def ensure_request_id(headers: Headers, make: Callable[[], str] | None = None) -
     rid = header(headers, "x-request-id")
     if rid:
         return rid
-    rid = make() if make else str(uuid.uuid4())
+    rid = make() if make else random_uuid4()
     headers.append(("x-request-id", rid))
     return rid

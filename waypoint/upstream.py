@@ -12,6 +12,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -41,8 +42,9 @@ class Endpoint:
     identity: str = ""  # spiffe://... of the pod, "" outside the mesh
     in_mesh: bool = False  # reachable through HBONE on 15008
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """ip:port ([v6]:port): computed once, it is looked up several times a request."""
         try:
             if ipaddress.ip_address(self.address).version == 6:
                 return f"[{self.address}]:{self.port}"
