@@ -11,7 +11,9 @@ sidecar pair crosses two: that is ambient's L7 design, not a bench artefact."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from bench.topology import HTTP, BenchTopology, waypoint_yaml
@@ -60,8 +62,25 @@ def _waypoint_metrics(topo: BenchTopology) -> str:
     return out.stdout
 
 
+def waypoint_pid(topo: BenchTopology) -> int:
+    pod = topo.pod("bench", "waypoint")
+    for pid in (pod.cgroup_path / "cgroup.procs").read_text().split():
+        if b"waypoint" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return int(pid)
+    raise RuntimeError(f"no waypoint process in {pod.key}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(topo: BenchTopology, seconds: int = 10, conns: int = 64, threads: int = 2
         ) -> dict[str, Any]:
+    """Each path once, one after another. For the waypoint row also its own CPU time
+    per request: a figure that other load on the machine disturbs far less than the
+    rate (the machine is shared), so before/after steps compare by it too."""
     setup_waypoint(topo)
     urls = {
         "direct": f"http://{topo.target('direct', HTTP)}/",
@@ -70,11 +89,17 @@ def run(topo: BenchTopology, seconds: int = 10, conns: int = 64, threads: int = 
         "envoy": f"http://{topo.target('envoy', HTTP)}/",
     }
     before = waypoint_requests(topo)
+    pid = waypoint_pid(topo)
     out: dict[str, Any] = {}
     for scenario, url in urls.items():
         client = topo.client("mesh" if scenario.startswith("mesh") else scenario)
+        cpu = cpu_seconds(pid)
         text = topo.run_text(client, ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s",
                                       "--latency", url], timeout=seconds + 60)
         out[scenario] = parse_wrk(text)
+        if scenario == "mesh":
+            served = out[scenario]["rps"] * seconds
+            out[scenario]["waypoint_cpu_us_per_request"] = round(
+                (cpu_seconds(pid) - cpu) * 1e6 / max(served, 1), 1)
     out["waypoint_requests_counted"] = waypoint_requests(topo) - before
     return out
