@@ -23,11 +23,10 @@ from controller.kube.ca_secret import materialize_ca
 from controller.kube.interceptor import KubeAuthInterceptor
 from controller.kube.source import KubeSource
 from controller.kube.tokenreview import DEFAULT_AUDIENCE, DEFAULT_NODEAGENT_SA, TokenReviewer
-from controller.kube.waypoints import WaypointReconciler
+from controller.kube.waypoint_reconciler import DEFAULT_RESYNC, WaypointReconciler
 from mesh.config.annotations import WAYPOINT_CLASS
 
 _log = structlog.get_logger("controller.kube")
-WAYPOINT_RETRY = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,8 @@ class KubeSettings:
     controller_service: str = "ambient-controller.ambient-system.svc:15012"
     watch_timeout: int = 300
     manage_waypoints: bool = True
+    # Waypoint objects are re-planned at least this often (and on every change).
+    waypoint_resync: float = DEFAULT_RESYNC
     # Accepted tokens are trusted this long without asking the API server again.
     token_cache_seconds: float = 60.0
 
@@ -90,9 +91,12 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
                 tasks = [source_task]
                 if kube.manage_waypoints:
                     reconciler = WaypointReconciler(
-                        api, lambda: source.raw_items("Gateway"), image=kube.waypoint_image,
-                        controller_addr=kube.controller_service)
-                    tasks.append(tg.create_task(_waypoint_loop(controller, reconciler)))
+                        api, lambda: source.raw_items("Gateway"),
+                        lambda: source.listed("Gateway"), image=kube.waypoint_image,
+                        controller_addr=kube.controller_service, resync=kube.waypoint_resync,
+                        watch_timeout=kube.watch_timeout)
+                    controller.registry.subscribe(reconciler.notify)
+                    tasks.append(tg.create_task(reconciler.run(), name="waypoints"))
                 try:
                     yield controller, source
                 finally:
@@ -101,20 +105,6 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
     finally:
         if own_api:
             await api.close()
-
-
-async def _waypoint_loop(controller: Controller, reconciler: WaypointReconciler) -> None:
-    changed = asyncio.Event()
-    controller.registry.subscribe(changed.set)
-    changed.set()
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout=WAYPOINT_RETRY)
-        changed.clear()
-        try:
-            await reconciler.reconcile()
-        except Exception as e:  # the API server may be away: retried on the next tick
-            _log.warning("waypoint_reconcile_failed", error=str(e))
 
 
 async def serve(settings: ControllerSettings, kube: KubeSettings,

@@ -64,6 +64,12 @@ class KubeSource:
         reflector = self.reflectors.get(kind)
         return reflector.cache.items() if reflector else []
 
+    def listed(self, kind: str) -> bool:
+        """Whether `kind` was listed at least once (its cache is the cluster's, not empty
+        for want of a list)."""
+        reflector = self.reflectors.get(kind)
+        return reflector is not None and reflector.synced.is_set()
+
     async def wait_synced(self, optional_grace: float = 5.0) -> None:
         """Required kinds listed; CRD kinds get `optional_grace` seconds (they may not be
         installed), so proxies are never sent a snapshot built from half a cluster."""

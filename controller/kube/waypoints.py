@@ -1,22 +1,19 @@
 """Waypoints in Kubernetes: for each Gateway of class ambient-waypoint, the controller
 owns a ServiceAccount, a Deployment, a Service and a NetworkPolicy of the same name, with
-the Gateway as their controlling owner (deleting the Gateway garbage-collects them).
+the Gateway as their controlling owner (Kubernetes' garbage collector deletes them with
+the Gateway; the controller deletes them itself too, e.g. when the class changes).
 
-`render` is pure. `WaypointReconciler` applies with server-side apply under one field
-manager, so any number of controller replicas may apply the same objects: the
-results are identical and SSA makes repeating them a no-op. Each Gateway is applied
-again only when its rendering changed."""
+Both halves are pure: `render` says what one Gateway needs, `plan` compares that with
+what the API server holds (the reconciler's watches of the objects it owns) and says
+what to apply and what to delete. The I/O is in waypoint_reconciler."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
-
-import structlog
-from kubernetes_asyncio import client as kclient
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller.kube.translate import WAYPOINT_POD_LABEL
 from mesh.config.annotations import (
@@ -26,12 +23,18 @@ from mesh.config.annotations import (
     WAYPOINT_CLASS,
 )
 
-_log = structlog.get_logger("controller.kube.waypoints")
 FIELD_MANAGER = "ambient-controller"
 TOKEN_DIR = "/var/run/secrets/ambient"
 TOKEN_AUDIENCE = "ambient-mesh"
 TOKEN_SECONDS = 86400
 APPLY = "application/apply-patch+yaml"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+# What the reconciler watches: exactly the objects render() labels.
+OWNED_SELECTOR = f"{MANAGED_BY}={FIELD_MANAGER},{GATEWAY_NAME_LABEL}"
+OWNED_KINDS = ("ServiceAccount", "Deployment", "Service", "NetworkPolicy")
+
+Key = tuple[str, str]  # (namespace, name) of a Gateway and of everything it owns
+ObjectId = tuple[str, str, str]  # (kind, namespace, name)
 
 
 def render(gateway: Mapping[str, Any], *, image: str, controller_addr: str,
@@ -43,7 +46,7 @@ def render(gateway: Mapping[str, Any], *, image: str, controller_addr: str,
              "kind": "Gateway", "name": name, "uid": meta.get("uid", ""),
              "controller": True, "blockOwnerDeletion": True}
     labels = {WAYPOINT_POD_LABEL: name, GATEWAY_NAME_LABEL: name,
-              "app.kubernetes.io/managed-by": FIELD_MANAGER}
+              MANAGED_BY: FIELD_MANAGER}
 
     def object_meta() -> dict[str, Any]:
         return {"name": name, "namespace": namespace, "labels": dict(labels),
@@ -117,54 +120,77 @@ def render(gateway: Mapping[str, Any], *, image: str, controller_addr: str,
     return [account, deployment, service, policy]
 
 
-class WaypointReconciler:
-    def __init__(self, api: kclient.ApiClient, gateways: Callable[[], list[dict[str, Any]]], *,
-                 image: str, controller_addr: str) -> None:
-        self._core = kclient.CoreV1Api(api)
-        self._apps = kclient.AppsV1Api(api)
-        self._net = kclient.NetworkingV1Api(api)
-        self._gateways = gateways
-        self._image = image
-        self._controller_addr = controller_addr
-        self._applied: dict[tuple[str, str], str] = {}
-        self.applies = 0
-        self.errors: dict[tuple[str, str], str] = {}
 
-    async def reconcile(self) -> None:
-        wanted = {}
-        for gw in self._gateways():
-            if (gw.get("spec") or {}).get("gatewayClassName") != WAYPOINT_CLASS:
-                continue
-            meta = gw.get("metadata") or {}
-            wanted[(meta.get("namespace", ""), meta.get("name", ""))] = gw
-        self._applied = {k: v for k, v in self._applied.items() if k in wanted}
-        for ref, gw in sorted(wanted.items()):
-            objects = render(gw, image=self._image, controller_addr=self._controller_addr)
-            digest = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
-            if self._applied.get(ref) == digest:
-                continue
-            try:
-                for obj in objects:
-                    await self._apply(obj)
-            except ApiException as e:
-                self.errors[ref] = f"{e.status} {e.reason}"
-                _log.warning("waypoint_apply_failed", gateway=f"{ref[0]}/{ref[1]}",
-                             error=self.errors[ref])
-                continue
-            self.errors.pop(ref, None)
-            self._applied[ref] = digest
-            self.applies += 1
-            _log.info("waypoint_applied", gateway=f"{ref[0]}/{ref[1]}", image=self._image)
 
-    async def _apply(self, obj: dict[str, Any]) -> None:
-        name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
-        common: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
-                                  "_content_type": APPLY}
-        if obj["kind"] == "Deployment":
-            await self._apps.patch_namespaced_deployment(name, ns, obj, **common)
-        elif obj["kind"] == "NetworkPolicy":
-            await self._net.patch_namespaced_network_policy(name, ns, obj, **common)
-        elif obj["kind"] == "Service":
-            await self._core.patch_namespaced_service(name, ns, obj, **common)
-        else:
-            await self._core.patch_namespaced_service_account(name, ns, obj, **common)
+def covers(observed: Any, wanted: Any) -> bool:
+    """True if every field we set has our value in what the API server holds. The
+    server adds defaults and status (also inside list items: ports, containers), and
+    others may add labels; none of that is drift. A list must keep its length."""
+    if isinstance(wanted, dict):
+        return isinstance(observed, dict) and all(
+            k in observed and covers(observed[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (isinstance(observed, list) and len(observed) == len(wanted)
+                and all(covers(o, w) for o, w in zip(observed, wanted, strict=True)))
+    return bool(observed == wanted)
+
+
+def digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def waypoint_gateways(gateways: Iterable[Mapping[str, Any]]) -> dict[Key, Mapping[str, Any]]:
+    out: dict[Key, Mapping[str, Any]] = {}
+    for gw in gateways:
+        if (gw.get("spec") or {}).get("gatewayClassName") != WAYPOINT_CLASS:
+            continue
+        meta = gw.get("metadata") or {}
+        out[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = gw
+    return out
+
+
+@dataclass
+class WaypointPlan:
+    # Per Gateway, the rendered objects to apply (in order: the account first).
+    apply: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
+    # Owned objects whose Gateway is gone, with the uid seen (a delete precondition).
+    delete: list[tuple[ObjectId, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.apply or self.delete)
+
+
+def plan(gateways: Iterable[Mapping[str, Any]],
+         observed: Mapping[str, Mapping[Key, Mapping[str, Any]] | None], *,
+         image: str, controller_addr: str, gateways_listed: bool,
+         last_applied: Mapping[ObjectId, str] | None = None) -> WaypointPlan:
+    """What to do so that the API server holds exactly what the waypoint Gateways need.
+
+    `observed` has, per owned kind, the objects the reconciler's watch sees, or None
+    while that watch has not listed (yet, or at all: no RBAC to list it). Objects of
+    an unobserved kind are applied when their rendering differs from `last_applied`
+    (as a controller without watches would), and are never deleted. Nothing is deleted
+    until the Gateways themselves were listed: an empty cache is not an empty cluster."""
+    wanted = waypoint_gateways(gateways)
+    last = last_applied or {}
+    out = WaypointPlan()
+    for ref, gw in sorted(wanted.items()):
+        todo = []
+        for obj in render(gw, image=image, controller_addr=controller_addr):
+            kind = obj["kind"]
+            seen = observed.get(kind)
+            if seen is None:
+                if last.get((kind, *ref)) != digest(obj):
+                    todo.append(obj)
+            elif not covers(seen.get(ref), obj):
+                todo.append(obj)
+        if todo:
+            out.apply[ref] = todo
+    if gateways_listed:
+        for kind in OWNED_KINDS:
+            held = observed.get(kind) or {}
+            for key in sorted(held):
+                if key not in wanted:
+                    uid = str((held[key].get("metadata") or {}).get("uid") or "")
+                    out.delete.append(((kind, *key), uid))
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import anyio
 import grpc.aio
 import pytest
+from kubernetes_asyncio import client as kclient
 
 from controller.app import Controller, ControllerSettings
 from controller.kube.ca_secret import CA_SECRET
@@ -106,7 +108,7 @@ async def server() -> AsyncIterator[FakeApiServer]:
 
 
 @contextlib.asynccontextmanager
-async def kube_controller(server: FakeApiServer, state: Path
+async def kube_controller(server: FakeApiServer, state: Path, **kube: Any
                           ) -> AsyncIterator[tuple[Controller, KubeSource]]:
     settings = ControllerSettings(config_dir=state / "config", state_dir=state,
                                   grpc_addr="127.0.0.1:0", admin_addr="127.0.0.1:0",
@@ -114,7 +116,7 @@ async def kube_controller(server: FakeApiServer, state: Path
     api = api_client(server)
     try:
         async with kubernetes_controller(settings, KubeSettings(
-                waypoint_image="ambient-mesh:test"), api=api) as running:
+                waypoint_image="ambient-mesh:test", **kube), api=api) as running:
             yield running
     finally:
         await api.close()
@@ -289,6 +291,72 @@ async def test_waypoint_gets_deployment_service_and_only_its_own_identity(
     # Deleting the Gateway garbage-collects what the controller made for it.
     server.delete("Gateway", "demo", "waypoint")
     assert server.get("Deployment", "demo", "waypoint") is None
+
+
+WAYPOINT_GATEWAY = {"kind": "Gateway", "apiVersion": "gateway.networking.k8s.io/v1",
+                    "metadata": {"name": "waypoint", "namespace": "demo"},
+                    "spec": {"gatewayClassName": "ambient-waypoint"}}
+OWNED = ("ServiceAccount", "Deployment", "Service", "NetworkPolicy")
+
+
+async def timed(cond: Callable[[], bool], bound: float) -> float:
+    """Seconds until `cond` holds; fails past `bound`."""
+    t0 = asyncio.get_running_loop().time()
+    await until(cond, bound)
+    return asyncio.get_running_loop().time() - t0
+
+
+async def test_owned_waypoint_objects_are_restored_and_removed_by_the_controller(
+        tmp_path: Path) -> None:
+    """No garbage collector in this API server: what the controller owns comes back
+    when deleted or edited by hand, and goes when its Gateway goes, by its own doing."""
+    server = FakeApiServer(bookmark_interval=0.2, garbage_collect=False)
+    await server.start()
+    populate(server)
+    api = api_client(server)
+    apps = kclient.AppsV1Api(api)
+    try:
+        # A long resync: every restore below must come from the watches, not the timer.
+        async with kube_controller(server, tmp_path / "c", waypoint_resync=300):
+            gw = server.create(WAYPOINT_GATEWAY)
+            await until(lambda: all(server.get(k, "demo", "waypoint") for k in OWNED))
+            first = server.get("Deployment", "demo", "waypoint")
+            assert first is not None
+            assert first["metadata"]["ownerReferences"][0]["uid"] == gw["metadata"]["uid"]
+
+            # kubectl delete deployment waypoint (a real DELETE through the client):
+            await apps.delete_namespaced_deployment("waypoint", "demo")
+            assert server.get("Deployment", "demo", "waypoint") is None
+            took = await timed(lambda: server.get("Deployment", "demo", "waypoint")
+                               is not None, 3.0)
+            again = server.get("Deployment", "demo", "waypoint")
+            assert again is not None and again["metadata"]["uid"] != first["metadata"]["uid"]
+            print(f"deployment re-created {took:.2f}s after its deletion")
+
+            # kubectl edit: someone swaps the image; the controller's value comes back.
+            edited = copy.deepcopy(again)
+            edited["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+            await apps.replace_namespaced_deployment("waypoint", "demo", edited)
+
+            def image() -> str:
+                dep = server.get("Deployment", "demo", "waypoint") or {}
+                return str(dep["spec"]["template"]["spec"]["containers"][0]["image"])
+            await timed(lambda: image() == "ambient-mesh:test", 3.0)
+
+            await kclient.CoreV1Api(api).delete_namespaced_service("waypoint", "demo")
+            await timed(lambda: server.get("Service", "demo", "waypoint") is not None, 3.0)
+
+            # The Gateway goes: so does everything made for it (no GC here to help).
+            server.delete("Gateway", "demo", "waypoint")
+            took = await timed(lambda: not any(server.get(k, "demo", "waypoint")
+                                               for k in OWNED), 3.0)
+            print(f"owned objects removed {took:.2f}s after their Gateway")
+            await asyncio.sleep(0.5)  # and they stay gone
+            assert not any(server.get(k, "demo", "waypoint") for k in OWNED)
+            assert server.get("Service", "demo", "web") is not None  # not ours: untouched
+    finally:
+        await api.close()
+        await server.stop()
 
 
 async def test_two_replicas_share_one_ca_root(server: FakeApiServer, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ of JSON lines (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR) resumed from a resourceVer
 410 Gone for a compacted resourceVersion (an ERROR event on a watch, an HTTP 410 on a
 list continuation), Status objects for errors, create/get/replace/delete, server-side
 apply (application/apply-patch+yaml) and merge patches, field and label selectors,
-ownerReference garbage collection, bearer-token authentication and TokenReview.
+ownerReference garbage collection (switchable), bearer-token authentication and
+TokenReview.
 
 What is not: admission, validation against schemas, RBAC (every known token may do
 everything), protobuf. Tests drive state with create/update/delete/compact/
@@ -131,9 +132,12 @@ class _Watch:
 
 
 class FakeApiServer:
-    def __init__(self, *, token: str = "test-admin-token", bookmark_interval: float = 0.2
-                 ) -> None:
+    def __init__(self, *, token: str = "test-admin-token", bookmark_interval: float = 0.2,
+                 garbage_collect: bool = True) -> None:
         self.token = token
+        # False: owners' deletion leaves dependents, as with the kube-controller-manager
+        # down (tests of controllers that must clean up after themselves).
+        self.garbage_collect = garbage_collect
         self.bookmark_interval = bookmark_interval
         self.rv = 100
         self.compacted = 0
@@ -221,6 +225,8 @@ class FakeApiServer:
         gone["metadata"]["resourceVersion"] = str(self.rv)
         self._record(rtype, "DELETED", gone)
         uid = obj["metadata"]["uid"]
+        if not self.garbage_collect:
+            return gone
         for t in TYPES:  # the garbage collector: dependents go with their owner
             for (ns, n), dep in list(self.objects[t.plural].items()):
                 if any(r.get("uid") == uid for r in dep["metadata"].get("ownerReferences") or []):

@@ -1,0 +1,147 @@
+"""The waypoint controller loop: watch the Deployments, Services, ServiceAccounts and
+NetworkPolicies the controller owns (label selector), compare them with what the
+waypoint Gateways need (waypoints.plan) and write the difference: an object deleted
+or edited by hand comes back, the objects of a deleted Gateway go.
+
+It re-plans on every change of the Gateways (through the registry) or of an owned
+object, and every `resync` seconds, which retries writes the API server refused.
+Writes are server-side apply under one field manager, so any number of controller
+replicas may run this loop: their writes are identical, and repeating one is a
+no-op for the API server. Deletes carry the uid seen as a precondition, so a replica
+acting on an old view never deletes an object that was just re-created."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from kubernetes_asyncio import client as kclient
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from controller.kube.waypoints import (
+    APPLY,
+    FIELD_MANAGER,
+    OWNED_SELECTOR,
+    Key,
+    ObjectId,
+    WaypointPlan,
+    digest,
+    plan,
+    waypoint_gateways,
+)
+from mesh.kube.kinds import DEPLOYMENTS, NETWORK_POLICIES, SERVICE_ACCOUNTS, SERVICES
+from mesh.kube.reflector import Reflector
+
+_log = structlog.get_logger("controller.kube.waypoints")
+DEFAULT_RESYNC = 30.0
+
+
+class WaypointReconciler:
+    def __init__(self, api: kclient.ApiClient, gateways: Callable[[], list[dict[str, Any]]],
+                 gateways_listed: Callable[[], bool], *, image: str, controller_addr: str,
+                 resync: float = DEFAULT_RESYNC, watch_timeout: int = 300) -> None:
+        self._core = kclient.CoreV1Api(api)
+        self._apps = kclient.AppsV1Api(api)
+        self._net = kclient.NetworkingV1Api(api)
+        self._gateways = gateways
+        self._gateways_listed = gateways_listed
+        self._image = image
+        self._controller_addr = controller_addr
+        self._resync = resync
+        self._dirty = asyncio.Event()
+        self.owned = {k.kind: Reflector(k, api, self.notify, label_selector=OWNED_SELECTOR,
+                                        watch_timeout=watch_timeout)
+                      for k in (SERVICE_ACCOUNTS, DEPLOYMENTS, SERVICES, NETWORK_POLICIES)}
+        self._applied: dict[ObjectId, str] = {}
+        self.applies = 0  # objects written
+        self.deletes = 0
+        self.errors: dict[Key, str] = {}
+
+    def notify(self) -> None:
+        """Something changed (a Gateway, an owned object): plan again soon."""
+        self._dirty.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for reflector in self.owned.values():
+                tg.create_task(reflector.run(), name=f"reflect owned {reflector.kind.kind}")
+            tg.create_task(self._loop(), name="waypoint reconcile")
+
+    async def _loop(self) -> None:
+        while True:
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception as e:  # the API server may be away: retried on the next tick
+                _log.warning("waypoint_reconcile_failed", error=str(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=self._resync)
+
+    def plan(self, gateways: list[dict[str, Any]]) -> WaypointPlan:
+        observed = {kind: (r.cache.objects if r.synced.is_set() else None)
+                    for kind, r in self.owned.items()}
+        return plan(gateways, observed, image=self._image,
+                    controller_addr=self._controller_addr,
+                    gateways_listed=self._gateways_listed(), last_applied=self._applied)
+
+    async def reconcile(self) -> None:
+        gateways = self._gateways()
+        live = set(waypoint_gateways(gateways))
+        # A Gateway deleted and made again must be written again.
+        self._applied = {k: v for k, v in self._applied.items() if (k[1], k[2]) in live}
+        self.errors = {ref: e for ref, e in self.errors.items() if ref in live}
+        todo = self.plan(gateways)
+        for ref, objects in todo.apply.items():
+            try:
+                for obj in objects:
+                    await self._apply(obj)
+                    self._applied[(obj["kind"], *ref)] = digest(obj)
+                    self.applies += 1
+            except ApiException as e:
+                self.errors[ref] = f"{e.status} {e.reason}"
+                _log.warning("waypoint_apply_failed", gateway=f"{ref[0]}/{ref[1]}",
+                             error=self.errors[ref])
+                continue
+            self.errors.pop(ref, None)
+            _log.info("waypoint_applied", gateway=f"{ref[0]}/{ref[1]}",
+                      objects=[o["kind"] for o in objects], image=self._image)
+        for (kind, ns, name), uid in todo.delete:
+            try:
+                await self._delete(kind, ns, name, uid)
+            except ApiException as e:
+                if e.status not in (404, 409):  # gone already / re-created since: fine
+                    _log.warning("waypoint_delete_failed", object=f"{kind} {ns}/{name}",
+                                 error=f"{e.status} {e.reason}")
+                continue
+            self.deletes += 1
+            _log.info("waypoint_object_deleted", object=f"{kind} {ns}/{name}",
+                      reason="its ambient-waypoint Gateway is gone")
+
+    async def _apply(self, obj: dict[str, Any]) -> None:
+        name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
+        common: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
+                                  "_content_type": APPLY}
+        if obj["kind"] == "Deployment":
+            await self._apps.patch_namespaced_deployment(name, ns, obj, **common)
+        elif obj["kind"] == "NetworkPolicy":
+            await self._net.patch_namespaced_network_policy(name, ns, obj, **common)
+        elif obj["kind"] == "Service":
+            await self._core.patch_namespaced_service(name, ns, obj, **common)
+        else:
+            await self._core.patch_namespaced_service_account(name, ns, obj, **common)
+
+    async def _delete(self, kind: str, ns: str, name: str, uid: str) -> None:
+        options = kclient.V1DeleteOptions(
+            propagation_policy="Background",
+            preconditions=kclient.V1Preconditions(uid=uid) if uid else None)
+        if kind == "Deployment":
+            await self._apps.delete_namespaced_deployment(name, ns, body=options)
+        elif kind == "NetworkPolicy":
+            await self._net.delete_namespaced_network_policy(name, ns, body=options)
+        elif kind == "Service":
+            await self._core.delete_namespaced_service(name, ns, body=options)
+        else:
+            await self._core.delete_namespaced_service_account(name, ns, body=options)
