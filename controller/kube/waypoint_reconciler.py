@@ -95,15 +95,19 @@ class WaypointReconciler:
         self.errors = {ref: e for ref, e in self.errors.items() if ref in live}
         todo = self.plan(gateways)
         for ref, objects in todo.apply.items():
-            try:
-                for obj in objects:
+            failed = []
+            for obj in objects:  # one refused object does not hold back the others
+                try:
                     await self._apply(obj)
-                    self._applied[(obj["kind"], *ref)] = digest(obj)
-                    self.applies += 1
-            except ApiException as e:
-                self.errors[ref] = f"{e.status} {e.reason}"
+                except ApiException as e:
+                    failed.append(f"{obj['kind']}: {e.status} {e.reason}")
+                    continue
+                self._applied[(obj["kind"], *ref)] = digest(obj)
+                self.applies += 1
+            if failed:
+                self.errors[ref] = "; ".join(failed)
                 _log.warning("waypoint_apply_failed", gateway=f"{ref[0]}/{ref[1]}",
-                             error=self.errors[ref])
+                             error=self.errors[ref], retry_in=self._resync)
                 continue
             self.errors.pop(ref, None)
             _log.info("waypoint_applied", gateway=f"{ref[0]}/{ref[1]}",

@@ -359,6 +359,21 @@ async def test_owned_waypoint_objects_are_restored_and_removed_by_the_controller
         await server.stop()
 
 
+async def test_refused_waypoint_write_is_retried_by_the_periodic_resync(
+        tmp_path: Path, server: FakeApiServer) -> None:
+    async with kube_controller(server, tmp_path / "c", waypoint_resync=0.5):
+        server.refuse_writes = {"deployments"}
+        server.create(WAYPOINT_GATEWAY)
+        await until(lambda: all(server.get(k, "demo", "waypoint") for k in OWNED
+                                if k != "Deployment"))  # the others are not held back
+        await asyncio.sleep(0.3)  # every watch event of those writes has been handled
+        assert server.get("Deployment", "demo", "waypoint") is None
+        server.refuse_writes = set()  # nothing changes in the cluster from here on
+        took = await timed(lambda: server.get("Deployment", "demo", "waypoint") is not None,
+                           2.0)
+        print(f"refused deployment written {took:.2f}s after writes were accepted again")
+
+
 async def test_two_replicas_share_one_ca_root(server: FakeApiServer, tmp_path: Path) -> None:
     async with kube_controller(server, tmp_path / "a") as (a, _), \
             kube_controller(server, tmp_path / "b") as (b, _):

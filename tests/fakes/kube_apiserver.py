@@ -138,6 +138,8 @@ class FakeApiServer:
         # False: owners' deletion leaves dependents, as with the kube-controller-manager
         # down (tests of controllers that must clean up after themselves).
         self.garbage_collect = garbage_collect
+        # Plurals whose writes are refused with 503 (an API server under pressure).
+        self.refuse_writes: set[str] = set()
         self.bookmark_interval = bookmark_interval
         self.rv = 100
         self.compacted = 0
@@ -273,6 +275,9 @@ class FakeApiServer:
         except KeyError as e:
             return status(404, "NotFound", f"the server could not find the requested resource "
                                            f"({e})")
+        if request.method != "GET" and rtype.plural in self.refuse_writes:
+            return status(503, "ServiceUnavailable", f"writes to {rtype.plural} are refused "
+                                                     "for now (test)")
         if request.method == "GET" and name is None:
             if _truthy(request.query.get("watch")):
                 return await self._watch(request, rtype, namespace)
