@@ -26,29 +26,20 @@ from mesh.identity.ca_client import CertificateClient
 from mesh.identity.errors import CertificateRefusedError
 from mesh.identity.token_source import TokenFile
 from mesh.xds import Backoff, ConfigSubscriber
-from tests.e2e.test_k8s_controller import csr_for, nodeagent_token, pod, populate, until
+from tests.e2e import test_k8s_controller as k8s
+from tests.e2e.test_k8s_controller import csr_for, nodeagent_token, pod, until
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client
 from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.anyio
 WAYPOINT = str(Path(sys.executable).with_name("ambient-waypoint"))
+server = k8s.server  # the fixture: a fake API server with a populated cluster
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    s = FakeApiServer(bookmark_interval=0.2)
-    await s.start()
-    populate(s)
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 @contextlib.asynccontextmanager
