@@ -11,10 +11,12 @@ static __u64 (*am_netns_cookie)(void *ctx) = (void *)BPF_FUNC_get_netns_cookie;
  * Kubernetes gives every container (app, sidecar, init) its own cgroup under the
  * pod's, and a container may nest further (systemd scopes). So the task's own cgroup
  * is tried first (local pods, whose processes live directly in the pod cgroup: one
- * lookup), then its ancestors from the deepest level up; the nearest enrolled one
- * wins. Level 0 (the root, where the node proxy lives) is never looked up. Levels
- * deeper than the task's return 0 from the helper and cost no lookup, so a task at
- * level d outside every pod costs d lookups in all. Enrollment refuses a pod cgroup
+ * lookup), then its ancestors; the nearest enrolled one wins. The walk goes from
+ * level 1 down and stops at the task's own level: the helper is called only for
+ * levels that exist (measured cheaper than starting from the deepest possible level
+ * for traffic we do not capture), and instead of returning the first hit it keeps
+ * the deepest. Level 0 (the root, where the node proxy lives) is never looked up. A
+ * task at level d outside every pod costs d lookups. Enrollment refuses a pod cgroup
  * deeper than AM_MAX_POD_CGROUP_LEVEL, so no pod can be silently out of reach. */
 static __always_inline struct am_pod_config *am_task_pod(void)
 {
@@ -22,16 +24,17 @@ static __always_inline struct am_pod_config *am_task_pod(void)
     struct am_pod_config *pod = am_pods.lookup(&own);
     if (pod)
         return pod;
+    struct am_pod_config *nearest = 0;
 #pragma unroll
-    for (int level = AM_MAX_POD_CGROUP_LEVEL; level > 0; level--) {
+    for (int level = 1; level <= AM_MAX_POD_CGROUP_LEVEL; level++) {
         __u64 id = bpf_get_current_ancestor_cgroup_id(level);
         if (id == 0 || id == own)
-            continue;
+            break;
         pod = am_pods.lookup(&id);
         if (pod)
-            return pod;
+            nearest = pod;
     }
-    return 0;
+    return nearest;
 }
 
 /* Exclusion lists are zero-terminated fixed arrays inside the pod's config. */

@@ -138,6 +138,20 @@ def test_enrolling_one_container_cgroup_captures_only_that_container(
     assert _kinds(_connect(world, "pod", dst)) == ["direct"]
 
 
+def test_nearest_enrolled_ancestor_wins(world: dict[str, Any]) -> None:
+    """Pod enrolled excluding one port, container b enrolled on its own without
+    exclusions: the scope nested in b follows b's config (its nearest enrolled
+    ancestor), container a follows the pod's."""
+    multi = world["pods"]["multi"]
+    port = PORTS[0]
+    world["redirector"].enroll(enrolled(multi, outbound_excluded_ports=(port,)))
+    world["redirector"].enroll(EnrolledPod(name="demo/multi-b", netns=multi.netns,
+                                           cgroup_path=world["cgroups"]["b"]))
+    dst = [(str(world["srv"].ip), port), (str(world["srv"].ip), PORTS[1])]
+    assert _kinds(_connect(world, "nested", dst)) == ["captured", "captured"]
+    assert _kinds(_connect(world, "a", dst)) == ["direct", "captured"]
+
+
 def test_unenrolling_the_pod_releases_every_container(world: dict[str, Any]) -> None:
     redirector, multi = world["redirector"], world["pods"]["multi"]
     dst = [(str(world["srv"].ip), PORTS[1]), (str(world["srv"].ip6), PORTS[2])]
