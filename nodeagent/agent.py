@@ -36,6 +36,7 @@ from mesh.hbone import HboneClientPool, TunnelSettings
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.spiffe import SpiffeId
 from mesh.runtime import LocalRuntime, Node
+from mesh.runtime.builder import build_in_child
 from mesh.xds.pods import PodReporter
 from mesh.xds.subscriber import ConfigSubscriber
 from nodeagent import admin
@@ -106,7 +107,7 @@ class NodeAgent:
         self.config = config
         self.fd_limit = raise_fd_limit()
         self.runtime = LocalRuntime(cluster=config.cluster)
-        self.node: Node = self.runtime.create_node(config.node)
+        self.node: Node = build_in_child(self.runtime, config.node)[0]  # no pyroute2 here
         self.redirector = load_redirector(f"{config.cluster}-{config.node}",
                                           self.node.cgroup_path)
         port = config.controller.rpartition(":")[2]

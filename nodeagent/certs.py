@@ -9,6 +9,7 @@ so new connections use it at once and established ones are left alone."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import ssl
 from collections.abc import Callable
@@ -61,12 +62,28 @@ class PodRef:
 
 @dataclass(frozen=True)
 class Material:
-    """Everything derived from one issued certificate; replaced as a whole."""
+    """Everything derived from one issued certificate; replaced as a whole.
+
+    The TLS contexts are built on first use: each holds the key, chain and trust
+    bundle in OpenSSL (~30 KB), and most pods only ever need one of the two (a
+    server gets inbound HBONE, a client dials out), many neither for long stretches."""
 
     certified_key: CertifiedKey
     bundle: TrustBundle
-    client_context: ssl.SSLContext
-    server_context: ssl.SSLContext
+
+    def __post_init__(self) -> None:
+        if self.certified_key.identity.trust_domain != self.bundle.trust_domain:
+            raise CertificateError(
+                f"certificate for {self.certified_key.identity} does not belong to trust "
+                f"domain {self.bundle.trust_domain} of the bundle")
+
+    @functools.cached_property
+    def client_context(self) -> ssl.SSLContext:
+        return tls.client_context(self.certified_key, self.bundle)
+
+    @functools.cached_property
+    def server_context(self) -> ssl.SSLContext:
+        return tls.server_context(self.certified_key, self.bundle)
 
 
 @dataclass
@@ -245,8 +262,7 @@ class CertificateManager:
         bundle_changed = self._bundle is None or \
             self._bundle.fingerprints() != bundle.fingerprints()
         self._bundle = bundle
-        state.material = Material(ck, bundle, tls.client_context(ck, bundle),
-                                  tls.server_context(ck, bundle))
+        state.material = Material(ck, bundle)
         state.failures = 0
         state.last_error = None
         log.info("certificate.installed", identity=str(identity), serial=f"{ck.serial:x}",
@@ -257,9 +273,7 @@ class CertificateManager:
             for other_id, other in self._states.items():
                 m = other.material
                 if other is not state and m is not None:
-                    other.material = Material(
-                        m.certified_key, bundle, tls.client_context(m.certified_key, bundle),
-                        tls.server_context(m.certified_key, bundle))
+                    other.material = Material(m.certified_key, bundle)
                     log.info("certificate.bundle_updated", identity=str(other_id),
                              roots=len(bundle.roots))
 

@@ -22,6 +22,7 @@ import structlog
 from mesh.api import config_pb2 as pb
 from mesh.config.annotations import GATEWAY_NAME_LABEL
 from mesh.runtime import LocalRuntime, Pod, PodNotFound
+from mesh.runtime.builder import build_in_child
 
 log = structlog.get_logger("nodeagent.pods")
 
@@ -81,9 +82,15 @@ class PodSupervisor:
             running = self.pods.get(key)
             if running is not None and running.spec.uid != spec.uid:
                 self._delete(spec.namespace, spec.name)
-                running = None
-            if running is None:
-                running = self._create(spec)
+        missing = [spec for key, spec in wanted_by_key.items() if key not in self.pods]
+        if missing:
+            # Netlink work in a short-lived child: the agent never loads pyroute2.
+            _, pods = build_in_child(self.runtime, self.node,
+                                     [(s.namespace, s.name) for s in missing])
+            for spec, pod in zip(missing, pods, strict=True):
+                self._start_pod(spec, pod)
+        for key, spec in wanted_by_key.items():
+            running = self.pods[key]
             running.spec = spec
             self.runtime.set_hosts(running.pod, hosts)
         self.tick()
@@ -133,8 +140,9 @@ class PodSupervisor:
         except FileNotFoundError:
             return ""
 
-    def _create(self, spec: pb.PodToRun) -> RunningPod:
-        pod = self.runtime.create_pod(self.node, spec.namespace, spec.name)
+    def _start_pod(self, spec: pb.PodToRun, pod: Pod) -> RunningPod:
+        """Take over a pod just built (or found) for `spec`: its containers start on the
+        next tick, unless a previous agent already runs them."""
         marker = self._uid_file(pod.namespace, pod.name)
         adopted = marker.exists() and marker.read_text() == spec.uid
         marker.write_text(spec.uid)

@@ -47,3 +47,10 @@ class CommandFailed(RuntimeError_):
         super().__init__(f"`{' '.join(argv)}` failed with exit code {code}: {stderr.strip()}")
         self.argv = argv
         self.code = code
+
+
+class BuildFailed(RuntimeError_):
+    def __init__(self, what: str, code: int, stderr: str) -> None:
+        super().__init__(f"building {what} in a child process failed (exit code {code}): "
+                         f"{stderr.strip()[-2000:]}")
+        self.code = code

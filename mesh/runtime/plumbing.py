@@ -1,5 +1,9 @@
 """Netlink plumbing for local nodes and pods, through pyroute2.
 
+pyroute2 is imported where a netlink socket is opened, not with this module: it costs
+~10 MB of resident memory (it loads sqlite3, multiprocessing, unittest ...) in every
+process that imports the runtime, most of which never build a node or pod.
+
 Every link lives inside a namespace the runtime created (fabric, node or pod), so the
 host's own interface list never changes and deleting the namespaces removes them all.
 """
@@ -12,11 +16,13 @@ import ipaddress
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING
 
 from mesh.runtime.errors import CommandFailed
 from mesh.runtime.netns import NETNS_RUN_DIR, in_netns, write_sysctl
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 IFA_F_NODAD = 0x02
 
@@ -36,6 +42,8 @@ def short_ifname(prefix: str, key: str) -> str:
 @contextmanager
 def netlink(netns: str) -> Iterator[IPRoute]:
     """A netlink socket bound to `netns` (created while inside it)."""
+    from pyroute2 import IPRoute
+
     with in_netns(netns):
         ipr = IPRoute()
     try:
