@@ -51,9 +51,12 @@ def is_enrolled(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> 
 
 
 def runnable(pod: Mapping[str, Any]) -> bool:
-    """A pod the mesh can capture: running, own network namespace, has an IP."""
+    """A pod the mesh can capture: own network namespace, has an IP, not finished.
+    Pending counts once the sandbox has an IP: that is when init containers run, and
+    they are containers of the pod like any other (captured from the moment the
+    agent has enrolled the pod; with no CNI hook, not before)."""
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    return (status.get("phase") == "Running" and not spec.get("hostNetwork")
+    return (status.get("phase") in ("Pending", "Running") and not spec.get("hostNetwork")
             and bool(status.get("podIP")) and not _meta(pod).get("deletionTimestamp"))
 
 

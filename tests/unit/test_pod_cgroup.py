@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ebpf import EnrolledPod, EnrollmentError
-from nodeagent.k8s_pods import PodLocator, cgroup_of, pod_cgroup
+from nodeagent.k8s_pods import PodLocator, cgroup_of, pod_cgroup, runnable
 
 UID = "8d5c2a4e-1b2f-4c3d-9e8f-0a1b2c3d4e5f"
 U_ = UID.replace("-", "_")
@@ -143,3 +143,23 @@ def test_locator_finds_nothing_before_the_pod_runs(tmp_path: Path) -> None:
     root.mkdir()
     _process(proc, 9, CGROUPFS["burstable"][0].replace(UID, OTHER), start=1)
     assert PodLocator(proc, root).locate(UID) is None
+
+
+@pytest.mark.parametrize("phase, ip, host_network, deleting, expected", [
+    ("Running", "10.1.2.3", False, False, True),
+    ("Pending", "10.1.2.3", False, False, True),     # init containers run now
+    ("Pending", "", False, False, False),            # no sandbox network yet
+    ("Succeeded", "10.1.2.3", False, False, False),
+    ("Failed", "10.1.2.3", False, False, False),
+    ("Running", "10.1.2.3", True, False, False),
+    ("Running", "10.1.2.3", False, True, False),
+])
+def test_pods_are_captured_from_the_time_init_containers_run(
+    phase: str, ip: str, host_network: bool, deleting: bool, expected: bool,
+) -> None:
+    meta = {"name": "p", "namespace": "demo"}
+    if deleting:
+        meta["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    pod = {"metadata": meta, "spec": {"hostNetwork": host_network},
+           "status": {"phase": phase, "podIP": ip}}
+    assert runnable(pod) is expected
