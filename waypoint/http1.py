@@ -33,6 +33,7 @@ from waypoint.errors import (
     UpstreamResetError,
 )
 from waypoint.messages import (
+    HOP_BY_HOP,
     BodySource,
     EmptyBody,
     Headers,
@@ -70,15 +71,21 @@ class DownstreamInfo:
 Handler = Callable[[RequestHead, BodySource, DownstreamInfo], Awaitable[Response]]
 
 
+_REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+# Request headers the server side handles itself: hop-by-hop ones (RFC 9110 §7.6.1),
+# Host (becomes the authority) and Expect (answered here).
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "expect"}
+# Request headers the client side writes itself (or drops: te, pseudo-headers).
+_CLIENT_OWN = frozenset({"content-length", "te", "connection", "upgrade", "host"})
+_CLIENT_OWN_UPGRADE = frozenset({"content-length", "te", "host"})
+
+
 def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    return _REASONS.get(status, "")
 
 
 def _encode_headers(headers: Headers) -> bytes:
-    return b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers)
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
 
 
 def _chunk(data: bytes) -> bytes:
@@ -122,7 +129,9 @@ class _Events:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Trailers count too: they are headers sent after the body.
-        self._count(len(name) + len(value) + 4)
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.max_head:
+            raise HeadTooLargeError(f"request head larger than {self.max_head} bytes")
         pair = (name.decode("latin-1").lower(), value.decode("latin-1"))
         (self._trailers if self._head_done else self._headers).append(pair)
 
@@ -311,17 +320,24 @@ class Http1ServerConnection:
                 target = rest[slash:] if slash >= 0 else "/"
             elif method != "OPTIONS" or target != "*":
                 raise ProtocolError(f"unsupported request target {target[:64]!r}")
-        authority = header(headers, "host") or self.info.destination or ""
-        upgrade = header(headers, "upgrade")
-        connection_tokens = {t.strip().lower()
-                             for t in (header(headers, "connection") or "").split(",")}
+        # One pass for the headers the server side reads (the first value of each).
+        seen: dict[str, str] = {}
+        for k, v in headers:
+            if k in _NOT_FORWARDED or k == "content-length":
+                seen.setdefault(k, v)
+        authority = seen.get("host") or self.info.destination or ""
+        upgrade = seen.get("upgrade")
+        connection = seen.get("connection")
+        connection_tokens = {t.strip().lower() for t in (connection or "").split(",")}
         wants_upgrade = upgrade is not None and "upgrade" in connection_tokens
-        expect = (header(headers, "expect") or "").lower() == "100-continue"
-        te_trailers = "trailers" in (header(headers, "te") or "").lower()
-        has_body = header(headers, "content-length") not in (None, "0") or \
-            header(headers, "transfer-encoding") is not None
-        fwd = end_to_end(headers)
-        fwd = [(k, v) for k, v in fwd if k not in ("host", "expect")]
+        expect = seen.get("expect", "").lower() == "100-continue"
+        te_trailers = "trailers" in seen.get("te", "").lower()
+        has_body = seen.get("content-length") not in (None, "0") or \
+            "transfer-encoding" in seen
+        if connection is None:  # nothing named hop-by-hop beyond the standard set
+            fwd = [(k, v) for k, v in headers if k not in _NOT_FORWARDED]
+        else:
+            fwd = [(k, v) for k, v in end_to_end(headers) if k not in ("host", "expect")]
         if wants_upgrade and upgrade is not None:
             fwd += [("connection", "upgrade"), ("upgrade", upgrade)]
         head = RequestHead(method, target, authority, fwd, "http", f"HTTP/{version}",
@@ -505,20 +521,18 @@ class Http1ClientConnection:
         self._busy = True
         self.requests += 1
         upgrade = header(head.headers, "upgrade") is not None
-        headers = [(k, v) for k, v in head.headers
-                   if not k.startswith(":") and k not in ("content-length", "te")
-                   and (upgrade or k not in ("connection", "upgrade"))]
-        headers.insert(0, ("host", head.authority))
+        own = _CLIENT_OWN_UPGRADE if upgrade else _CLIENT_OWN
+        lines = [f"{head.method} {head.target} HTTP/1.1\r\nhost: {head.authority}\r\n"]
+        lines += [f"{k}: {v}\r\n" for k, v in head.headers
+                  if k not in own and not k.startswith(":")]
         length = head.body_length
         if head.has_body:
-            if length is not None:
-                headers.append(("content-length", str(length)))
-            else:
-                headers.append(("transfer-encoding", "chunked"))
+            lines.append(f"content-length: {length}\r\n" if length is not None
+                         else "transfer-encoding: chunked\r\n")
         elif head.method in ("POST", "PUT", "PATCH"):
-            headers.append(("content-length", "0"))
-        data = f"{head.method} {head.target} HTTP/1.1\r\n".encode("latin-1") + \
-            _encode_headers(headers) + b"\r\n"
+            lines.append("content-length: 0\r\n")
+        lines.append("\r\n")
+        data = "".join(lines).encode("latin-1")
         try:
             if not head.has_body:
                 await self.stream.send(data)

@@ -44,6 +44,8 @@ def end_to_end(headers: Iterable[tuple[str, str]], keep_te_trailers: bool = Fals
     """Drop hop-by-hop headers and those named in Connection: a proxy must not
     forward them (RFC 9110 §7.6.1)."""
     headers = list(headers)
+    if not keep_te_trailers and all(k != "connection" for k, _ in headers):
+        return [(k, v) for k, v in headers if k not in HOP_BY_HOP]  # the common case
     named = set(HOP_BY_HOP)
     for k, v in headers:
         if k == "connection":

@@ -105,7 +105,9 @@ class WaypointState:
         """Next endpoint in turn, skipping the one the previous try failed on when
         there is another (Envoy's previous-hosts retry predicate)."""
         key = (backend, port)
-        i = self._cursor.get(key, self.rng.randrange(1 << 16))
+        i = self._cursor.get(key)
+        if i is None:  # start each backend at a random place (not eagerly: a cost per call)
+            i = self.rng.randrange(1 << 16)
         ep = endpoints[i % len(endpoints)]
         if avoid is not None and ep.key == avoid and len(endpoints) > 1:
             i += 1

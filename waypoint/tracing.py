@@ -8,10 +8,11 @@ trace; W3C wins when a request carries both and they disagree."""
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from waypoint.messages import Headers, header
 
@@ -26,21 +27,24 @@ IdSource = Callable[[int], str]  # nbytes -> lowercase hex
 
 
 def random_hex(nbytes: int) -> str:
-    return os.urandom(nbytes).hex()
+    """Trace and span ids need to be unique, not secret (as Envoy's, from a seeded
+    PRNG): Python's Mersenne Twister, ~1 µs cheaper than a getrandom() call each."""
+    return f"{random.getrandbits(nbytes * 8):0{nbytes * 2}x}"
 
 
 def random_uuid4() -> str:
     """A random (version 4) UUID string, as str(uuid.uuid4()) but without building a
-    UUID object: a few microseconds less on every request without an x-request-id."""
-    h = bytearray(os.urandom(16))
-    h[6] = (h[6] & 0x0F) | 0x40
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
+    UUID object or a system call: a few microseconds less on every request that comes
+    without an x-request-id."""
+    x = f"{random.getrandbits(128) & _UUID_CLEAR | _UUID_SET:032x}"
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-@dataclass(frozen=True)
-class SpanContext:
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)  # version, variant bits
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
+class SpanContext(NamedTuple):
     trace_id: str  # 32 hex
     span_id: str  # 16 hex
     sampled: bool = True
@@ -107,7 +111,7 @@ def extract(headers: Headers) -> SpanContext | None:
     return parse_b3(headers)
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """One request through the waypoint. Times are Unix nanoseconds."""
 

@@ -177,7 +177,8 @@ class UpstreamPool:
                           body: BodySource) -> Response:
         key = endpoint.key
         for fresh_retry in (False, True):
-            await self._admit(g, group, lambda: bool(g.idle.get(key)))
+            if g.limits is not None:
+                await self._admit(g, group, lambda: bool(g.idle.get(key)))
             conn = None if fresh_retry else self._take_idle(g, key)
             reused = conn is not None
             if conn is None:
@@ -219,7 +220,8 @@ class UpstreamPool:
                     return c
             return None
 
-        await self._admit(g, group, lambda: usable() is not None)
+        if g.limits is not None:
+            await self._admit(g, group, lambda: usable() is not None)
         conn = usable()
         if conn is None:
             stream = await self._connect(g, endpoint)
