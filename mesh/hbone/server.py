@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh.hbone.connection import HboneConnection
+from mesh.hbone.errors import HboneTunnelError
 from mesh.hbone.framing import ConnectRequested
 from mesh.hbone.settings import TunnelSettings
 from mesh.hbone.stream import HboneStream
@@ -60,6 +61,12 @@ class HboneRequest:
     _stream: HboneStream = field(repr=False)
     stream: HboneStream | None = field(default=None, repr=False)
     status: int | None = None
+
+    @property
+    def failure(self) -> HboneTunnelError | None:
+        """Why the connection carrying this request died (keepalive timeout, ...), if
+        it did: a reset tunnel's cause for logs and metrics."""
+        return self._conn.failure
 
     async def accept(self) -> HboneStream:
         """Answer 200 and return the tunnel's byte stream (bytes the client sent early

@@ -202,6 +202,7 @@ async def test_cut_link_kills_pooled_connection_then_pool_dials_anew(tmp_path: P
             # The server side noticed too: its connection is gone, its reason recorded.
             await asyncio.wait_for(server_conn.lost, 2)
             assert isinstance(server_conn.failure, HboneKeepaliveTimeout)
+            assert mesh.seen[0].failure is server_conn.failure  # what the handler logs
 
             # While cut: a new tunnel fails within the connect timeout, naming the phase.
             started = time.monotonic()
@@ -311,11 +312,15 @@ async def test_connect_timeout_names_tcp_connect_and_connect_response(tmp_path: 
 
 
 @pytest.mark.anyio
-async def test_waiters_on_a_shared_dial_report_its_phase(tmp_path: Path) -> None:
+async def test_every_waiter_on_a_stalled_shared_dial_is_bounded(tmp_path: Path) -> None:
+    """Tunnels to one peer share its dial (pooled); when that dial stalls, each caller
+    still fails within its own connect timeout, with the peer named. (A waiter whose
+    shared dial failed first may start its own: then it reports its own phase.)"""
     silent = listen()
     port = silent.getsockname()[1]
     async with hbone_mesh(tmp_path) as mesh:
         pool = HboneClientPool(settings=TunnelSettings(connect_timeout=0.4))
+        started = time.monotonic()
         try:
             results = await asyncio.gather(
                 *[pool.connect(mesh.client_tls, ("127.0.0.1", port), "127.0.0.1:80")
@@ -323,6 +328,9 @@ async def test_waiters_on_a_shared_dial_report_its_phase(tmp_path: Path) -> None
         finally:
             await pool.aclose()
             silent.close()
-    assert all(isinstance(r, HboneTunnelTimeout) and r.phase == "TLS handshake"
+    took = time.monotonic() - started
+    assert took < 1.0, took
+    assert all(isinstance(r, HboneTunnelTimeout) and r.peer == f"127.0.0.1:{port}"
                for r in results), results
-
+    first = results[0]
+    assert isinstance(first, HboneTunnelTimeout) and first.phase == "TLS handshake"
