@@ -124,9 +124,9 @@ STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
 )
 
 # The deepest cgroup level (root = 0) at which a pod can be enrolled: outbound capture
-# walks a task's ancestors from here up (am_task_pod in common.bpf.h). Kubelet pod
-# cgroups sit at level 2-3 (6-7 inside kind's nested nodes); 11 leaves room and keeps
-# the walk to a fixed 11 cheap steps.
+# looks up a task's ancestors at levels 1 to this one (am_task_pod in common.bpf.h),
+# and enrollment refuses deeper pod cgroups. Kubelet pod cgroups sit at level 2-3
+# (about 6 inside a kind node); 11 leaves room and bounds the unrolled walk.
 MAX_POD_CGROUP_LEVEL = 11
 
 _CTYPE_NAMES = {
