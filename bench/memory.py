@@ -26,29 +26,54 @@ def rss_mb(pid: int) -> float:
     raise ProcessLookupError(pid)
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared library pages split among the processes mapping
+    them (two node agents and the controller share libpython, grpc, OpenSSL ...)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise ProcessLookupError(pid)
+
+
 def _enrolled_on(topo: BenchTopology, node: str) -> int:
     return len(topo.mesh.agent_status(node)["enrolled_pods"])
 
 
+def proxy_pids(topo: BenchTopology, node: str) -> list[int]:
+    """The node proxy's processes: the agent, plus its worker processes if it runs any
+    (the bench runs none; with workers the fair figure is the sum)."""
+    workers: list[int] = topo.mesh.agent_status(node).get("workers", [])
+    return [topo.agent_pid(node), *workers]
+
+
 def node_proxy(topo: BenchTopology, counts: tuple[int, ...] = (1, 10, 100)) -> dict[str, Any]:
-    """RSS of node-2's agent as enrolled pods are added (bench/server is the first);
+    """RSS of node-2's node proxy (its agent, plus workers if any) as enrolled pods are
+    added (bench/server is the first);
     then cold vs pooled new connections from bench/client to the 100 fleet pods."""
     pid = topo.agent_pid("node-2")
     rss: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
+    pss: dict[str, float] = {}
+    processes: dict[str, int] = {}
     for n in counts:
         if n > 1:
             topo.mesh.apply(fleet_yaml(1, n), file="fleet.yaml")
         topo.wait(f"{n} pods enrolled on node-2",
                   lambda n=n: _enrolled_on(topo, "node-2") >= n, timeout=180)
         time.sleep(2.0)  # let certificate fetches and listener setup settle
-        rss[str(n)] = round(rss_mb(pid), 1)
+        pids = proxy_pids(topo, "node-2")
+        rss[str(n)] = round(sum(rss_mb(p) for p in pids), 1)
+        pss[str(n)] = round(sum(pss_mb(p) for p in pids), 1)
+        processes[str(n)] = len(pids)
         breakdown[str(n)] = rss_breakdown_mb(pid)
     fleet = [topo.pod("fleet", f"p{i}") for i in range(1, max(counts))]
     targets = ",".join(f"{p.ip}:{ECHO}" for p in fleet)
     topo.wait("fleet echo servers up", lambda: _all_answer(topo, targets), timeout=120)
-    rss["after_traffic"] = round(rss_mb(pid), 1)
-    return {"rss_mb": rss, "rss_breakdown_mb": breakdown, "agent_pid": pid}
+    pids = proxy_pids(topo, "node-2")
+    rss["after_traffic"] = round(sum(rss_mb(p) for p in pids), 1)
+    pss["after_traffic"] = round(sum(pss_mb(p) for p in pids), 1)
+    return {"rss_mb": rss, "rss_breakdown_mb": breakdown, "pss_mb": pss,
+            "processes": processes, "agent_pid": pid}
 
 
 def _all_answer(topo: BenchTopology, targets: str) -> bool:
