@@ -33,6 +33,12 @@ from nodeagent.proxy.pod_listeners import PodEndpoint
 
 log = structlog.get_logger("nodeagent.workers")
 
+# `python -m nodeagent.worker`, except that rich is kept out before structlog loads
+# (~5 MB per worker; see mesh.logs.keep_console_renderers_out).
+WORKER_ENTRY = ("from mesh.logs import keep_console_renderers_out; "
+                "keep_console_renderers_out(); "
+                "from nodeagent.worker import main; main()")
+
 
 @dataclass
 class ScalePolicy:
@@ -127,7 +133,7 @@ class WorkerPool:
         parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         parent.settimeout(2.0)  # a wedged worker must not wedge the agent
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent.worker", str(child.fileno()), self.pin_name],
+            [sys.executable, "-c", WORKER_ENTRY, str(child.fileno()), self.pin_name],
             pass_fds=[child.fileno()])
         child.close()
         worker = Worker(proc, parent)
