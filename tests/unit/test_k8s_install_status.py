@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from click.testing import CliRunner
 
 from ambientctl.commands.install import command, gather_cluster
@@ -22,6 +23,14 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def structlog_defaults() -> Iterator[None]:
+    """The CLI configures structlog for the process (cached loggers); put the defaults
+    back so later tests' capture_logs still sees their events."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
