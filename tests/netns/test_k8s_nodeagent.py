@@ -205,7 +205,7 @@ async def test_enrolls_on_namespace_annotation_before_and_after_start(
         await until(lambda: agent.enrollment.enrolled_keys() == ["demo/early"], 15)
         assert {15001, 15006, 15008} <= listeners(runtime, early.local)
         enrolled = agent.enrollment.pods["demo/early"]
-        assert enrolled.bpf.cgroup_path == early.cgroup
+        assert enrolled.bpf.cgroup_path == early.cgroup.parent  # the pod-level cgroup
         assert enrolled.endpoint.identity == "spiffe://cluster.local/ns/demo/sa/early"
         assert any(c.identity == "spiffe://cluster.local/ns/demo/sa/early"
                    for c in agent.certs.status())
