@@ -66,14 +66,20 @@ def test_base_has_what_the_design_lists() -> None:
     assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
 
 
+WAYPOINT_OWNED = {"serviceaccounts", "services", "deployments", "networkpolicies"}
+
+
 def test_rbac_is_least_privilege() -> None:
     roles = {d["metadata"]["name"]: d["rules"] for d in rendered()
              if d["kind"] in ("ClusterRole", "Role")}
     for name, rules in roles.items():
         for rule in rules:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], name
-            assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(
+            assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(
                 rule["verbs"]), name
+            if "delete" in rule["verbs"]:  # only what the controller owns per waypoint
+                assert name == "ambient-controller", name
+                assert set(rule["resources"]) <= WAYPOINT_OWNED, rule
     assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in roles["ambient-nodeagent"])
     secret_rules = [r for rules in roles.values() for r in rules if "secrets" in r["resources"]]
     assert all(r.get("resourceNames") == ["ambient-ca"] or r["verbs"] == ["create"]
