@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from mesh.logs import configure_logging
+from mesh.logs import configure_logging, keep_console_renderers_out
+from nodeagent.allocator import use_system_allocator
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +33,8 @@ def main(node: str, controller: str, token_file: Path, kubeconfig: Path | None,
          proc_root: Path, health_addr: str, trust_domain: str, log_level: str) -> None:
     """Run the node agent for a Kubernetes node: capture the enrolled pods the kubelet
     runs here and serve them with the node proxy."""
+    use_system_allocator()
+    keep_console_renderers_out()  # before anything loads structlog
     configure_logging(log_level)
     if os.geteuid() != 0:
         click.echo("the node agent needs root (bpf, setns): run it privileged", err=True)

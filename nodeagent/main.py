@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mesh.logs import configure_logging, keep_console_renderers_out
+from nodeagent.allocator import use_system_allocator
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +55,7 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
     Example (what `ambientctl up` runs for each local node):
       ambient-nodeagent --node node-1 --token-file /run/ambientmesh/amesh/node-1.token
     """
+    use_system_allocator()
     keep_console_renderers_out()  # before anything loads structlog
     configure_logging(log_level)
     if os.geteuid() != 0:

@@ -62,6 +62,17 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def rss_parts_mib(pid: int) -> dict[str, float]:
+    """Anonymous (heap: what the process allocated) vs file-backed (libraries and
+    modules mapped in) resident memory: says which kind grew."""
+    kib = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        kib[key] = int(value.split()[0])
+    return {"anonymous": round(kib["Anonymous"] / 1024, 1),
+            "file": round((kib["Rss"] - kib["Anonymous"] - kib.get("Shmem", 0)) / 1024, 1)}
+
+
 def connload(mesh: ReliabilityMesh, *args: object, timeout: float = 300) -> dict[str, object]:
     client = mesh.runtime.get_pod("load", "client")
     echo = mesh.runtime.get_pod("load", "echo")
@@ -130,6 +141,7 @@ def run(mesh: ReliabilityMesh) -> LoadRun:
     result = LoadRun({}, {}, {"baseline": baseline_fds,
                               "baseline pooled tunnels": pooled_tunnels(mesh, agent)},
                      {"baseline": rss_kib(agent)})
+    baseline_parts = rss_parts_mib(agent)
     result.held = connload(mesh, "concurrent", concurrent, 2)
     result.fds["after concurrent"] = settle(agent, baseline_fds)
     result.rss_kib["after concurrent"] = rss_kib(agent)
@@ -140,6 +152,7 @@ def run(mesh: ReliabilityMesh) -> LoadRun:
     # Worker processes the agent started for the load (one channel fd each).
     result.fds["workers"] = len(mesh.agent_status("node-1")["workers"])
     result.rss_kib["after"] = rss_kib(agent)
+    print(f"RSS by kind, baseline {baseline_parts} -> after {rss_parts_mib(agent)}")
     print(f"\nconcurrent: {result.held}\nchurn: {result.churned}\nagent fds: {result.fds}; "
           f"RSS MiB: { {k: round(v / 1024, 1) for k, v in result.rss_kib.items()} } "
           f"({result.growth:+.1f} % after the run)")
