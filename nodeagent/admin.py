@@ -3,11 +3,10 @@
 Served inside the node's network namespace on the node's host IP, as a real node's
 agent serves on its host network; `ambientctl` reaches it there.
 
-The answers are computed by `AdminEndpoints` (sans-I/O: a path in, a `Reply` out).
-The local node agent serves them with `serve_http`, a few lines of asyncio: four GET
-endpoints polled now and then do not need a web framework, and aiohttp alone is ~10 MB
-of the node proxy's resident memory. The Kubernetes agent, which has aiohttp loaded
-anyway (its API client), keeps serving them through `build_app` / `serve`.
+The answers are computed by `AdminEndpoints` (sans-I/O: a path in, a `Reply` out) and
+served by `serve_http`, a few lines of asyncio, in both the local and the Kubernetes
+agent: a handful of GET endpoints polled now and then do not need a web framework, and
+aiohttp alone was ~10 MB of the node proxy's resident memory.
 """
 
 from __future__ import annotations
@@ -18,13 +17,10 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 log = structlog.get_logger("nodeagent.admin")
 
@@ -47,7 +43,7 @@ class AdminEndpoints:
     """What each admin path answers; no I/O, so both servers share it."""
 
     def __init__(self, metrics_text: Callable[[], bytes], status: StatusProvider,
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], *, live: bool = False) -> None:
         self._routes: dict[str, Callable[[], Reply]] = {
             "/metrics": lambda: Reply(200, METRICS_CONTENT_TYPE, metrics_text()),
             "/stats/prometheus": lambda: Reply(200, METRICS_CONTENT_TYPE, metrics_text()),
@@ -55,6 +51,9 @@ class AdminEndpoints:
             "/status": lambda: Reply(200, "application/json; charset=utf-8",
                                      _dumps(status()).encode()),
         }
+        if live:  # the DaemonSet's liveness probe: the event loop answers
+            self._routes["/healthz/live"] = lambda: Reply(200, "text/plain; charset=utf-8",
+                                                          b"live\n")
 
     @property
     def paths(self) -> list[str]:
@@ -121,32 +120,3 @@ async def serve_http(endpoints: AdminEndpoints, sock: socket.socket) -> asyncio.
             writer.close()
 
     return await asyncio.start_server(handle, sock=sock, limit=MAX_REQUEST_HEAD)
-
-
-def build_app(metrics_text: Callable[[], bytes], status: StatusProvider,
-              ready: Callable[[], bool]) -> web.Application:
-    """The same endpoints as an aiohttp application (the Kubernetes agent adds routes)."""
-    from aiohttp import web
-
-    endpoints = AdminEndpoints(metrics_text, status, ready)
-
-    def handler(path: str) -> Callable[[web.Request], Any]:
-        async def handle(_: web.Request) -> web.Response:
-            reply = endpoints.get(path)
-            return web.Response(status=reply.status, body=reply.body,
-                                headers={"Content-Type": reply.content_type})
-        return handle
-
-    app = web.Application()
-    for path in endpoints.paths:
-        app.router.add_get(path, handler(path))
-    return app
-
-
-async def serve(app: web.Application, sock: socket.socket) -> web.AppRunner:
-    from aiohttp import web
-
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    return runner

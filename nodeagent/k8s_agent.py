@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc.aio
 import structlog
-from aiohttp import web
 from kubernetes_asyncio import client as kclient
 from prometheus_client import generate_latest
 
@@ -186,15 +185,6 @@ class KubeNodeAgent:
             "certificates": [dataclasses.asdict(c) for c in self.certs.status()],
         }
 
-    def _health_app(self) -> web.Application:
-        app = admin.build_app(lambda: generate_latest(self.metrics.registry), self.status,
-                              self.ready)
-
-        async def live(_: web.Request) -> web.Response:
-            return web.Response(text="live\n")
-        app.router.add_get("/healthz/live", live)
-        return app
-
     # ---- lifecycle ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._connect()
@@ -203,7 +193,9 @@ class KubeNodeAgent:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]") or "0.0.0.0", int(port)))
         self.health_port = sock.getsockname()[1]
-        runner = await admin.serve(self._health_app(), sock)
+        server = await admin.serve_http(
+            admin.AdminEndpoints(lambda: generate_latest(self.metrics.registry), self.status,
+                                 self.ready, live=True), sock)
         log.info("node agent started", node=self.config.node, mode="kubernetes",
                  controller=self.config.controller, health=f"{host}:{self.health_port}")
         try:
@@ -218,7 +210,8 @@ class KubeNodeAgent:
                     task.cancel()
         finally:
             await self.enrollment.drain(self.config.drain_seconds, keep_capture=True)
-            await runner.cleanup()
+            server.close()
+            await server.wait_closed()
             await self.channel.close(None)
             self.redirector.close()
             log.info("node agent stopped", node=self.config.node)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -197,6 +199,15 @@ async def test_enrolls_on_namespace_annotation_before_and_after_start(
         await until(lambda: agent.reconciles > 0)
         assert agent.enrollment.enrolled_keys() == []
         assert listeners(runtime, early.local) == {8080}
+        # The DaemonSet's probes and `ambientctl status` read the health port.
+        health = f"http://127.0.0.1:{agent.health_port}"
+        for path, expected in (("/healthz/live", "live\n"), ("/healthz/ready", "ready\n")):
+            body = await asyncio.to_thread(
+                lambda p=path: urllib.request.urlopen(health + p, timeout=5).read().decode())
+            assert body == expected, (path, body)
+        status = await asyncio.to_thread(
+            lambda: json.loads(urllib.request.urlopen(health + "/status", timeout=5).read()))
+        assert status["mode"] == "kubernetes" and status["node"] == "n1", status
 
         ns = server.get("Namespace", "", "demo")
         assert ns is not None

@@ -117,22 +117,9 @@ def test_garbage_and_oversized_requests_are_dropped_not_fatal() -> None:
     assert after == 200
 
 
-def test_the_aiohttp_app_of_the_kubernetes_agent_answers_the_same() -> None:
-    from nodeagent.admin import build_app, serve
-
-    async def main() -> list[tuple[int, str, bytes]]:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        runner = await serve(build_app(lambda: b"up 1.0\n", lambda: {"a": 1}, lambda: False),
-                             sock)
-        port = sock.getsockname()[1]
-        try:
-            return [await asyncio.to_thread(get, port, p)
-                    for p in ("/metrics", "/healthz/ready", "/status")]
-        finally:
-            await runner.cleanup()
-
-    metrics, ready, status = asyncio.run(main())
-    assert metrics[0] == 200 and metrics[2] == b"up 1.0\n" and "version=" in metrics[1]
-    assert ready[:1] == (503,)
-    assert json.loads(status[2]) == {"a": 1}
+def test_the_kubernetes_agent_adds_liveness() -> None:
+    """The DaemonSet probes /healthz/live; the local agent has no such probe."""
+    assert endpoints(status={}).get("/healthz/live").status == 404
+    live = AdminEndpoints(lambda: b"", dict, lambda: False, live=True)
+    assert live.get("/healthz/live") == Reply(200, "text/plain; charset=utf-8", b"live\n")
+    assert live.get("/healthz/ready").status == 503
