@@ -144,6 +144,8 @@ def run(mesh: ReliabilityMesh) -> LoadRun:
     baseline_parts = rss_parts_mib(agent)
     result.held = connload(mesh, "concurrent", concurrent, 2)
     result.fds["after concurrent"] = settle(agent, baseline_fds)
+    result.fds["pooled tunnels after concurrent"] = pooled_tunnels(mesh, agent)
+    result.fds["workers after concurrent"] = len(mesh.agent_status("node-1")["workers"])
     result.rss_kib["after concurrent"] = rss_kib(agent)
     result.churned = connload(mesh, "churn", churn, 50)
     # Soak: wait out the pool's 90 s idle timeout too, so every fd must be gone.
@@ -171,10 +173,10 @@ def test_open_fds_back_to_baseline(run: LoadRun) -> None:
     """Every fd opened for the load is closed again, except idle pooled HBONE
     connections the burst added (reused by the next connections, closed after 90 s
     idle): those are counted from the kernel's socket table, not assumed."""
-    assert run.fds["after concurrent"] <= run.fds["baseline"], run.fds
-    extra_tunnels = run.fds["pooled tunnels"] - run.fds["baseline pooled tunnels"]
-    extra_tunnels += run.fds.get("workers", 0)  # each worker's channel to the agent
-    assert run.fds["after"] <= run.fds["baseline"] + max(0, extra_tunnels), run.fds
+    for when, suffix in (("after concurrent", " after concurrent"), ("after", "")):
+        extra = run.fds[f"pooled tunnels{suffix}"] - run.fds["baseline pooled tunnels"]
+        extra += run.fds[f"workers{suffix}"]  # each worker's channel to the agent
+        assert run.fds[when] <= run.fds["baseline"] + max(0, extra), (when, run.fds)
 
 
 def test_rss_within_10_percent_after_the_run(run: LoadRun) -> None:
