@@ -16,7 +16,6 @@ import dataclasses
 import gc
 import json
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from nodeagent import admin
 from nodeagent.accesslog import AccessLog
 from nodeagent.certs import CertificateManager, PodRef
 from nodeagent.enrollment import EnrollmentController
+from nodeagent.lifecycle import run_until_stopped, stop_on_signals
 from nodeagent.listener_store import KeeperUnavailable, Listeners, ListenerStore
 from nodeagent.metrics import ProxyMetrics
 from nodeagent.pods import PodSupervisor
@@ -264,25 +264,17 @@ class NodeAgent:
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
         self._connect()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         server = await admin.serve_http(
             admin.AdminEndpoints(self.metrics_text, self.status, self.ready),
             listening_socket(self.node.netns, str(self.node.host_ip), METRICS_PORT))
         log.info("node agent started", node=self.config.node, controller=self.config.controller,
                  metrics=f"{self.node.host_ip}:{METRICS_PORT} (netns {self.node.netns})")
         try:
-            async with self.certs, asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self.subscriber.run()),
-                         tg.create_task(self._pod_loop()),
-                         tg.create_task(self._controller_relay()),
-                         tg.create_task(self.workers.run())]
-                await stop.wait()
-                log.info("draining", deadline=self.config.drain_seconds)
-                for task in tasks:
-                    task.cancel()
+            await run_until_stopped(
+                stop, self.certs, [self.subscriber.run(), self._pod_loop(),
+                                   self._controller_relay(), self.workers.run()],
+                self.config.drain_seconds)
         finally:
             await self.enrollment.drain(self.config.drain_seconds, keep_capture=True)
             server.close()

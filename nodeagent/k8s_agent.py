@@ -43,6 +43,7 @@ from nodeagent.k8s_pods import (
     runnable,
     runtime_pod,
 )
+from nodeagent.lifecycle import run_until_stopped
 from nodeagent.metrics import ProxyMetrics
 from nodeagent.proxy.handlers import ProxyContext
 from nodeagent.proxy.tunnel import Tunnels
@@ -199,15 +200,10 @@ class KubeNodeAgent:
         log.info("node agent started", node=self.config.node, mode="kubernetes",
                  controller=self.config.controller, health=f"{host}:{self.health_port}")
         try:
-            async with self.certs, asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self.subscriber.run()),
-                         tg.create_task(self.pods_watch.run()),
-                         tg.create_task(self.namespaces_watch.run()),
-                         tg.create_task(self._reconcile_loop())]
-                await stop.wait()
-                log.info("draining", deadline=self.config.drain_seconds)
-                for task in tasks:
-                    task.cancel()
+            await run_until_stopped(
+                stop, self.certs, [self.subscriber.run(), self.pods_watch.run(),
+                                   self.namespaces_watch.run(), self._reconcile_loop()],
+                self.config.drain_seconds)
         finally:
             await self.enrollment.drain(self.config.drain_seconds, keep_capture=True)
             server.close()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +45,7 @@ def main(node: str, controller: str, token_file: Path, kubeconfig: Path | None,
     from kubernetes_asyncio import config as kconfig
 
     from nodeagent.k8s_agent import KubeAgentConfig, KubeNodeAgent
+    from nodeagent.lifecycle import stop_on_signals
 
     async def run() -> None:
         configuration = kclient.Configuration()
@@ -55,10 +54,7 @@ def main(node: str, controller: str, token_file: Path, kubeconfig: Path | None,
                                            client_configuration=configuration)
         else:
             kconfig.load_incluster_config(client_configuration=configuration)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         async with kclient.ApiClient(configuration) as api:
             agent = KubeNodeAgent(KubeAgentConfig(
                 node=node, controller=controller, token_file=token_file,
