@@ -294,6 +294,8 @@ class LocalRuntime:
                 attempt(f"pin {pin}", (lambda p=pin: shutil.rmtree(p)) if pin.is_dir()  # type: ignore[misc]
                         else pin.unlink)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the cluster's own dir, once nothing else is in it
+            (DEFAULT_STATE_ROOT / self.cluster).rmdir()
         if failures:
             raise RuntimeError_(f"cluster {self.cluster} not fully removed: "
                                 + "; ".join(failures))

@@ -50,6 +50,10 @@ def start_echo(rt: LocalRuntime, pod: Pod, port: int) -> subprocess.Popen[str]:
     return proc
 
 
+NOTHING_LEFT: dict[str, list[str]] = {
+    "netns": [], "links": [], "cgroups": [], "etc": [], "state": []}
+
+
 def leftovers(prefix: str) -> dict[str, list[str]]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -60,6 +64,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "cgroups": [str(cgroup)] if cgroup.exists() else [],
         "etc": [str(p) for p in Path("/etc/netns").glob(f"{prefix}-*")]
         if Path("/etc/netns").is_dir() else [],
+        "state": [str(p) for p in Path("/run/ambientmesh").glob(prefix)],
     }
 
 
@@ -125,7 +130,7 @@ def test_teardown_leaves_no_trace(cluster_name: str) -> None:
         assert leftovers(cluster_name)["netns"]
     finally:
         rt.destroy()
-    assert leftovers(cluster_name) == {"netns": [], "links": [], "cgroups": [], "etc": []}
+    assert leftovers(cluster_name) == NOTHING_LEFT
 
 
 def test_teardown_after_a_failing_test(tmp_path: Path, cluster_name: str) -> None:
@@ -150,4 +155,4 @@ def test_teardown_after_a_failing_test(tmp_path: Path, cluster_name: str) -> Non
     )
     assert "1 failed" in result.stdout, result.stdout + result.stderr
     assert "failing on purpose" in result.stdout
-    assert leftovers(cluster_name) == {"netns": [], "links": [], "cgroups": [], "etc": []}
+    assert leftovers(cluster_name) == NOTHING_LEFT
