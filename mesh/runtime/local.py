@@ -65,9 +65,9 @@ class LocalRuntime:
 
     # ---- records -----------------------------------------------------------------
     def _records(self, kind: str) -> Path:
-        path = self.state_dir / kind
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """Where records of `kind` live; reads of a cluster that does not exist (yet)
+        find nothing there and leave no trace."""
+        return self.state_dir / kind
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -78,6 +78,7 @@ class LocalRuntime:
             yield
 
     def _write(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        self._records(kind).mkdir(parents=True, exist_ok=True)
         tmp = self._records(kind) / f".{key}.tmp"
         tmp.write_text(json.dumps(data, indent=1))
         tmp.rename(self._records(kind) / f"{key}.json")
