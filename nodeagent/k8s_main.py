@@ -41,21 +41,13 @@ def main(node: str, controller: str, token_file: Path, kubeconfig: Path | None,
     if fallback and not Path(f"/lib/modules/{os.uname().release}/build").exists():
         os.environ.setdefault("BCC_KERNEL_SOURCE", fallback)
 
-    from kubernetes_asyncio import client as kclient
-    from kubernetes_asyncio import config as kconfig
-
+    from mesh.kube.client import api_client
     from nodeagent.k8s_agent import KubeAgentConfig, KubeNodeAgent
     from nodeagent.lifecycle import stop_on_signals
 
     async def run() -> None:
-        configuration = kclient.Configuration()
-        if kubeconfig is not None:
-            await kconfig.load_kube_config(config_file=str(kubeconfig),
-                                           client_configuration=configuration)
-        else:
-            kconfig.load_incluster_config(client_configuration=configuration)
         stop = stop_on_signals()
-        async with kclient.ApiClient(configuration) as api:
+        async with await api_client(kubeconfig) as api:
             agent = KubeNodeAgent(KubeAgentConfig(
                 node=node, controller=controller, token_file=token_file,
                 trust_domain=trust_domain, proc_root=proc_root, health_addr=health_addr), api)

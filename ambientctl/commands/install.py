@@ -57,15 +57,14 @@ async def gather_cluster(kubeconfig: Path, namespace: str = SYSTEM_NAMESPACE) ->
     Deployment and node agent DaemonSet rollouts, each agent pod, the CA Secret,
     enrolled namespaces and the waypoints' Deployments."""
     from kubernetes_asyncio import client as kclient
-    from kubernetes_asyncio import config as kconfig
 
-    configuration = kclient.Configuration()
+    from mesh.kube.client import api_client
+
     try:
-        await kconfig.load_kube_config(config_file=str(kubeconfig),
-                                       client_configuration=configuration)
+        client = await api_client(kubeconfig)
     except Exception as e:
         raise AmbientctlError(f"cannot load kubeconfig {kubeconfig}: {e}") from None
-    async with kclient.ApiClient(configuration) as api:
+    async with client as api:
         apps, core = kclient.AppsV1Api(api), kclient.CoreV1Api(api)
         custom = kclient.CustomObjectsApi(api)
 

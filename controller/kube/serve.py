@@ -16,7 +16,6 @@ from pathlib import Path
 
 import structlog
 from kubernetes_asyncio import client as kclient
-from kubernetes_asyncio import config as kconfig
 
 from controller.app import Controller, ControllerSettings
 from controller.kube.ca_secret import materialize_ca
@@ -25,6 +24,7 @@ from controller.kube.source import KubeSource
 from controller.kube.tokenreview import DEFAULT_AUDIENCE, DEFAULT_NODEAGENT_SA, TokenReviewer
 from controller.kube.waypoint_reconciler import DEFAULT_RESYNC, WaypointReconciler
 from mesh.config.annotations import WAYPOINT_CLASS
+from mesh.kube.client import api_client
 
 _log = structlog.get_logger("controller.kube")
 
@@ -44,17 +44,6 @@ class KubeSettings:
     waypoint_resync: float = DEFAULT_RESYNC
     # Accepted tokens are trusted this long without asking the API server again.
     token_cache_seconds: float = 60.0
-
-
-async def api_client(kubeconfig: Path | None) -> kclient.ApiClient:
-    """From a kubeconfig file, or the pod's service account when running in-cluster."""
-    configuration = kclient.Configuration()
-    if kubeconfig is not None:
-        await kconfig.load_kube_config(config_file=str(kubeconfig),
-                                       client_configuration=configuration)
-    else:
-        kconfig.load_incluster_config(client_configuration=configuration)
-    return kclient.ApiClient(configuration)
 
 
 @contextlib.asynccontextmanager
