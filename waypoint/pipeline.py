@@ -421,7 +421,7 @@ class _ObservedBody:
 
     def __init__(self, inner: BodySource, rt: Runtime, ex: Exchange, rec: _Observed,
                  status: int, flags: list[str], upstream_host: str) -> None:
-        self.inner = self._inner = inner
+        self.inner = inner  # http2 looks through it to see an empty body
         self._rt = rt
         self._ex = ex
         self._rec = rec
@@ -432,17 +432,17 @@ class _ObservedBody:
         self.sent = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for data in self._inner.chunks():
+        async for data in self.inner.chunks():
             self.sent += len(data)
             yield data
 
     @property
     def trailers(self) -> Headers | None:
-        return self._inner.trailers
+        return self.inner.trailers
 
     async def aclose(self) -> None:
         try:
-            await self._inner.aclose()
+            await self.inner.aclose()
         finally:
             if not self._done:
                 self._done = True
