@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,9 +107,6 @@ class HboneClientPool:
         self._current_ctx: dict[str, ssl.SSLContext] = {}
         self._closed = False
         self.connections_opened = 0
-        # Each tunnel's connection, so a caller can learn why a reset tunnel died.
-        self._conn_of: weakref.WeakKeyDictionary[HboneStream, HboneConnection] = \
-            weakref.WeakKeyDictionary()
 
     def connections(self, source_identity: str | None = None) -> list[HboneConnection]:
         return [c for key, conns in self._conns.items() for c in conns
@@ -133,12 +129,6 @@ class HboneClientPool:
         except TimeoutError:
             raise HboneTunnelTimeout(phase.describe(), self._connect_timeout,
                                      peer=f"{dest[0]}:{dest[1]}") from None
-
-    def failure_of(self, stream: HboneStream) -> HboneTunnelError | None:
-        """Why the connection carrying `stream` died (keepalive timeout, ...), if it
-        did: a reset tunnel's cause for logs and metrics."""
-        conn = self._conn_of.get(stream)
-        return conn.failure if conn is not None else None
 
     async def _connect(self, source: TlsSource, dest: tuple[str, int], authority: str,
                        phase: _Phase, dial: Dialer | None, expected_peer: SpiffeId | None,
@@ -181,7 +171,6 @@ class HboneClientPool:
         if not 200 <= status < 300:
             stream.reset()
             raise HboneConnectError(status, conn.peer_label, authority)
-        self._conn_of[stream] = conn
         return stream
 
     async def _connection_for(self, key: PoolKey, ctx: ssl.SSLContext,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 import anyio.abc
 
-from mesh.hbone.errors import HboneStreamReset
+from mesh.hbone.errors import HboneStreamReset, HboneTunnelError
 from mesh.hbone.framing import CANCEL
 from mesh.identity.spiffe import SpiffeId
 
@@ -70,6 +70,12 @@ class HboneStream(anyio.abc.ByteStream):
     @property
     def peer(self) -> str:
         return self._conn.peer_label
+
+    @property
+    def failure(self) -> HboneTunnelError | None:
+        """Why the connection carrying this stream died (keepalive timeout, ...), if it
+        did: a reset tunnel's cause for logs and metrics."""
+        return self._conn.failure
 
     @property
     def scratch(self) -> memoryview:

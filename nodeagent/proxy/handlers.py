@@ -80,12 +80,8 @@ def _service_host(service: str | None, trust_domain: str) -> str:
 
 async def _splice(ctx: ProxyContext, downstream: socket.socket, upstream: Upstream,
                   labels: ConnectionLabels, record: ConnectionRecord,
-                  downstream_is_client: bool = True,
-                  tunnel_failure: Callable[[], hbone.HboneTunnelError | None] | None = None
-                  ) -> None:
-    """Relay until both directions end; account bytes in the request/response sense.
-    `tunnel_failure` says why an HBONE upstream's connection died (default: ask the
-    outbound pool)."""
+                  downstream_is_client: bool = True) -> None:
+    """Relay until both directions end; account bytes in the request/response sense."""
     ctx.metrics.connection_opened(labels)
     transfer = Transfer()
     try:
@@ -97,8 +93,7 @@ async def _splice(ctx: ProxyContext, downstream: socket.socket, upstream: Upstre
             transfer.request_bytes, transfer.response_bytes = (
                 (up, down) if downstream_is_client else (down, up))
             if result.reset:
-                failure = (tunnel_failure() if tunnel_failure is not None
-                           else ctx.tunnels.failure_of(upstream))
+                failure = upstream.failure
                 if failure is not None:  # the tunnel died under it: say why, count it
                     record.outcome, record.reason = "error", str(failure)
                     ctx.metrics.tunnel_failed(*failure_kind(failure, relaying=True))
@@ -216,8 +211,7 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
             source_principal=peer, destination_workload=dst_name,
             destination_workload_namespace=dst_ns, destination_principal=pod.identity,
             connection_security_policy="mutual_tls")
-        await _splice(ctx, app, stream, labels, record, downstream_is_client=False,
-                      tunnel_failure=lambda: request.failure)
+        await _splice(ctx, app, stream, labels, record, downstream_is_client=False)
     except (OSError, hbone.HboneError) as e:
         record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
     finally:

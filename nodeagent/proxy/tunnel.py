@@ -82,10 +82,6 @@ class Tunnels:
         return await self.pool.connect(source, (address, port), authority, dial=dial_in_pod,
                                        expected_peer=expected)
 
-    def failure_of(self, stream: HboneStream) -> HboneTunnelError | None:
-        """Why an outbound tunnel's connection died (keepalive timeout, ...), if it did."""
-        return self.pool.failure_of(stream)
-
     async def serve(self, pod: PodEndpoint, sockets: list[socket.socket],
                     handler: Callable[[HboneRequest], Awaitable[None]]) -> None:
         """Serve HBONE on the pod's 15008 listeners until cancelled."""

@@ -194,7 +194,7 @@ async def test_cut_link_kills_pooled_connection_then_pool_dials_anew(tmp_path: P
                 await asyncio.wait_for(stream.receive(), 3)
             detected = time.monotonic() - cut_at
             assert detected <= 0.3 + 0.3 + 0.3, f"dead tunnel noticed after {detected:.2f}s"
-            failure = pool.failure_of(stream)
+            failure = stream.failure
             assert isinstance(failure, HboneKeepaliveTimeout)
             assert failure.peer == f"127.0.0.1:{port}"
             assert "keepalive" in str(failure) and f"127.0.0.1:{port}" in str(failure)
@@ -218,7 +218,7 @@ async def test_cut_link_kills_pooled_connection_then_pool_dials_anew(tmp_path: P
             fresh = await pool.connect(mesh.client_tls, dest, f"127.0.0.1:{app}")
             assert await roundtrip(fresh, b"after") == b"after"
             assert pool.connections_opened == 2
-            assert pool.failure_of(fresh) is None
+            assert fresh.failure is None
             await fresh.aclose()
         finally:
             link.cut = False
