@@ -130,10 +130,16 @@ class EnrollmentController:
                 await self.unenroll(key)
             return
         pods = [self.pods.pop(key) for key in leaving]
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline
         conns = set(self.connections)
         # All pods at once: each HBONE server waits up to `deadline` for its tunnels.
         await asyncio.gather(*(self._stop_serving(p) for p in pods),
                              *([asyncio.wait(conns, timeout=deadline)] if conns else []))
+        # Connections accepted while the listeners were stopping get the same deadline.
+        late = set(self.connections) - conns
+        if late and until > loop.time():
+            await asyncio.wait(late, timeout=until - loop.time())
         for task in self.connections:
             task.cancel()
 

@@ -44,24 +44,51 @@ class PodEndpoint:
         return f"{self.namespace}/{self.name}"
 
 
+async def _readable(listener: socket.socket) -> None:
+    """Until a connection waits in `listener`'s backlog."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = listener.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 async def accept_loop(listener: socket.socket, handler: SocketHandler,
                       tasks: set[asyncio.Task[None]]) -> None:
-    """Accept until cancelled; each connection gets its own task, tracked in `tasks`."""
-    loop = asyncio.get_running_loop()
+    """Accept until cancelled; each connection gets its own task, tracked in `tasks`.
+
+    Cancellation only ever lands while waiting for the backlog, never between taking a
+    connection out of it and starting its task: with `loop.sock_accept`, a stop (an
+    agent draining for a restart) could cancel the wait after the kernel had handed
+    over a connection, which was then dropped with a reset instead of being served or
+    left in the backlog for the next agent."""
+    listener.setblocking(False)
     while True:
-        try:
-            sock, _ = await loop.sock_accept(listener)
-        except OSError as e:  # EMFILE and friends: back off instead of spinning
-            log.warning("accept failed", error=str(e))
-            await asyncio.sleep(0.05)
-            continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        work = handler(sock)
-        if work is None:
-            continue
-        task = asyncio.create_task(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        await _readable(listener)
+        while True:  # everything waiting now, with no await in between
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                break
+            except OSError as e:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept failed", error=str(e))
+                await asyncio.sleep(0.05)
+                break
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            work = handler(sock)
+            if work is None:
+                continue
+            task = asyncio.create_task(work)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
 
 @dataclass
