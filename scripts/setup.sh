@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 iproute2 curl wrk
-              openssl tcpdump socat procps kmod)
+              openssl tcpdump socat procps kmod nftables)
 VENV=.venv
 PY=${PYTHON:-python3}
 STAMPS=.setup-stamps
