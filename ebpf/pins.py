@@ -103,8 +103,11 @@ class PinLayout:
 
     def create(self) -> None:
         require_bpffs(self.root.parent)
-        for d in (self.maps, self.progs, self.links):
-            d.mkdir(parents=True, exist_ok=True)
+        # 0700 all the way down: the pinned maps steer and record every pod's traffic;
+        # only root (the agent) may open them, not even list them.
+        for d in (self.root, self.dir, self.maps, self.progs, self.links):
+            d.mkdir(mode=0o700, exist_ok=True)
+            d.chmod(0o700)
 
     def all_pins(self) -> list[Path]:
         if not self.dir.is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -148,7 +149,11 @@ def test_uninstall_removes_every_attachment_and_pin(runtime: LocalRuntime) -> No
     try:
         redirector = Redirector.load(pin, node.cgroup_path)
         redirector.enroll(enrolled(client))
-        assert PinLayout(pin).dir.is_dir()
+        layout = PinLayout(pin)
+        assert layout.dir.is_dir()
+        # Only root may reach the pinned maps (they steer and record pod traffic).
+        for d in (layout.root, layout.dir, layout.maps, layout.progs, layout.links):
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
         redirector.uninstall()
         for attach_type in CGROUP_ATTACH_TYPES:
             assert _attached(node.cgroup_path, attach_type) == []
