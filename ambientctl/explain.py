@@ -19,7 +19,7 @@ from ambientctl.refs import Destination
 from mesh.api import config_pb2 as pb
 from nodeagent import authz as l4
 from nodeagent.balance import EndpointPicker, backends_for
-from nodeagent.errors import NoHealthyEndpoint
+from nodeagent.errors import NoHealthyEndpoint, WaypointUnavailable
 from nodeagent.outbound_plan import Hop, Transport, plan
 from nodeagent.state import ProxyState
 from waypoint import authz as l7
@@ -293,15 +293,13 @@ class Explainer:
             out.add("resolve", str(e))
             out.deny("", f"service has no ready endpoint for port {target.port}")
             return out
+        except WaypointUnavailable as e:  # never bypassed: the node proxy resets it
+            out.add("waypoint", f"{target.describe()}: {e}", waypoint=e.waypoint)
+            out.deny(f"waypoint {e.waypoint}", "waypoint unavailable: the node proxy "
+                     "refuses (RST) rather than skip its L7 policy")
+            return out
         first = hops[0]
         principal = state.workload_identity(src)
-        wp_ref = (target.service.waypoint if target.service is not None
-                  and target.service.HasField("waypoint") else None)
-        if wp_ref is not None and not first.via_waypoint:
-            out.add("waypoint", f"{target.describe()} uses waypoint "
-                    f"{wp_ref.namespace}/{wp_ref.name}, which has no address yet (not "
-                    "ready): the node proxy sends straight to the endpoints, L7 rules "
-                    "and L7 policies are not applied")
         if first.via_waypoint:
             self._via_waypoint(out, req, state, target, first, principal, src_ip)
         elif first.transport is Transport.PASSTHROUGH:

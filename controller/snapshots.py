@@ -327,7 +327,7 @@ class SnapshotBuilder:
         if ref is None:
             return None
         wp = self.view.waypoints.get(ref)
-        return (ref, tuple(wp.addresses) if wp else ())
+        return (ref, tuple(wp.addresses) if wp else (), wp is not None)  # identity iff wp
 
     def _workload(self, pod: PodView) -> bytes:
         key = ("w", pod.uid, tuple(pod.addresses), pod.phase, pod.enrolled, pod.node,

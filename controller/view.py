@@ -320,8 +320,10 @@ def build_view(
             enrolled=is_enrolled(namespaces.get(d.namespace), d.labels, d.annotations),
             labels=d.labels, annotations=d.annotations, spec=d.spec,
             excluded_ports=_excluded_ports(d.annotations),
+            # Kept even when no such Gateway exists (deleted, typo): the node proxy must
+            # know the pod is bound to a waypoint so it refuses instead of bypassing it.
             waypoint=(d.namespace, own_wp) if own_wp and own_wp != USE_WAYPOINT_NONE
-            and (d.namespace, own_wp) in gateways else None,
+            else None,
             native_hbone=d.origin == "Gateway", origin=d.origin,
         )
         state = pod_states.get(d.ref)
@@ -355,8 +357,8 @@ def build_view(
         ref = (o.namespace, o.name)
         endpoints = (_selected_endpoints(o, pods, label_index[o.namespace])
                      if o.spec.selector is not None else _slice_endpoints(o, slices[ref]))
-        wp = _service_waypoint(o, namespaces.get(o.namespace), gateways)
-        if wp is not None:
+        wp = _service_waypoint(o, namespaces.get(o.namespace))
+        if wp is not None and wp in waypoints:
             waypoints[wp].services.append(ref)
         vip = vips.get(ref)
         services[ref] = ServiceView(
@@ -423,15 +425,14 @@ def _slice_endpoints(svc: Service, slices: Iterable[EndpointSlice]) -> list[Endp
     return out
 
 
-def _service_waypoint(svc: Service, ns: Namespace | None, gateways: Mapping[Ref, Gateway]
-                      ) -> Ref | None:
+def _service_waypoint(svc: Service, ns: Namespace | None) -> Ref | None:
     value = lookup(svc.metadata.labels, svc.metadata.annotations, USE_WAYPOINT)
     if value is None and ns is not None:
         value = lookup(ns.metadata.labels, ns.metadata.annotations, USE_WAYPOINT)
     if not value or value == USE_WAYPOINT_NONE:
         return None
-    ref = (svc.namespace, value)
-    return ref if ref in gateways else None
+    # The binding stands even if the Gateway is gone: traffic is refused, not bypassed.
+    return (svc.namespace, value)
 
 
 def object_key(kind: str, ref: Ref) -> ObjectKey:

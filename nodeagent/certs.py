@@ -214,6 +214,15 @@ class CertificateManager:
                                               f"({reason})")
         return material
 
+    def certificate_error(self, identity: SpiffeId) -> str | None:
+        """Why no valid certificate is held for `identity` (None: one is). The proxy
+        refuses a captured pod's connections while this is not None."""
+        try:
+            self.material(identity)
+        except CertificateUnavailableError as e:
+            return str(e)
+        return None
+
     def client_tls(self, identity: SpiffeId) -> StaticTls:
         """A TlsSource for the HBONE pool; its context follows renewals."""
         return StaticTls(identity.uri, lambda: self.material(identity).client_context)

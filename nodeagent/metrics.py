@@ -59,6 +59,23 @@ class ProxyMetrics:
             "opened in time or died (link cut, peer hung)", ["reason", "phase"],
             registry=self.registry)
 
+        # Fail-closed refusals (nodeagent.admission, outbound_plan): cause is
+        # waypoint_unavailable | no_config | policy_unknown | certificate_pending;
+        # direction outbound | inbound | inbound_plaintext.
+        self.refusals = Counter(
+            "ambient_connections_refused", "Connections the node proxy refused because "
+            "what would decide them is missing (no config, no policy, no certificate, "
+            "waypoint unavailable)", ["cause", "direction"], registry=self.registry)
+        self.waypoint_unavailable = Counter(
+            "ambient_waypoint_unavailable", "Connections refused because the waypoint they "
+            "are bound to had no ready address or no Gateway", ["waypoint"],
+            registry=self.registry)
+
+    def refused(self, cause: str, direction: str, waypoint: str = "") -> None:
+        self.refusals.labels(cause, direction).inc()
+        if waypoint:
+            self.waypoint_unavailable.labels(waypoint).inc()
+
     def connection_opened(self, labels: ConnectionLabels) -> None:
         self.opened.labels(*labels.values()).inc()
 

@@ -36,8 +36,13 @@ class ServiceTarget:
 
 @dataclass
 class ProxyState:
-    """Indexed snapshot. Immutable once built: a new snapshot builds a new state."""
+    """Indexed snapshot. Immutable once built: a new snapshot builds a new state.
 
+    `ProxyState()` is the state before any snapshot: `received` is False and the
+    proxy serves nothing with it (see nodeagent.admission), since the policy it would
+    apply (STRICT, authorizations, waypoints) is unknown."""
+
+    received: bool = False
     version: str = ""
     trust_domain: str = "cluster.local"
     workloads_by_ip: dict[str, pb.Workload] = field(default_factory=dict)
@@ -50,7 +55,8 @@ class ProxyState:
 
     @classmethod
     def from_snapshot(cls, snap: pb.Snapshot) -> ProxyState:
-        state = cls(version=snap.version, trust_domain=snap.trust_domain or "cluster.local",
+        state = cls(received=True, version=snap.version,
+                    trust_domain=snap.trust_domain or "cluster.local",
                     pods_to_run=tuple(snap.pods_to_run))
         for wl in snap.workloads:
             state.workloads_by_uid[wl.uid] = wl

@@ -59,6 +59,13 @@ class PushedCertificates:
         client_ctx, server_ctx, _ = entry
         return server_ctx if server else client_ctx
 
+    def certificate_error(self, identity: SpiffeId) -> str | None:
+        try:
+            self._get(identity, server=False)
+        except CertificateUnavailableError as e:
+            return str(e)
+        return None
+
     def client_tls(self, identity: SpiffeId) -> StaticTls:
         return StaticTls(identity.uri, lambda: self._get(identity, server=False))
 

@@ -24,10 +24,10 @@ import structlog
 
 from mesh import hbone
 from mesh.api import config_pb2 as pb
-from nodeagent import authz
+from nodeagent import admission, authz
 from nodeagent.accesslog import AccessLog, ConnectionRecord
 from nodeagent.balance import EndpointPicker
-from nodeagent.errors import NoHealthyEndpoint
+from nodeagent.errors import ConnectionRefusedByMesh, NoHealthyEndpoint, WaypointUnavailable
 from nodeagent.metrics import ConnectionLabels, ProxyMetrics
 from nodeagent.outbound_plan import Hop, Transport, plan
 from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
@@ -128,7 +128,19 @@ async def _connect_first(ctx: ProxyContext, pod: PodEndpoint,
             continue
         ctx.picker.report_success((hop.address, hop.target_port))
         return hop, upstream
+    if hops and hops[0].via_waypoint:  # never around it: refused, naming the waypoint
+        raise WaypointUnavailable(hops[0].waypoint, hops[0].authority, str(last)) from last
     raise last
+
+
+def _refused(ctx: ProxyContext, record: ConnectionRecord, e: ConnectionRefusedByMesh) -> None:
+    """Fail closed: the access log says why, the metrics count it."""
+    record.outcome = "error" if isinstance(e, WaypointUnavailable) else "refused"
+    record.reason = str(e)
+    ctx.metrics.refused(e.cause, record.direction,
+                        e.waypoint if isinstance(e, WaypointUnavailable) else "")
+    log.info("connection refused", pod=record.destination_workload or record.source_workload,
+             cause=e.cause, reason=str(e))
 
 
 async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.socket) -> None:
@@ -137,6 +149,7 @@ async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.so
     try:
         dst_ip, dst_port = ctx.original_destination(client)
         record.destination_address = f"{dst_ip}:{dst_port}"
+        admission.outbound(ctx.state, ctx.tunnels.certs, pod)
         hops = plan(ctx.state, ctx.picker, dst_ip, dst_port, time.monotonic())
         hop, upstream = await _connect_first(ctx, pod, hops)
         mtls = hop.transport is Transport.HBONE
@@ -162,6 +175,9 @@ async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.so
         hbone.reset_socket(client)
     except (NoHealthyEndpoint, MissingCertificate) as e:
         record.outcome, record.reason = "refused", str(e)
+        hbone.reset_socket(client)
+    except ConnectionRefusedByMesh as e:
+        _refused(ctx, record, e)
         hbone.reset_socket(client)
     except TunnelFailed as e:  # its message names the peer and what failed
         record.outcome, record.reason = "error", str(e)
@@ -189,6 +205,12 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
             await request.reject(400)
             return
         wl = ctx.workload_of(pod)
+        try:
+            admission.inbound(ctx.state, pod, wl)
+        except ConnectionRefusedByMesh as e:
+            _refused(ctx, record, e)
+            await request.reject(UPSTREAM_REFUSED)
+            return
         verdict = authz.evaluate(ctx.state.authorizations_for(wl) if wl else [],
                                  authz.Connection(peer, request.peer_address[0], port))
         record.policy = verdict.policy or ""
@@ -229,6 +251,7 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
                               transport="plaintext")
     wl = ctx.workload_of(pod)
     try:
+        admission.inbound_plaintext(ctx.state, ctx.tunnels.certs, pod, wl)
         if wl is not None and ctx.state.mtls_mode(wl) == pb.STRICT:
             policy = ctx.state.policies.get(wl.uid)
             record.outcome, record.reason = "denied", "STRICT mTLS: plaintext refused"
@@ -251,6 +274,9 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
             destination_workload=dst_name, destination_workload_namespace=dst_ns,
             destination_principal=pod.identity, connection_security_policy="none")
         await _splice(ctx, client, app, labels, record)
+    except ConnectionRefusedByMesh as e:
+        _refused(ctx, record, e)
+        hbone.reset_socket(client)
     except (OSError, TimeoutError) as e:
         record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
         hbone.reset_socket(client)
