@@ -70,15 +70,28 @@ class KubeSource:
         reflector = self.reflectors.get(kind)
         return reflector is not None and reflector.synced.is_set()
 
-    async def wait_synced(self, optional_grace: float = 5.0) -> None:
-        """Required kinds listed; CRD kinds get `optional_grace` seconds (they may not be
-        installed), so proxies are never sent a snapshot built from half a cluster."""
-        required = [r.synced.wait() for r in self.reflectors.values() if not r.kind.optional]
-        await asyncio.gather(*required)
-        optional = [r.synced.wait() for r in self.reflectors.values() if r.kind.optional]
-        if optional:
-            await asyncio.wait([asyncio.ensure_future(o) for o in optional],
-                               timeout=optional_grace)
+    async def wait_synced(self, report_every: float = 5.0) -> None:
+        """Every kind listed, or known not to be served (its CRD answered 404), before
+        the first snapshot: a snapshot built while, say, AuthorizationPolicies could
+        not be listed (403, 500, a slow API server) would carry no policy, which
+        proxies would read as "allow all". So the controller waits, however long, and
+        says every `report_every` seconds which kinds it waits for and why."""
+        while True:
+            pending = [r for r in self.reflectors.values()
+                       if not r.synced.is_set()
+                       and not (r.kind.optional and r.not_served.is_set())]
+            if not pending:
+                break
+            waits = [asyncio.ensure_future(e.wait()) for r in pending
+                     for e in (r.synced, r.not_served)]
+            done, _ = await asyncio.wait(waits, timeout=report_every)
+            for w in waits:
+                w.cancel()
+            if not done:
+                _log.warning("waiting_for_first_list",
+                             kinds={r.kind.kind: r.last_error or "listing" for r in pending},
+                             why="no snapshot is pushed before every kind is listed or "
+                                 "known not to be installed (fail closed)")
         self.sync()
 
     # -- the loop --------------------------------------------------------------------

@@ -49,6 +49,9 @@ class Reflector:
         self._page_size = page_size
         self._backoff = backoff or Backoff(initial=0.2, maximum=30.0)
         self.synced = asyncio.Event()
+        # Set when an optional kind answered 404 (its CRD is not installed): the cluster
+        # then truly has none of it, which is not the same as "not listed yet".
+        self.not_served = asyncio.Event()
         self.last_error = ""
 
     async def run(self) -> None:
@@ -66,6 +69,8 @@ class Reflector:
             except (TimeoutError, ApiException, aiohttp.ClientError, OSError, KubeError,
                     ValueError) as e:
                 self.last_error = _describe(self.kind, e)
+                if _missing_crd(self.kind, e):
+                    self.not_served.set()
                 delay = self._backoff.next_delay()
                 level = "debug" if _missing_crd(self.kind, e) else "warning"
                 getattr(_log, level)("list_watch_failed", kind=self.kind.kind,
