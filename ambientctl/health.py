@@ -4,7 +4,9 @@ unhealthy is unit tested without starting one.
 
 Healthy means: the controller answers; the CA root is valid; every node agent runs,
 is connected, has ACKed the latest config (no NACK) and has its BPF programs
-attached; every pod runs; every waypoint is ready; no certificate is near expiry."""
+attached; every pod runs and has its certificate (a captured pod waiting for one
+has its connections refused); every waypoint is ready; no certificate is near
+expiry."""
 
 from __future__ import annotations
 
@@ -213,6 +215,14 @@ def agent_checks(f: MeshFacts, report: HealthReport) -> list[Check]:
         if not attached:
             problems.append(("BPF programs not attached", "run `sudo ambientctl check`; "
                              + hint_log))
+        waiting = _get(s, "pods_waiting_for_certificate", default=[]) or []
+        if waiting:
+            node["podsWaitingForCertificate"] = waiting
+            pods = "; ".join(f"{w.get('pod')} ({w.get('reason')})" for w in waiting)
+            problems.append((f"{len(waiting)} pod(s) waiting for a certificate, their "
+                             f"connections are refused: {pods}",
+                             "the CA refused or could not be reached: check the controller "
+                             "(`ambientctl logs controller`); the agent retries every 2 s"))
         node["healthy"] = not problems
         if problems:
             out.append(Check(cat, name, False, "; ".join(p for p, _ in problems),

@@ -4,7 +4,11 @@
 Tasks, all owned by `run()`'s task group: the config subscription, the pod loop
 (restart crashed containers, report pod IPs), certificate renewal, the 15020 server.
 A snapshot is applied in one step: index it (a bad one is NACKed, the last good one
-stays), reconcile pods, fetch certificates, reconcile enrollment.
+stays), reconcile pods, fetch certificates, reconcile enrollment, then start the
+containers of the enrolled pods: an app never runs uncaptured. A pod whose
+certificate cannot be had (CA refused or unreachable) is captured all the same and
+its connections are refused until it arrives (nodeagent.admission), never sent or
+accepted in plaintext; /status names it under `pods_waiting_for_certificate`.
 """
 
 from __future__ import annotations
@@ -34,13 +38,13 @@ from mesh.api import config_pb2 as pb
 from mesh.hbone import HboneClientPool, TunnelSettings
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.spiffe import SpiffeId
-from mesh.runtime import LocalRuntime, Node
+from mesh.runtime import LocalRuntime, Node, Pod
 from mesh.runtime.builder import build_in_child
 from mesh.xds.pods import PodReporter
 from mesh.xds.subscriber import ConfigSubscriber
 from nodeagent import admin
 from nodeagent.accesslog import AccessLog
-from nodeagent.certs import CertificateManager, PodRef
+from nodeagent.certs import CertificateManager, PodRef, obtain_all
 from nodeagent.enrollment import EnrollmentController
 from nodeagent.lifecycle import run_until_stopped, stop_on_signals
 from nodeagent.listener_store import KeeperUnavailable, Listeners, ListenerStore
@@ -117,11 +121,12 @@ class NodeAgent:
         token_file.write_text(config.token)
         self.pods = PodSupervisor(self.runtime, config.node, config.state_dir, {
             "AMBIENT_CONTROLLER": f"{self.node.host_ip}:{port}",  # the relay, see below
-            "AMBIENT_TOKEN_FILE": str(token_file)})
+            "AMBIENT_TOKEN_FILE": str(token_file)}, may_start=self._captured_if_enrolled)
         self.metrics = ProxyMetrics()
         self.pods_lock = asyncio.Lock()
         self.cert_pods: set[PodRef] = set()
         self.enrollment_errors: list[str] = []
+        self.waiting_for_certificate: dict[str, str] = {}  # pod key -> why
         self._reported: list[tuple[str, str, Any]] = []
         self._last_report = 0.0
         self._applied = False
@@ -162,34 +167,46 @@ class NodeAgent:
         self.workers.set_snapshot(snapshot.SerializeToString())
         self._applied = True
         await self.enroll()
+        async with self.pods_lock:
+            self.pods.tick()  # the enrolled pods just captured may start now
         self.metrics.config_version.clear()
         self.metrics.config_version.labels(snapshot.version).set(1)
         await self.report_pods(force=True)
         log.info("snapshot applied", version=snapshot.version,
                  pods=len(state.pods_to_run), enrolled=len(self.enrollment.pods))
 
+    def _captured_if_enrolled(self, spec: pb.PodToRun) -> bool:
+        """Containers of an enrolled pod start only once it is captured."""
+        if not spec.enrolled:
+            return True
+        enrolled = self.enrollment.pods.get(f"{spec.namespace}/{spec.name}")
+        return enrolled is not None and enrolled.endpoint.uid == spec.uid
+
     async def enroll(self) -> None:
-        """Capture exactly the enrolled pods that run here and have a certificate.
-        A pod whose certificate cannot be had yet stays uncaptured and is retried."""
-        wanted, errors = {}, []
-        pod_refs = set()
+        """Capture exactly the enrolled pods that run here, certificate or not: a pod
+        whose certificate cannot be had yet is captured, its connections refused
+        (nodeagent.admission), and the certificate retried every ENROLL_RETRY."""
+        wanted: dict[str, tuple[pb.PodToRun, Pod]] = {}
+        pod_refs: dict[PodRef, pb.PodToRun] = {}
         for spec in self.ctx.state.pods_to_run:
             running = self.pods.running(spec.namespace, spec.name)
             if not spec.enrolled or running is None:
                 continue
-            ref = PodRef(spec.namespace, spec.name, spec.service_account)
-            pod_refs.add(ref)
-            try:
-                await self.certs.add_pod(ref)
-            except Exception as e:  # refused or CA unreachable: named in status, retried
-                errors.append(f"{ref.namespace}/{ref.name}: certificate: {e}")
-                continue
+            pod_refs[PodRef(spec.namespace, spec.name, spec.service_account)] = spec
             wanted[f"{spec.namespace}/{spec.name}"] = (spec, running.pod)
-            self._share_certificate(spec.identity)
-        for gone in self.cert_pods - pod_refs:
+        missing = await obtain_all(self.certs, pod_refs)
+        for ref, spec in pod_refs.items():
+            if ref not in missing:
+                self._share_certificate(spec.identity)
+        for gone in self.cert_pods - set(pod_refs):
             self.certs.remove_pod(gone)
-        self.cert_pods = pod_refs
+        self.cert_pods = set(pod_refs)
+        waiting = {f"{r.namespace}/{r.name}": why for r, why in missing.items()}
+        errors = [f"{key}: waiting for its certificate, connections refused: {why}"
+                  for key, why in sorted(waiting.items())]
         errors += await self.enrollment.reconcile(wanted)
+        self.waiting_for_certificate = waiting
+        self.metrics.waiting_for_certificate.set(len(waiting))
         self.enrollment_errors = errors
 
     def _share_certificate(self, identity: str) -> None:
@@ -255,6 +272,9 @@ class NodeAgent:
             "bpf": self.redirector.status(),
             "enrolled_pods": self.enrollment.enrolled_keys(),
             "enrollment_errors": self.enrollment_errors,
+            "pods_waiting_for_certificate": [
+                {"pod": key, "reason": why}
+                for key, why in sorted(self.waiting_for_certificate.items())],
             "pods": [{"pod": f"{s.namespace}/{s.name}", "ip": s.pod_ip,
                       "phase": pb.PodPhase.Name(s.phase)} for s in self.pods.statuses()],
             "certificates": [dataclasses.asdict(c) for c in self.certs.status()],

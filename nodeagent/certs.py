@@ -8,11 +8,12 @@ so new connections use it at once and established ones are left alone."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -127,6 +128,24 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+async def obtain_all(certs: CertificateManager, pods: Iterable[PodRef]) -> dict[PodRef, str]:
+    """First certificates for many pods at once (one unreachable CA costs one timeout,
+    not one per pod). Returns why each pod that has none could not get it; such a
+    pod is still captured, and its connections refused until it has one."""
+    refs = list(pods)
+    results = await asyncio.gather(*(certs.add_pod(ref) for ref in refs),
+                                   return_exceptions=True)
+    failed: dict[PodRef, str] = {}
+    for ref, result in zip(refs, results, strict=True):
+        if isinstance(result, asyncio.CancelledError):
+            raise result
+        if isinstance(result, BaseException):
+            failed[ref] = f"{type(result).__name__}: {result}"
+            log.warning("certificate.pending", pod=f"{ref.namespace}/{ref.name}",
+                        error=str(result), effect="captured, connections refused")
+    return failed
+
+
 class CertificateManager:
     """Use as `async with CertificateManager(...) as certs:`; renewals run in its task
     group and stop when the block exits."""
@@ -176,8 +195,11 @@ class CertificateManager:
             try:
                 await self._issue(identity, state)
             except BaseException:
-                if not state.pods - {pod}:
-                    self._states.pop(identity, None)
+                # Forgotten whole, even if other pods of this identity wait on it: they
+                # get the error too, and the next attempt starts afresh (a state kept
+                # with no certificate and no renewal loop would never be retried).
+                if self._states.get(identity) is state:
+                    del self._states[identity]
                 state.issued.set()
                 raise
             state.issued.set()

@@ -34,7 +34,7 @@ from mesh.runtime.cgroups import cgroup2_root
 from mesh.xds.subscriber import ConfigSubscriber
 from nodeagent import admin
 from nodeagent.accesslog import AccessLog
-from nodeagent.certs import CertificateManager, PodRef
+from nodeagent.certs import CertificateManager, PodRef, obtain_all
 from nodeagent.enrollment import EnrollmentController
 from nodeagent.k8s_pods import (
     PodLocator,
@@ -76,6 +76,7 @@ class KubeNodeAgent:
         self.locator = PodLocator(config.proc_root)
         self.cert_pods: set[PodRef] = set()
         self.errors: list[str] = []
+        self.waiting_for_certificate: dict[str, str] = {}  # pod key -> why
         self.reconciles = 0
         self._dirty = asyncio.Event()
         self._applied = False
@@ -132,19 +133,20 @@ class KubeNodeAgent:
         return wanted, refs, errors
 
     async def reconcile(self) -> None:
+        """Capture every enrolled pod, certificate or not: one with no certificate yet
+        (CA refused or away) has its connections refused until it arrives (never
+        plaintext), named in status and retried on the next pass."""
         wanted, refs, errors = self.wanted()
-        ready: dict[str, tuple[pb.PodToRun, Pod]] = {}
-        for key, (spec, pod) in wanted.items():
-            try:
-                await self.certs.add_pod(PodRef(spec.namespace, spec.name, spec.service_account))
-            except Exception as e:  # refused or CA away: named in status, retried
-                errors.append(f"{key}: certificate: {e}")
-                continue
-            ready[key] = (spec, pod)
+        missing = await obtain_all(self.certs, refs)
         for gone in self.cert_pods - refs:
             self.certs.remove_pod(gone)
         self.cert_pods = refs
-        errors += await self.enrollment.reconcile(ready)
+        self.waiting_for_certificate = {f"{r.namespace}/{r.name}": why
+                                        for r, why in missing.items()}
+        self.metrics.waiting_for_certificate.set(len(missing))
+        errors += [f"{key}: waiting for its certificate, connections refused: {why}"
+                   for key, why in sorted(self.waiting_for_certificate.items())]
+        errors += await self.enrollment.reconcile(wanted)
         self.errors = errors
         self.reconciles += 1
 
@@ -183,6 +185,9 @@ class KubeNodeAgent:
             "bpf": self.redirector.status(),
             "enrolled_pods": self.enrollment.enrolled_keys(),
             "enrollment_errors": self.errors,
+            "pods_waiting_for_certificate": [
+                {"pod": key, "reason": why}
+                for key, why in sorted(self.waiting_for_certificate.items())],
             "certificates": [dataclasses.asdict(c) for c in self.certs.status()],
         }
 

@@ -71,6 +71,11 @@ class ProxyMetrics:
             "are bound to had no ready address or no Gateway", ["waypoint"],
             registry=self.registry)
 
+        self.waiting_for_certificate = Gauge(
+            "ambient_pods_waiting_for_certificate", "Captured pods with no certificate yet "
+            "(CA refused or unreachable): their connections are refused",
+            registry=self.registry)
+
     def refused(self, cause: str, direction: str, waypoint: str = "") -> None:
         self.refusals.labels(cause, direction).inc()
         if waypoint:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -62,8 +62,12 @@ class PodSupervisor:
     """Owns the pods of one local node. Not thread-safe: one caller (the agent loop)."""
 
     def __init__(self, runtime: LocalRuntime, node: str, state_dir: Path,
-                 control_plane_env: Mapping[str, str] | None = None) -> None:
+                 control_plane_env: Mapping[str, str] | None = None,
+                 may_start: Callable[[pb.PodToRun], bool] = lambda spec: True) -> None:
+        """`may_start` holds a pod's containers back: the agent starts an enrolled
+        pod's app only once the pod is captured, so it never talks uncaptured."""
         self.runtime = runtime
+        self.may_start = may_start
         self.control_plane_env = dict(control_plane_env or {})
         self.node = node
         self.log_dir = state_dir / "logs"
@@ -99,6 +103,8 @@ class PodSupervisor:
         """Start containers that are due (first start or restart after backoff)."""
         now = time.monotonic()
         for running in self.pods.values():
+            if not self.may_start(running.spec):
+                continue
             for c in running.containers:
                 if c.proc is not None and c.proc.poll() is None:
                     continue
