@@ -316,8 +316,8 @@ class Http1ServerConnection:
         if not target.startswith("/"):
             if target.startswith(("http://", "https://")):  # absolute-form (proxy style)
                 rest = target.split("://", 1)[1]
-                slash = rest.find("/")
-                target = rest[slash:] if slash >= 0 else "/"
+                cut = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
+                target = rest[cut:] if rest[cut:cut + 1] == "/" else "/" + rest[cut:]
             elif method != "OPTIONS" or target != "*":
                 raise ProtocolError(f"unsupported request target {target[:64]!r}")
         # One pass for the headers the server side reads (the first value of each).

@@ -313,7 +313,9 @@ class Http2ServerConnection(_H2Connection):
         pseudo = {k: v for k, v in raw if k.startswith(":")}
         headers = [(k, v) for k, v in raw if not k.startswith(":")]
         method = pseudo.get(":method", "GET")
-        head = RequestHead(method, pseudo.get(":path", "/"),
+        # No :path (CONNECT) stays empty: the pipeline's normalize stage refuses it
+        # (400) instead of a made-up "/" being matched and forwarded.
+        head = RequestHead(method, pseudo.get(":path", ""),
                            pseudo.get(":authority", "") or self.info.destination or "",
                            headers, pseudo.get(":scheme", "http"), "HTTP/2",
                            has_body=has_body)

@@ -4,7 +4,7 @@ may answer itself (403, 404, 429, 503, 504...) or call the rest and look at the
 response. Decisions are made by the sans-I/O objects (authz, routing, weighted,
 ratelimit, faults, retry, outlier, limits); stages only apply them.
 
-    observe -> resolve service -> authorize -> route -> rate limit -> faults
+    observe -> normalize -> resolve service -> authorize -> route -> rate limit -> faults
             -> filters (headers, rewrite, mirror) -> retry + timeouts -> balance -> forward
 """
 
@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from mesh.http_paths import RequestNormalizationError, normalize_request
 from waypoint.accesslog import AccessLog, AccessRecord, WallClock
 from waypoint.authz import RequestFacts, evaluate
 from waypoint.config import ServiceInfo, split_hostport
@@ -119,6 +120,7 @@ def build_pipeline(rt: Runtime) -> Handler:
     """The whole request path, in order."""
     stages: list[Stage] = [
         partial(observe, rt),  # request id, trace span, metrics, access log
+        partial(normalize, rt),  # method + path as authz, routes and the app see them: 400
         partial(resolve_service, rt),  # which served Service: 404 when none
         partial(authorize, rt),  # L7 AuthorizationPolicy: 403
         partial(route, rt),  # HTTPRoute match + weighted backendRef: 404 / 500
@@ -164,6 +166,21 @@ async def observe(rt: Runtime, ex: Exchange, next: Next) -> Response:
     resp.body = _ObservedBody(resp.body, rt, ex, rec, resp.status, ex.flags + resp.flags,
                               resp.upstream_host)
     return resp
+
+
+async def normalize(rt: Runtime, ex: Exchange, next: Next) -> Response:
+    """Every later stage (authz, routes, rewrite) and the backend see one path: the
+    normalized one (mesh/http_paths.py). What cannot be normalized safely is refused
+    here, before any decision, and never forwarded."""
+    head = ex.head
+    try:
+        head.method, head.target = normalize_request(head.method, head.target)
+    except RequestNormalizationError as e:
+        ex.reason = f"request refused: {e}"
+        log.debug("request refused", reason=str(e), peer=ex.info.peer,
+                 principal=ex.info.source_principal)
+        return local_response(400, "bad request: " + str(e), flag="DPE")
+    return await next(ex)
 
 
 async def resolve_service(rt: Runtime, ex: Exchange, next: Next) -> Response:
