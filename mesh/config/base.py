@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -118,9 +118,19 @@ class LabelSelector(OpenModel):
 
 
 class WorkloadSelector(StrictModel):
-    """Istio's workload selector: matchLabels only."""
+    """Istio's workload selector: matchLabels only. An empty one is refused (Istio only
+    warns): it selects the whole namespace, and it is what an API server leaves of a
+    typo'd `matchLabel:` once it has pruned it, so a policy meant for one workload
+    would silently apply to all of them."""
 
     match_labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> WorkloadSelector:
+        if not self.match_labels:
+            raise ValueError("must set matchLabels (an empty selector selects every workload "
+                             "of the namespace; omit selector to mean that)")
+        return self
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.match_labels.items())

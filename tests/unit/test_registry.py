@@ -184,7 +184,7 @@ def _ap(ns: str, name: str, spec: dict[str, object]) -> AuthorizationPolicy:
 def test_authorization_scopes() -> None:
     mesh = _ap("ambient-system", "mesh", {})
     root_sel = _ap("ambient-system", "dbs", {"selector": {"matchLabels": {"app": "db"}}})
-    ns_wide = _ap("demo", "all", {"action": "DENY"})
+    ns_wide = _ap("demo", "all", {"action": "DENY", "rules": [{}]})
     sel = _ap("demo", "web", {"selector": {"matchLabels": {"app": "web"}}})
     other = _ap("other", "x", {})
     l7 = _ap("demo", "l7", {"targetRefs": [{"kind": "Service", "name": "web"}]})
