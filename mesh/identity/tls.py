@@ -3,7 +3,11 @@
 Both sides: TLS 1.3 only, client certificate required, ALPN h2, AES-GCM suites with
 TLS_AES_128_GCM_SHA256 first (what Envoy and ztunnel choose; OpenSSL's default would
 pick AES-256, which is slower and buys nothing here). No hostname check: peers are
-named by the SPIFFE URI SAN, which callers read with `peer_identity`."""
+named by the SPIFFE URI SAN, which callers read with `peer_identity`: it accepts only
+an X.509-SVID (exactly one URI SAN, a SPIFFE ID, not a CA certificate) from the trust
+domain the context was built for. A chain that verifies is not enough: a bundle's
+root (an operator-supplied root shared with other meshes, say) may sign IDs of other
+trust domains, and an ID with a second URI beside it is not an SVID."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import sys
 from functools import cache
 
 import structlog
+from cryptography import x509
 
 from mesh.identity.bundle import TrustBundle
 from mesh.identity.errors import CertificateError, InvalidSpiffeIdError
@@ -89,11 +94,19 @@ def _load_certified_key(ctx: ssl.SSLContext, ck: CertifiedKey) -> None:
         os.close(fd)
 
 
+class MeshTlsContext(ssl.SSLContext):
+    """An SSLContext that remembers the trust domain of the bundle it verifies with,
+    so `peer_identity` checks a peer against it without every caller passing it."""
+
+    trust_domain: str = ""
+
+
 def _base_context(purpose: int, ck: CertifiedKey, bundle: TrustBundle) -> ssl.SSLContext:
     if ck.identity.trust_domain != bundle.trust_domain:
         raise CertificateError(f"certificate for {ck.identity} does not belong to trust domain "
                                f"{bundle.trust_domain} of the bundle")
-    ctx = ssl.SSLContext(purpose)
+    ctx = MeshTlsContext(purpose)
+    ctx.trust_domain = bundle.trust_domain
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
@@ -117,26 +130,54 @@ def client_context(ck: CertifiedKey, bundle: TrustBundle) -> ssl.SSLContext:
     return _base_context(ssl.PROTOCOL_TLS_CLIENT, ck, bundle)
 
 
+def _context_trust_domain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    ctx = ssl_object.context
+    return ctx.trust_domain or None if isinstance(ctx, MeshTlsContext) else None
+
+
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket,
                   trust_domain: str | None = None) -> SpiffeId:
     """The SPIFFE ID of a peer whose chain the handshake has verified.
 
-    Raises CertificateError if there is no verified certificate, it has no single
-    SPIFFE URI SAN, or it is from another trust domain."""
-    cert = ssl_object.getpeercert()
-    if not cert:
+    `trust_domain` defaults to the one the context was built for (server_context /
+    client_context); with neither, nothing is accepted (fail closed). Raises
+    CertificateError if there is no verified certificate, it is a CA certificate, it
+    does not carry exactly one URI SAN (X.509-SVID spec §2: one URI SAN, the SPIFFE
+    ID; DNS or IP SANs beside it are allowed), or the ID is from another trust
+    domain."""
+    expected = trust_domain or _context_trust_domain(ssl_object)
+    if not expected:
+        raise CertificateError("no trust domain to check the peer against: build the TLS "
+                               "context with server_context/client_context or pass one")
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der or not ssl_object.getpeercert():
         raise CertificateError("the peer presented no verified certificate")
-    sans: tuple[tuple[str, str], ...] = cert.get("subjectAltName", ())  # type: ignore[assignment]
-    uris = [entry[1] for entry in sans
-            if entry[0] == "URI" and entry[1].startswith("spiffe://")]
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    except ValueError as exc:  # malformed extensions: cryptography refuses to parse
+        raise CertificateError(f"the peer certificate cannot be parsed: {exc}") from None
+    if constraints is not None and constraints.ca:
+        raise CertificateError("the peer certificate is a CA certificate; an SVID is a leaf "
+                               "(basicConstraints CA=false)")
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    except ValueError as exc:
+        raise CertificateError(f"the peer certificate's SANs cannot be parsed: {exc}") from None
     if len(uris) != 1:
-        raise CertificateError(f"the peer certificate has {len(uris)} SPIFFE URI SANs; an SVID "
-                               "has exactly one")
+        raise CertificateError(f"the peer certificate has {len(uris)} URI SANs "
+                               f"{[u[:80] for u in uris[:3]]}; an SVID has exactly one, "
+                               "its SPIFFE ID")
     try:
         identity = SpiffeId.parse(uris[0])
     except InvalidSpiffeIdError as exc:
         raise CertificateError(f"peer certificate: {exc}") from None
-    if trust_domain is not None and identity.trust_domain != trust_domain:
+    if identity.trust_domain != expected:
         raise CertificateError(f"peer {identity} is from trust domain {identity.trust_domain}, "
-                               f"not {trust_domain}")
+                               f"not {expected}")
     return identity

@@ -70,7 +70,9 @@ ADMIN_VARIANTS = [
 HTTP1_ONLY = ["http://x/admin", "http://x/./admin", "https://x//%61dmin", "http://x#/admin",
               "http://x?/../admin#"]
 # Over HTTP/2 :path must be origin-form (or '*' for OPTIONS).
-HTTP2_ONLY = ["http://x/admin", "https://guarded/admin", "admin", "*", "http://x"]
+# ("/public x" would split the request line of the HTTP/1.1 request sent upstream.)
+HTTP2_ONLY = ["http://x/admin", "https://guarded/admin", "admin", "*", "http://x", "/public x",
+              "/public?a b"]
 
 
 @dataclass
