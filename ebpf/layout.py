@@ -32,7 +32,8 @@ class PodConfig(ctypes.Structure):
 
 
 class AddrKey(ctypes.Structure):
-    """am_inbound_ips key: a pod IP (value: the pod's cgroup id, u64)."""
+    """am_inbound_ips key: a pod IP (value: the pod's cgroup id, u64). Informational:
+    inbound capture does not depend on which addresses were registered."""
 
     _fields_ = [("addr", Addr16)]
 
@@ -72,6 +73,31 @@ class ListenerKey(ctypes.Structure):
     ]
 
 
+# sk_lookup programs cannot call bpf_get_netns_cookie and see no cgroup, so nothing in
+# their context says which pod's netns they run in. Each enrolled pod therefore gets its
+# own instance of am_sk_lookup: the compiled program is kept as a template (am_templates)
+# whose one 64-bit load of SK_LOOKUP_POD_PLACEHOLDER the loader replaces with the pod's
+# cgroup id (ebpf/inbound.py).
+SK_LOOKUP_POD_PLACEHOLDER = 0x616D5F706F645F3F  # "am_pod_?": no cgroup id is this large
+MAX_TEMPLATE_INSNS = 1024
+
+# Why am_sk_lookup refused a connection (am_inbound_drop index). Capture fails closed:
+# in an enrolled netns a connection the program cannot hand to the proxy is dropped.
+INBOUND_DROP_REASONS: tuple[str, ...] = ("no_pod", "no_listener", "assign_failed")
+
+
+class ProgTemplate(ctypes.Structure):
+    """am_templates value: a program's instructions (struct bpf_insn, 8 bytes each) as
+    compiled, with every map reference (a 64-bit load of BPF_PSEUDO_MAP_FD) holding the
+    map's index in MAPS instead of an fd, so any process holding the maps can load it."""
+
+    _fields_ = [
+        ("insn_cnt", ctypes.c_uint32),
+        ("placeholder_at", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64 * MAX_TEMPLATE_INSNS),
+    ]
+
+
 @dataclass(frozen=True)
 class MapSpec:
     name: str
@@ -97,7 +123,8 @@ MAP_PODS = MapSpec(
 )
 MAP_INBOUND_IPS = MapSpec(
     "am_inbound_ips", "hash", 1, AddrKey, ctypes.c_uint64, 2 * C.MAX_PODS,
-    "pod IP -> cgroup id: lets sk_lookup (which sees no cgroup) find the pod",
+    "pod IP -> cgroup id: the addresses enrollment registered (status only; inbound "
+    "capture takes every address of the pod's netns)",
 )
 MAP_ORIG_COOKIE = MapSpec(
     "am_orig_cookie", "lru_hash", 9, ctypes.c_uint64, OrigDst, C.MAX_ORIGINAL_DESTINATIONS,
@@ -111,8 +138,18 @@ MAP_LISTENERS = MapSpec(
     "am_listeners", "sockhash", 18, ListenerKey, ctypes.c_uint64, 2 * C.MAX_PODS,
     "(netns cookie, family) -> the pod's inbound (15006) listening socket",
 )
+MAP_TEMPLATES = MapSpec(
+    "am_templates", "array", 2, ctypes.c_uint32, ProgTemplate, 1,
+    "0 -> the am_sk_lookup template each pod's instance is made from",
+)
+MAP_INBOUND_DROPS = MapSpec(
+    "am_inbound_drop", "array", 2, ctypes.c_uint32, ctypes.c_uint64,
+    len(INBOUND_DROP_REASONS),
+    "reason -> connections am_sk_lookup refused (INBOUND_DROP_REASONS)",
+)
 MAPS: tuple[MapSpec, ...] = (
     MAP_PODS, MAP_INBOUND_IPS, MAP_ORIG_COOKIE, MAP_ORIG_TUPLE, MAP_LISTENERS,
+    MAP_TEMPLATES, MAP_INBOUND_DROPS,
 )
 
 STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
@@ -121,6 +158,7 @@ STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
     ("am_orig_dst", OrigDst),
     ("am_tuple_key", TupleKey),
     ("am_listener_key", ListenerKey),
+    ("am_prog_template", ProgTemplate),
 )
 
 # The deepest cgroup level (root = 0) at which a pod can be enrolled: outbound capture
@@ -136,7 +174,7 @@ _CTYPE_NAMES = {
     ctypes.c_uint64: "__u64",
 }
 
-_DEFINES = {
+_DEFINES: dict[str, int | str] = {
     "AM_OUTBOUND_PORT": C.OUTBOUND_PORT,
     "AM_INBOUND_PORT": C.INBOUND_PORT,
     "AM_HBONE_PORT": C.HBONE_PORT,
@@ -149,6 +187,8 @@ _DEFINES = {
     "AM_FLAG_CAPTURE_OUTBOUND": C.FLAG_CAPTURE_OUTBOUND,
     "AM_FLAG_CAPTURE_INBOUND": C.FLAG_CAPTURE_INBOUND,
     "AM_MAX_POD_CGROUP_LEVEL": MAX_POD_CGROUP_LEVEL,
+    "AM_POD_PLACEHOLDER": f"{SK_LOOKUP_POD_PLACEHOLDER:#x}ULL",
+    **{f"AM_DROP_{reason.upper()}": i for i, reason in enumerate(INBOUND_DROP_REASONS)},
 }
 
 

@@ -20,7 +20,7 @@ import structlog
 
 from ebpf import constants as C
 from ebpf.errors import CompileError
-from ebpf.layout import render_c_header
+from ebpf.layout import MAPS, render_c_header
 from ebpf.pins import PinLayout
 
 log = structlog.get_logger("ebpf")
@@ -72,6 +72,23 @@ class LoadedPrograms:
     def __init__(self, bpf: Any, fds: dict[str, int]) -> None:
         self._bpf = bpf
         self.fds = fds
+
+    def instructions(self, name: str) -> bytes:
+        """A program's instructions as compiled (map fds of this bcc object in them)."""
+        raw: bytes = self._bpf.dump_func(name.encode())
+        return raw
+
+    def map_fds(self) -> dict[int, str]:
+        """fd -> map name for every map of the layout, as this bcc object opened them
+        (the fds its compiled instructions refer to)."""
+        from bcc import libbcc
+
+        out = {}
+        for spec in MAPS:
+            fd = libbcc.lib.bpf_table_fd(self._bpf.module, spec.name.encode())
+            if fd >= 0:
+                out[fd] = spec.name
+        return out
 
     def close(self) -> None:
         """Release the bcc object (its program fds); pinned objects live on."""

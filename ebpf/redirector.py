@@ -28,10 +28,11 @@ from ebpf.errors import (
     NotCgroupV2,
     NotInstalled,
 )
+from ebpf.inbound import InboundCapture, make_template
 from ebpf.maps import MapSet, validate_pinned
 from ebpf.netns import netns_cookie, netns_path, socket_netns_cookie
 from ebpf.original_dst import OriginalDestinations
-from ebpf.pins import PinLayout, is_cgroup2, require_bpffs
+from ebpf.pins import INBOUND_LINK_PREFIX, PinLayout, is_cgroup2, require_bpffs
 from ebpf.programs import CGROUP_PROGRAMS, PROGRAMS, SK_LOOKUP, LoadedPrograms, compile_and_load
 
 log = structlog.get_logger("ebpf")
@@ -41,8 +42,8 @@ class Redirector:
     """Capture for one node. Build with load() (an agent) or open() (a reader)."""
 
     def __init__(
-        self, pins: PinLayout, maps: MapSet, prog_fds: dict[str, int],
-        loaded: LoadedPrograms | None,
+        self, pins: PinLayout, maps: MapSet, inbound: InboundCapture,
+        prog_fds: dict[str, int], loaded: LoadedPrograms | None,
     ) -> None:
         self.pins = pins
         self._maps = maps
@@ -50,6 +51,7 @@ class Redirector:
         self._loaded = loaded
         self._lock = threading.Lock()
         self._origins = OriginalDestinations(maps.original)
+        self._inbound = inbound
         self.adopted = False
 
     # ---- construction ----------------------------------------------------------
@@ -67,8 +69,15 @@ class Redirector:
         validate_pinned(pins)
         loaded = compile_and_load(pins)
         adopted = False
+        maps: MapSet | None = None
+        inbound: InboundCapture | None = None
         try:
             maps = MapSet(pins)
+            inbound = InboundCapture(pins)
+            # The template first: pods enrolled from now on (by any process) and the
+            # pods already linked get instances of this code.
+            inbound.store_template(make_template(
+                loaded.instructions(SK_LOOKUP.name), loaded.map_fds()))
             for spec in CGROUP_PROGRAMS:
                 link_fd, was_pinned = attachments.attach_or_adopt_cgroup(
                     pins.link(spec.name), loaded.fds[spec.name], attach_cgroup,
@@ -77,13 +86,21 @@ class Redirector:
                 libbpf.close(link_fd)
                 adopted = adopted or was_pinned
             for link in pins.inbound_links():
-                attachments.update_link(link, loaded.fds[SK_LOOKUP.name], link.name)
+                cgroup_id = int(link.name.removeprefix(INBOUND_LINK_PREFIX))
+                prog_fd = inbound.instance(cgroup_id, _map_fds(maps, inbound), link.name)
+                try:
+                    attachments.update_link(link, prog_fd, link.name)
+                finally:
+                    libbpf.close(prog_fd)
             for spec in PROGRAMS:
                 attachments.replace_pin(loaded.fds[spec.name], pins.prog(spec.name))
         except Exception:
+            for opened in (maps, inbound):
+                if opened is not None:
+                    opened.close()
             loaded.close()
             raise
-        self = cls(pins, maps, dict(loaded.fds), loaded)
+        self = cls(pins, maps, inbound, dict(loaded.fds), loaded)
         self.adopted = adopted
         log.info("redirection ready", pin=pin_name, cgroup=str(attach_cgroup), adopted=adopted)
         return self
@@ -98,22 +115,28 @@ class Redirector:
             raise NotInstalled(str(pins.dir))
         maps = MapSet(pins)
         fds: dict[str, int] = {}
+        inbound: InboundCapture | None = None
         try:
+            inbound = InboundCapture(pins)
             for spec in PROGRAMS:
                 if pins.prog(spec.name).exists():
                     fds[spec.name] = libbpf.obj_get(str(pins.prog(spec.name)))
         except Exception:
             maps.close()
+            if inbound is not None:
+                inbound.close()
             for fd in fds.values():
                 libbpf.close(fd)
             raise
-        return cls(pins, maps, fds, None)
+        return cls(pins, maps, inbound, fds, None)
 
     # ---- pods --------------------------------------------------------------------
     def enroll(self, pod: EnrolledPod) -> None:
         """Start capturing a pod's traffic; idempotent, and re-enrolling updates its
         exclusions in place. Map updates first, the sk_lookup link last. Tasks in the
-        pod's cgroup and in every cgroup below it (containers) are captured."""
+        pod's cgroup and in every cgroup below it (containers) are captured outbound;
+        inbound, every new TCP connection to any non-loopback address of the pod's
+        netns (registered IPs, link-local, addresses added later)."""
         cgroup_id = pod.resolved_cgroup_id()
         pod.check_capturable()
         ns = netns_path(pod.netns)
@@ -122,16 +145,23 @@ class Redirector:
         except Exception as exc:
             raise EnrollmentError(f"pod {pod.name}: {exc}") from exc
         config = pod_config(pod, cookie)
+        link = self.pins.inbound_link(cgroup_id)
+        what = f"inbound capture of pod {pod.name} ({ns})"
         with self._lock:
             try:
                 self._maps.pods.put(cgroup_id, config, pod.name)
                 for ip in pod.ips:
                     self._maps.inbound_ips.put(ip, cgroup_id, pod.name)
-                if pod.capture_inbound and pod.ips:
-                    link_fd = attachments.attach_netns(
-                        self.pins.inbound_link(cgroup_id), self._prog(SK_LOOKUP.name), ns,
-                        SK_LOOKUP.attach_type, f"inbound capture of pod {pod.name} ({ns})",
-                    )
+                if not pod.capture_inbound:
+                    attachments.detach_pinned(link, what)
+                elif not link.exists():
+                    prog_fd = self._inbound.instance(
+                        cgroup_id, _map_fds(self._maps, self._inbound), what)
+                    try:
+                        link_fd = attachments.attach_netns(
+                            link, prog_fd, ns, SK_LOOKUP.attach_type, what)
+                    finally:
+                        libbpf.close(prog_fd)
                     libbpf.close(link_fd)
             except BpfSyscallError as exc:
                 raise EnrollmentError(f"pod {pod.name}: {exc}") from exc
@@ -140,16 +170,17 @@ class Redirector:
 
     def unenroll(self, pod: EnrolledPod) -> None:
         """Stop capturing: new connections go direct at once; the app keeps running.
-        Works for a pod already deleted (its cgroup id must then be given)."""
+        Works for a pod already deleted (its cgroup id must then be given). The link
+        goes first: a netns still linked but without its pod record drops inbound."""
         cgroup_id = pod.resolved_cgroup_id()
         with self._lock:
+            attachments.detach_pinned(self.pins.inbound_link(cgroup_id),
+                                      f"inbound capture of pod {pod.name}")
             self._maps.pods.remove(cgroup_id, pod.name)
             for ip in pod.ips:
                 owner = self._maps.inbound_ips.get(ip)
                 if owner == cgroup_id:
                     self._maps.inbound_ips.remove(ip, pod.name)
-            attachments.detach_pinned(self.pins.inbound_link(cgroup_id),
-                                      f"inbound capture of pod {pod.name}")
         log.info("pod unenrolled", pod=pod.name, cgroup_id=cgroup_id)
 
     def is_enrolled(self, pod: EnrolledPod) -> bool:
@@ -219,12 +250,14 @@ class Redirector:
             ),
             "enrolled_pods": self._maps.pods.count(),
             "inbound_addresses": self._maps.inbound_ips.count(),
+            "inbound_drops": self._inbound.drops(),
             "inbound_links": len(inbound_links),
             "inbound_links_attached": sum(1 for x in inbound_links if x["attached"]),
             "inbound_listeners": self._maps.listeners.count(),
             "maps": {m.spec.name: m.id for m in (
                 self._maps.pods, self._maps.inbound_ips, self._maps.original,
-                self._maps.capture_cookies, self._maps.listeners)},
+                self._maps.capture_cookies, self._maps.listeners,
+                self._inbound.templates, self._inbound.drops_map)},
             "pins": [str(p) for p in self.pins.all_pins()],
         }
 
@@ -243,6 +276,7 @@ class Redirector:
     def close(self) -> None:
         """Drop this process's handles; the pinned programs keep capturing."""
         self._maps.close()
+        self._inbound.close()
         if self._loaded is not None:
             self._loaded.close()
         else:
@@ -274,6 +308,15 @@ class Redirector:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _opened(maps: MapSet, inbound: InboundCapture) -> list[Any]:
+    return [maps.pods, maps.inbound_ips, maps.original, maps.capture_cookies,
+            maps.listeners, inbound.templates, inbound.drops_map]
+
+
+def _map_fds(maps: MapSet, inbound: InboundCapture) -> dict[str, int]:
+    return {m.spec.name: m.fd for m in _opened(maps, inbound)}
 
 
 def uninstall(pin_name: str) -> bool:
