@@ -40,6 +40,7 @@ for _name, _args in {
     "bpf_map_update_elem": [ctypes.c_int, _vp, _vp, ctypes.c_uint64],
     "bpf_map_lookup_elem": [ctypes.c_int, _vp, _vp],
     "bpf_map_delete_elem": [ctypes.c_int, _vp],
+    "bpf_map_lookup_and_delete_elem": [ctypes.c_int, _vp, _vp],
     "bpf_map_get_next_key": [ctypes.c_int, _vp, _vp],
     "bpf_obj_get_info_by_fd": [ctypes.c_int, _vp, ctypes.POINTER(ctypes.c_uint32)],
     "bpf_prog_query": [
@@ -95,6 +96,16 @@ def map_lookup(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
     if ret == -2 or (ret == -1 and ctypes.get_errno() == 2):
         return False
     _check("map lookup", ret)
+    return True
+
+
+def map_take(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
+    """Fill `value` and delete the element in one syscall (no second reader can get
+    it); False when the key is absent."""
+    ret = _lib.bpf_map_lookup_and_delete_elem(fd, _ref(key), _ref(value))
+    if ret == -2 or (ret == -1 and ctypes.get_errno() == 2):
+        return False
+    _check("map lookup and delete", ret)
     return True
 
 

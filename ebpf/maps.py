@@ -110,11 +110,15 @@ class OriginalDestinationTable(PinnedMap):
     def __init__(self, pins: PinLayout) -> None:
         super().__init__(pins, MAP_ORIG_TUPLE)
 
-    def get(self, netns_cookie: int, client_ip: str, client_port: int) -> OrigDst | None:
+    def take(self, netns_cookie: int, client_ip: str, client_port: int) -> OrigDst | None:
+        """The record of one captured connection, removed as it is read: a record
+        answers exactly one accepted connection, so a later connection that reuses the
+        client port without being captured (the proxy dialling its own 15001, an app
+        connecting to 15001 directly) finds nothing instead of a stale destination."""
         key = TupleKey(netns_cookie=netns_cookie, port=client_port)
         set_addr(key.addr, addr_bytes(client_ip))
         value = OrigDst()
-        return value if libbpf.map_lookup(self.fd, key, value) else None
+        return value if libbpf.map_take(self.fd, key, value) else None
 
 
 class CaptureCookieTable(PinnedMap):

@@ -4,8 +4,10 @@
  * the final ACK leaves, so before the proxy can accept), copy its am_orig_cookie
  * record under the key the proxy can compute from the socket it accepted: (netns
  * cookie, client address, client port) -> am_orig_tuple. The cookie record is dropped
- * when the socket closes; the tuple record stays until LRU eviction, because the
- * proxy may accept a connection after the client already closed it.
+ * when the socket closes; the tuple record stays until the proxy reads it (it takes
+ * it with lookup-and-delete: one record, one connection) or LRU evicts it, because
+ * the proxy may accept a connection after the client already closed it. Nothing on
+ * the kernel side reads am_orig_tuple: getpeername answers from am_orig_cookie.
  *
  * getpeername4/6: the app sees the address it connected to, not the proxy's. */
 

@@ -3,7 +3,11 @@
 Outbound (accepted on loopback:15001): the capture record keyed by what both sides
 see — the netns cookie of the accepted socket (it lives in the pod's netns) and its
 peer address, which is the client's source address. sockops writes that record
-before the client's final ACK leaves, so it exists before accept() can return.
+before the client's final ACK leaves, so it exists before accept() can return. The
+proxy takes the record as it reads it (lookup-and-delete): it answers one connection,
+and a connection to 15001 that was not captured — which may reuse a client port a
+captured one had — finds nothing and is refused (OriginalDestinationUnknown) rather
+than sent where an earlier connection was going.
 
 Inbound (steered by sk_lookup): nothing to look up — getsockname() of the accepted
 socket already is the address the client connected to.
@@ -44,7 +48,7 @@ class OriginalDestinations:
             return str(local[0]), int(local[1])
         peer = sock.getpeername()
         cookie = socket_netns_cookie(sock)
-        record = self._table.get(cookie, peer[0].split("%", 1)[0], int(peer[1]))
+        record = self._table.take(cookie, peer[0].split("%", 1)[0], int(peer[1]))
         if record is None:
             raise OriginalDestinationUnknown(
                 f"no capture record for the connection from {peer[0]}:{peer[1]} "
