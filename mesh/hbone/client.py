@@ -1,10 +1,12 @@
 """HBONE client: a pool of mTLS HTTP/2 connections, one CONNECT stream per tunnel.
 
-Connections are keyed by (source identity, destination ip, port) and shared by up
-to the peer's stream limit. A connection made with a TLS context that is no longer
-current (the source certificate was renewed) takes no new streams and closes once
-its last stream ends, so rotation never drops a live tunnel and new tunnels always
-present the current certificate.
+Connections are keyed by (source identity, destination ip, port, source address) and
+shared by up to the peer's stream limit: two pods with one identity never share a
+connection, so the far side sees each one's own address (as ztunnel's WorkloadKey).
+A connection made with a TLS context that is no longer current (the source
+certificate was renewed) takes no new streams and closes once its last stream ends,
+so rotation never drops a live tunnel and new tunnels always present the current
+certificate.
 
 Opening a tunnel is bounded as a whole by TunnelSettings.connect_timeout (dial, TLS,
 the peer's SETTINGS, the CONNECT answer); a timeout names the phase it stopped in.
@@ -37,7 +39,7 @@ from mesh.identity.spiffe import SpiffeId
 log = structlog.get_logger(__name__)
 
 Dialer = Callable[[str, int], Awaitable[socket.socket]]
-PoolKey = tuple[str, str, int]
+PoolKey = tuple[str, str, int, str]  # identity, destination ip, port, source address
 
 
 class TlsSource(Protocol):
@@ -114,9 +116,11 @@ class HboneClientPool:
 
     async def connect(self, source: TlsSource, dest: tuple[str, int], authority: str, *,
                       dial: Dialer | None = None, expected_peer: SpiffeId | None = None,
-                      headers: tuple[tuple[str, str], ...] = ()) -> HboneStream:
+                      headers: tuple[tuple[str, str], ...] = (),
+                      source_address: str = "") -> HboneStream:
         """Open a tunnel to `authority` (the original ip:port) through the HBONE server at
-        `dest`, presenting `source`'s certificate.
+        `dest`, presenting `source`'s certificate, on a connection of `source_address`
+        (the address `dial` connects from; connections are not shared across it).
 
         Raises HboneConnectError for a non-2xx answer, HboneTunnelTimeout when the
         whole setup takes longer than the connect timeout, HboneTunnelError when the
@@ -125,18 +129,19 @@ class HboneClientPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 return await self._connect(source, dest, authority, phase, dial, expected_peer,
-                                           headers)
+                                           headers, source_address)
         except TimeoutError:
             raise HboneTunnelTimeout(phase.describe(), self._connect_timeout,
                                      peer=f"{dest[0]}:{dest[1]}") from None
 
     async def _connect(self, source: TlsSource, dest: tuple[str, int], authority: str,
                        phase: _Phase, dial: Dialer | None, expected_peer: SpiffeId | None,
-                       headers: tuple[tuple[str, str], ...]) -> HboneStream:
+                       headers: tuple[tuple[str, str], ...],
+                       source_address: str = "") -> HboneStream:
         if self._closed:
             raise HboneTunnelError("the HBONE pool is closed", peer=f"{dest[0]}:{dest[1]}")
         ctx = source.client_context()
-        key = (source.identity, dest[0], dest[1])
+        key = (source.identity, dest[0], dest[1], source_address)
         if self._current_ctx.get(source.identity) is not ctx:
             self._current_ctx[source.identity] = ctx
             self._retire_stale(source.identity, ctx)

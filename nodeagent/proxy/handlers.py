@@ -1,9 +1,10 @@
 """The three connection handlers of the node proxy, one per capture path.
 
 Outbound (15001): original destination -> plan -> HBONE / plaintext -> relay.
-Inbound HBONE (15008): verified peer -> L4 authorization -> the app on loopback.
-Inbound plaintext (15006): PeerAuthentication STRICT refuses; PERMISSIVE authorizes
-(no principal) and relays, labelled plaintext.
+Inbound HBONE (15008): verified peer -> L4 authorization -> the app at the pod's
+own address. Inbound plaintext (15006): PeerAuthentication STRICT refuses; PERMISSIVE
+authorizes (no principal) and relays, labelled plaintext. Inbound never reaches the
+proxy's own ports nor the pod's loopback (nodeagent.proxy.delivery).
 Every connection ends in one access-log record and the Istio TCP metrics. A tunnel
 that cannot be opened in time or dies under a connection (link cut, peer hung) resets
 the app's connection, is logged as outcome "error" with the reason naming the peer,
@@ -22,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from ebpf.errors import OriginalDestinationUnknown
 from mesh import hbone
 from mesh.api import config_pb2 as pb
 from nodeagent import admission, authz
@@ -30,6 +32,7 @@ from nodeagent.balance import EndpointPicker
 from nodeagent.errors import ConnectionRefusedByMesh, NoHealthyEndpoint, WaypointUnavailable
 from nodeagent.metrics import ConnectionLabels, ProxyMetrics
 from nodeagent.outbound_plan import Hop, Transport, plan
+from nodeagent.proxy import delivery
 from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
 from nodeagent.proxy.relay import Transfer, relay_sockets
 from nodeagent.proxy.streams import dial
@@ -48,6 +51,7 @@ log = structlog.get_logger("nodeagent.proxy")
 OriginalDestination = Callable[[socket.socket], tuple[str, int]]
 CONNECT_TIMEOUT = 5.0
 DENIED = 401  # what ztunnel answers a CONNECT its RBAC refuses
+BAD_TARGET = 400  # a CONNECT to something that is not this pod's app
 UPSTREAM_REFUSED = 503
 Upstream = hbone.HboneStream | socket.socket
 
@@ -182,6 +186,11 @@ async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.so
     except TunnelFailed as e:  # its message names the peer and what failed
         record.outcome, record.reason = "error", str(e)
         hbone.reset_socket(client)
+    except OriginalDestinationUnknown as e:  # on 15001 without being captured
+        record.outcome, record.reason = "error", str(e)
+        ctx.metrics.refused("capture_miss", record.direction)
+        log.warning("connection refused", pod=pod.key, cause="capture_miss", reason=str(e))
+        hbone.reset_socket(client)
     except (OSError, TimeoutError, hbone.HboneStreamReset) as e:
         record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
         hbone.reset_socket(client)
@@ -202,7 +211,13 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
     try:
         if host not in (pod.ip, pod.ip6):
             record.outcome, record.reason = "refused", f"{host} is not this pod ({pod.ip})"
-            await request.reject(400)
+            await request.reject(BAD_TARGET)
+            return
+        try:
+            delivery.check_port(pod, port)
+        except delivery.SelfCall as e:
+            _refused(ctx, record, e)
+            await request.reject(BAD_TARGET)
             return
         wl = ctx.workload_of(pod)
         try:
@@ -219,9 +234,9 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
             await request.reject(DENIED)
             return
         try:
-            app = await dial(pod.netns, "::1" if ":" in host else "127.0.0.1", port,
+            app = await dial(pod.netns, delivery.app_address(pod, ":" in host), port,
                              CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, delivery.NoPodAddress) as e:
             record.outcome, record.reason = "refused", f"app port {port}: {e}"
             await request.reject(UPSTREAM_REFUSED)
             return
@@ -251,6 +266,8 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
                               transport="plaintext")
     wl = ctx.workload_of(pod)
     try:
+        delivery.check_port(pod, port)
+        delivery.check_peer(pod, peer_ip)
         admission.inbound_plaintext(ctx.state, ctx.tunnels.certs, pod, wl)
         if wl is not None and ctx.state.mtls_mode(wl) == pb.STRICT:
             policy = ctx.state.policies.get(wl.uid)
@@ -265,7 +282,7 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
             record.outcome, record.reason = "denied", verdict.reason
             hbone.reset_socket(client)
             return
-        app = await dial(pod.netns, "::1" if ":" in local_ip else "127.0.0.1", port,
+        app = await dial(pod.netns, delivery.app_address(pod, ":" in local_ip), port,
                          CONNECT_TIMEOUT)
         src_name, src_ns = _names(ctx.state.workload_at(peer_ip))
         dst_name, dst_ns = _names(wl)
@@ -308,10 +325,14 @@ async def serve_pod(ctx: ProxyContext, pod: PodEndpoint, listeners: PodListeners
             return None
         return handle_inbound_plaintext(ctx, pod, s)
 
+    def failed(direction: str) -> Callable[[BaseException], None]:
+        return lambda _: ctx.metrics.refused("handler_error", direction)
+
     async with asyncio.TaskGroup() as tg:
         for sock in listeners.outbound_sockets:
-            tg.create_task(accept_loop(sock, outbound, connections))
+            tg.create_task(accept_loop(sock, outbound, connections, failed("outbound")))
         for sock in listeners.inbound_sockets:
-            tg.create_task(accept_loop(sock, inbound, connections))
+            tg.create_task(accept_loop(sock, inbound, connections,
+                                       failed("inbound_plaintext")))
         tg.create_task(ctx.tunnels.serve(pod, listeners.hbone_sockets,
                                          lambda request: handle_hbone(ctx, pod, request)))

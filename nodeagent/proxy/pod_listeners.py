@@ -60,9 +60,30 @@ async def _readable(listener: socket.socket) -> None:
         loop.remove_reader(fd)
 
 
+def _owned(tasks: set[asyncio.Task[None]], on_failure: Callable[[BaseException], None] | None
+           ) -> Callable[[asyncio.Task[None]], None]:
+    """The owner of connection tasks: forgets a finished one, and logs (with the
+    traceback) and counts one that failed, which would otherwise die unobserved."""
+    def finished(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        log.error("connection handler failed", error=f"{type(error).__name__}: {error}",
+                  exc_info=error)
+        if on_failure is not None:
+            on_failure(error)
+    return finished
+
+
 async def accept_loop(listener: socket.socket, handler: SocketHandler,
-                      tasks: set[asyncio.Task[None]]) -> None:
-    """Accept until cancelled; each connection gets its own task, tracked in `tasks`.
+                      tasks: set[asyncio.Task[None]],
+                      on_failure: Callable[[BaseException], None] | None = None) -> None:
+    """Accept until cancelled; each connection gets its own task, tracked in `tasks`;
+    a task that fails is logged and reported to `on_failure` (a handler bug must not
+    vanish as "Task exception was never retrieved").
 
     Cancellation only ever lands while waiting for the backlog, never between taking a
     connection out of it and starting its task: with `loop.sock_accept`, a stop (an
@@ -70,6 +91,7 @@ async def accept_loop(listener: socket.socket, handler: SocketHandler,
     over a connection, which was then dropped with a reset instead of being served or
     left in the backlog for the next agent."""
     listener.setblocking(False)
+    done = _owned(tasks, on_failure)
     while True:
         await _readable(listener)
         while True:  # everything waiting now, with no await in between
@@ -88,7 +110,7 @@ async def accept_loop(listener: socket.socket, handler: SocketHandler,
                 continue
             task = asyncio.create_task(work)
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            task.add_done_callback(done)
 
 
 @dataclass

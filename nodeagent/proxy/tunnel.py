@@ -81,8 +81,12 @@ class Tunnels:
             return await dial(pod.netns, host, p, self.pool.settings.connect_timeout + 1)
 
         expected = SpiffeId.parse(expected_identity) if expected_identity else None
+        # Pooled per source pod, not only per identity: the far side sees the address
+        # the connection comes from (authorization ipBlocks, telemetry), so two pods
+        # of one ServiceAccount must not share one.
+        source_address = (pod.ip6 if ":" in address else pod.ip) or pod.key
         return await self.pool.connect(source, (address, port), authority, dial=dial_in_pod,
-                                       expected_peer=expected)
+                                       expected_peer=expected, source_address=source_address)
 
     async def serve(self, pod: PodEndpoint, sockets: list[socket.socket],
                     handler: Callable[[HboneRequest], Awaitable[None]]) -> None:

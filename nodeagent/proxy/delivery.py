@@ -1,0 +1,85 @@
+"""Where an inbound connection may be delivered inside the destination pod.
+
+Two rules, both from ztunnel (`illegal_ports` / `Error::SelfCall`, and delivery to
+the workload's own address):
+- never to one of the proxy's own ports: the proxy holds 15001 / 15006 / 15008 in the
+  pod's netns, so delivering there makes the proxy call itself — through 15001 as an
+  outbound connection of the victim pod (impersonation), through 15006 in an endless
+  loop that exhausts the agent's descriptors;
+- to the pod's own address, never to its loopback: an app that bound a port to
+  127.0.0.1 / ::1 only chose not to be reachable from other pods, and stays so. The
+  proxy's connection to the pod address enters through the loopback device, which
+  the sk_lookup capture leaves alone, and carries the proxy mark, so it is not
+  captured again.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ebpf.constants import HBONE_PORT, INBOUND_PORT, METRICS_PORT, OUTBOUND_PORT
+from nodeagent.errors import ConnectionRefusedByMesh
+
+PROXY_PORTS: dict[int, str] = {
+    OUTBOUND_PORT: "outbound capture",
+    INBOUND_PORT: "inbound plaintext capture",
+    HBONE_PORT: "inbound HBONE",
+    METRICS_PORT: "proxy metrics/health",
+}
+
+
+class Pod(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def ip(self) -> str: ...
+
+    @property
+    def ip6(self) -> str: ...
+
+
+class SelfCall(ConnectionRefusedByMesh):
+    """An inbound connection that would reach the node proxy itself."""
+
+    cause = "self_call"
+
+    def __init__(self, pod: str, what: str) -> None:
+        super().__init__(f"pod {pod}: {what}: refused, the node proxy never delivers "
+                         "a connection to itself")
+
+
+class NoPodAddress(ConnectionRefusedByMesh):
+    """The pod has no address of any family to deliver to (not reported yet)."""
+
+    cause = "no_pod_address"
+
+    def __init__(self, pod: str) -> None:
+        super().__init__(f"pod {pod} has no IP address yet: inbound connection refused "
+                         "(it is never delivered to the pod's loopback)")
+
+
+def check_port(pod: Pod, port: int) -> None:
+    """Raise SelfCall when `port` is one of the proxy's own."""
+    what = PROXY_PORTS.get(port)
+    if what is not None:
+        raise SelfCall(pod.key, f"port {port} is the proxy's {what} port")
+
+
+def check_peer(pod: Pod, peer_ip: str) -> None:
+    """A plaintext connection captured from the pod's own address is the proxy's
+    delivery coming back (a pod reaching itself goes through loopback, uncaptured):
+    refuse it rather than loop."""
+    if peer_ip and peer_ip in (pod.ip, pod.ip6):
+        raise SelfCall(pod.key, f"a captured connection from the pod's own address "
+                       f"{peer_ip}")
+
+
+def app_address(pod: Pod, v6: bool) -> str:
+    """The pod address to deliver to: the family the client used when the pod has it,
+    else the other one (apps usually listen dual-stack)."""
+    first, second = (pod.ip6, pod.ip) if v6 else (pod.ip, pod.ip6)
+    address = first or second
+    if not address:
+        raise NoPodAddress(pod.key)
+    return address
