@@ -49,6 +49,7 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
 # A character that may appear as-is in a request target: printable ASCII but '#'.
 _FORBIDDEN = re.compile(r"[^\x21-\x7e]|#")
 _ESCAPED_SLASHES = frozenset({0x2F, 0x5C})
+_SLASHES = re.compile(r"/{2,}")
 
 
 class RequestNormalizationError(ValueError):
@@ -118,9 +119,7 @@ def _decode_unreserved(path: str) -> str:
 
 
 def _merge_slashes(path: str) -> str:
-    while "//" in path:
-        path = re.sub(r"/{2,}", "/", path)
-    return path
+    return _SLASHES.sub("/", path) if "//" in path else path
 
 
 def remove_dot_segments(path: str) -> str:
@@ -151,7 +150,7 @@ def normalize_path(path: str, merge_slashes: bool = True) -> str:
     path = _decode_unreserved(path).replace("\\", "/")
     if merge_slashes:
         path = _merge_slashes(path)
-    if "." in path:
+    if "/." in path:  # a '.' or '..' segment starts right after a '/'
         path = remove_dot_segments(path)
         if merge_slashes:
             path = _merge_slashes(path)
