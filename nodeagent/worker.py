@@ -29,7 +29,7 @@ from nodeagent.accesslog import AccessLog
 from nodeagent.certs import CertificateUnavailableError
 from nodeagent.metrics import ProxyMetrics
 from nodeagent.proxy.handlers import ProxyContext, handle_inbound_plaintext, handle_outbound
-from nodeagent.proxy.pod_listeners import PodEndpoint
+from nodeagent.proxy.pod_listeners import PodEndpoint, track
 from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
 
@@ -105,9 +105,9 @@ class Worker:
                 return
             handler = (handle_outbound if msg.header["kind"] == "outbound"
                        else handle_inbound_plaintext)
-            task = asyncio.create_task(handler(self.ctx, endpoint, sock))
-            self.connections.add(task)
-            task.add_done_callback(self.connections.discard)
+            kind = msg.header["kind"]
+            track(self.connections, asyncio.create_task(handler(self.ctx, endpoint, sock)),
+                  lambda _: self.metrics.refused("handler_error", kind))
         elif op == "stop":
             self.stop.set()
 

@@ -60,6 +60,14 @@ async def _readable(listener: socket.socket) -> None:
         loop.remove_reader(fd)
 
 
+def track(tasks: set[asyncio.Task[None]], task: asyncio.Task[None],
+          on_failure: Callable[[BaseException], None] | None = None) -> None:
+    """Own a connection task: kept in `tasks` while it runs (a drain waits for them),
+    its failure logged and reported to `on_failure`."""
+    tasks.add(task)
+    task.add_done_callback(_owned(tasks, on_failure))
+
+
 def _owned(tasks: set[asyncio.Task[None]], on_failure: Callable[[BaseException], None] | None
            ) -> Callable[[asyncio.Task[None]], None]:
     """The owner of connection tasks: forgets a finished one, and logs (with the
@@ -91,7 +99,6 @@ async def accept_loop(listener: socket.socket, handler: SocketHandler,
     over a connection, which was then dropped with a reset instead of being served or
     left in the backlog for the next agent."""
     listener.setblocking(False)
-    done = _owned(tasks, on_failure)
     while True:
         await _readable(listener)
         while True:  # everything waiting now, with no await in between
@@ -108,9 +115,7 @@ async def accept_loop(listener: socket.socket, handler: SocketHandler,
             work = handler(sock)
             if work is None:
                 continue
-            task = asyncio.create_task(work)
-            tasks.add(task)
-            task.add_done_callback(done)
+            track(tasks, asyncio.create_task(work), on_failure)
 
 
 @dataclass
