@@ -68,6 +68,8 @@ class Controller:
             trust_domain=settings.trust_domain,
             controller_addr=settings.advertise_addr or settings.grpc_addr,
             state=self.state,
+            # Kubernetes mode: the kubelets run pods, the controller never places one.
+            schedule=settings.source != "kubernetes",
         )
         self.push = PushServer(self.registry, self.secret, self.metrics,
                                debounce=settings.debounce, max_delay=settings.max_delay)
@@ -223,7 +225,9 @@ class Controller:
             ttl["default_ttl"] = dt.timedelta(seconds=self.settings.cert_ttl)
         self.ca = RecordingCertificateAuthority.load_or_create(
             self.settings.state_dir / "ca", self.settings.trust_domain, **ttl)
-        add_certificate_service(server, self.ca, self.registry, self.secret)
+        add_certificate_service(server, self.ca, self.registry, self.secret,
+                                kubernetes=self.settings.source == "kubernetes",
+                                metrics=self.metrics)
 
     async def _watch(self) -> None:
         import watchfiles

@@ -38,6 +38,13 @@ class ControllerMetrics:
             "ambient_controller_config_rejected",
             "Applies and file reloads refused because the input was invalid.", ["source"],
             registry=r)
+        self.certificates_issued = Counter(
+            "ambient_controller_certificates_issued",
+            "Workload certificates the CA signed.", registry=r)
+        self.csr_refused = Counter(
+            "ambient_controller_csr_refused",
+            "Certificate requests refused, by reason (see docs/security.md).", ["reason"],
+            registry=r)
         self.config_objects = Gauge("ambient_controller_config_objects",
                                     "Objects in force, by kind.", ["kind"], registry=r)
         for kind in ("node", "waypoint"):

@@ -36,14 +36,22 @@ class Registry:
         controller_addr: str = "127.0.0.1:15012",
         state: StateDir | None = None,
         service_cidr: str = DEFAULT_RANGE,
+        schedule: bool = True,
     ) -> None:
+        """`schedule`: local mode, where the controller is the scheduler and derives
+        pods from Deployments and waypoint Gateways. False in Kubernetes mode: only
+        pods the API server has bound to a node exist here, nothing is derived or
+        placed by the controller."""
         self.trust_domain = trust_domain
+        self.schedule = schedule
         self.controller_addr = controller_addr
         self._state = state
         self._service_cidr = service_cidr
         self._objects: dict[ObjectKey, Resource] = {}
         self._nodes: dict[str, NodeRecord] = state.load_nodes() if state else {}
-        self._placements: dict[Ref, str] = state.load_placements() if state else {}
+        # Kubernetes mode ignores placements a local-mode run left in the state dir.
+        self._placements: dict[Ref, str] = (state.load_placements() if state and schedule
+                                            else {})
         self._vips: dict[Ref, str] = state.load_vips() if state else {}
         self._pod_states: dict[Ref, PodState] = state.load_pod_states() if state else {}
         self._view: ClusterView | None = None
@@ -122,11 +130,18 @@ class Registry:
             return None
         return (pod.node, pod.service_account)
 
+    def is_waypoint(self, namespace: str, name: str) -> bool:
+        """A waypoint Gateway of that name exists (the CA's PodDirectory)."""
+        return (namespace, name) in self.view().waypoints
+
     def _rebuild(self) -> ClusterView:
         objects = list(self._objects.values())
         desired = desired_pods(objects, self.controller_addr)
+        if not self.schedule:  # no stand-in pods (e.g. a Gateway's) in Kubernetes mode
+            desired = [d for d in desired if d.origin == "Pod"]
         placements = assign_nodes(
-            ((d.ref, d.spec.node_name) for d in desired), self._nodes, self._placements)
+            ((d.ref, d.spec.node_name) for d in desired), self._nodes, self._placements,
+            schedule=self.schedule)
         self._placements_stale = False
         if self._pod_states_unsaved and self._state:
             # Saved once per rebuild (debounced), not on every report of a burst.

@@ -17,8 +17,10 @@ import grpc
 import grpc.aio
 import structlog
 
+from controller.ca_service import ProvenWaypoint
 from controller.kube.errors import KubeAuthError
 from controller.kube.tokenreview import Caller, PodLookup, TokenReviewer, WaypointLookup, decide
+from controller.metrics import ControllerMetrics
 from mesh.api import ca_pb2
 from mesh.api import config_pb2 as pb
 from mesh.identity.node_token import (
@@ -37,12 +39,15 @@ GUARDED = (CREATE_CERTIFICATE, SUBSCRIBE, REPORT_PODS)
 
 
 class _ProvenContext:
-    """The servicer's context, with the token swapped for the proven node's credential."""
+    """The servicer's context, with the token swapped for the proven node's credential
+    and, for a waypoint pod, the proven waypoint (the CA reads it; no client can set
+    it)."""
 
-    def __init__(self, inner: grpc.aio.ServicerContext, metadata: tuple[tuple[str, str], ...]
-                 ) -> None:
+    def __init__(self, inner: grpc.aio.ServicerContext, metadata: tuple[tuple[str, str], ...],
+                 waypoint: ProvenWaypoint | None = None) -> None:
         self._inner = inner
         self._metadata = metadata
+        self.proven_waypoint = waypoint  # ca_service.PROVEN_WAYPOINT
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -71,12 +76,14 @@ def _own_certificate(method: str, request: Any, caller: Caller) -> bool:
 
 class KubeAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, reviewer: TokenReviewer, *, secret: bytes, nodeagent_sa: str,
-                 pods: PodLookup, is_waypoint: WaypointLookup) -> None:
+                 pods: PodLookup, is_waypoint: WaypointLookup,
+                 metrics: ControllerMetrics | None = None) -> None:
         self._reviewer = reviewer
         self._secret = secret
         self._nodeagent_sa = nodeagent_sa
         self._pods = pods
         self._is_waypoint = is_waypoint
+        self._metrics = metrics
         self.refusals = 0
 
     async def intercept_service(
@@ -101,9 +108,13 @@ class KubeAuthInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode,
-                      method: str, claimed: str, reason: str) -> NoReturn:
+                      method: str, claimed: str, reason: str, cause: str) -> NoReturn:
+        """`cause`: the label of ambient_controller_csr_refused_total for a CSR."""
         self.refusals += 1
-        _log.warning("call_refused", method=method, node=claimed, code=code.name, reason=reason)
+        if method == CREATE_CERTIFICATE and self._metrics is not None:
+            self._metrics.csr_refused.labels(cause).inc()
+        _log.warning("call_refused", method=method, node=claimed, code=code.name, cause=cause,
+                     reason=reason)
         await context.abort(code, reason)
         raise AssertionError("grpc abort returned")
 
@@ -112,22 +123,28 @@ class KubeAuthInterceptor(grpc.aio.ServerInterceptor):
         token, claimed, rest = _credentials(context.invocation_metadata())
         if not token:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, method, claimed,
-                               "missing 'authorization: Bearer <service-account token>'")
+                               "missing 'authorization: Bearer <service-account token>'",
+                               "unauthenticated")
         try:
             review = await self._reviewer.review(token)
         except Exception as e:  # the API server is down: say so, the caller retries
             await self._refuse(context, grpc.StatusCode.UNAVAILABLE, method, claimed,
-                               f"cannot review the token with the API server: {e}")
+                               f"cannot review the token with the API server: {e}",
+                               "token_review_unavailable")
         try:
             caller = decide(review, claimed, nodeagent_sa=self._nodeagent_sa, pods=self._pods,
                             is_waypoint=self._is_waypoint)
         except KubeAuthError as e:
-            code = (grpc.StatusCode.UNAUTHENTICATED if not review.authenticated
-                    else grpc.StatusCode.PERMISSION_DENIED)
-            await self._refuse(context, code, method, claimed, str(e))
+            if review.authenticated:
+                await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, method, claimed,
+                                   str(e), "caller_refused")
+            await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, method, claimed,
+                               str(e), "unauthenticated")
         proven = (*auth_metadata(caller.node, derive_node_token(self._secret, caller.node)),
                   *rest)
-        return caller, _ProvenContext(context, proven)
+        waypoint = (ProvenWaypoint(caller.namespace, caller.name, caller.pod, caller.node)
+                    if caller.role == "waypoint" else None)
+        return caller, _ProvenContext(context, proven, waypoint)
 
     def _unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -135,7 +152,7 @@ class KubeAuthInterceptor(grpc.aio.ServerInterceptor):
             if caller.role == "waypoint" and not _own_certificate(method, request, caller):
                 await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, method,
                                    caller.node, f"{caller} may only request its own "
-                                   "certificate")
+                                   "certificate", "not_own_certificate")
             return await behavior(request, proven)
         return guarded
 
@@ -163,7 +180,7 @@ class KubeAuthInterceptor(grpc.aio.ServerInterceptor):
         if hello is None or hello.kind != pb.WAYPOINT or \
                 (hello.namespace, hello.name) != (caller.namespace, caller.name):
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, method, caller.node,
-                               f"{caller} may only subscribe as itself")
+                               f"{caller} may only subscribe as itself", "caller_refused")
 
         async def replay() -> AsyncIterator[Any]:
             yield first

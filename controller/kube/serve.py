@@ -70,7 +70,8 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
             TokenReviewer(api, audiences=kube.audiences, ttl=kube.token_cache_seconds),
             secret=controller.secret,
             nodeagent_sa=kube.nodeagent_sa,
-            pods=lambda ns, name: source.raw("Pod", ns, name), is_waypoint=is_waypoint))
+            pods=lambda ns, name: source.raw("Pod", ns, name), is_waypoint=is_waypoint,
+            metrics=controller.metrics))
         async with asyncio.TaskGroup() as tg:
             source_task = tg.create_task(source.run(), name="kubernetes source")
             await source.wait_synced()

@@ -3,7 +3,9 @@ then bound to a node through the pod it was issued for.
 
 `decide` is the whole policy and is pure: only the node agent's service account gets
 node rights, only for the node its pod runs on; a waypoint's service account gets
-its own waypoint and nothing else. `TokenReviewer` does the API call and caches
+its own waypoint and nothing else, and only with a token bound to one of its own
+pods. A pod-bound token must name the pod's uid too, and that pod must still be the
+one running (a replaced pod's token proves nothing). `TokenReviewer` does the API call and caches
 accepted tokens for a minute (every RPC of a proxy carries its token)."""
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import structlog
 from kubernetes_asyncio import client as kclient
 
 from controller.kube.errors import KubeAuthError
+from controller.kube.translate import WAYPOINT_POD_LABEL
 
 _log = structlog.get_logger("controller.kube.auth")
 SA_PREFIX = "system:serviceaccount:"
@@ -56,11 +59,12 @@ class Caller:
     node: str
     namespace: str = ""
     name: str = ""
+    pod: str = ""  # the pod the token is bound to ("" for a node-bound token)
 
     def __str__(self) -> str:
         if self.role == "node":
             return f"node agent of {self.node}"
-        return f"waypoint {self.namespace}/{self.name} on {self.node}"
+        return f"waypoint {self.namespace}/{self.name} (pod {self.pod}) on {self.node}"
 
 
 def decide(review: ReviewedToken, claimed_node: str, *, nodeagent_sa: str,
@@ -82,9 +86,12 @@ def decide(review: ReviewedToken, claimed_node: str, *, nodeagent_sa: str,
                                 "controller does not know (deleted, or not yet seen)")
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
         uid = review.first(EXTRA_POD_UID)
-        if uid and meta.get("uid") and uid != meta["uid"]:
+        if not uid:  # a real API server names both: without the uid, which pod is it?
+            raise KubeAuthError(f"the token names pod {sa_ns}/{pod_name} but not its uid "
+                                f"({EXTRA_POD_UID}); mount a projected service-account token")
+        if uid != meta.get("uid"):
             raise KubeAuthError(f"the token was issued for an earlier pod named "
-                                f"{sa_ns}/{pod_name} (uid {uid})")
+                                f"{sa_ns}/{pod_name} (uid {uid}), not the one running now")
         pod_node = str(spec.get("nodeName") or "")
         if not pod_node or (node and node != pod_node):
             raise KubeAuthError(f"pod {sa_ns}/{pod_name} is not running on a node the token "
@@ -96,9 +103,19 @@ def decide(review: ReviewedToken, claimed_node: str, *, nodeagent_sa: str,
     if claimed_node and claimed_node != node:
         raise KubeAuthError(f"the token proves node {node!r}, not {claimed_node!r}")
     if f"{sa_ns}/{sa_name}" == nodeagent_sa:
-        return Caller("node", node)
+        return Caller("node", node, pod=pod_name)
     if is_waypoint(sa_ns, sa_name):
-        return Caller("waypoint", node, sa_ns, sa_name)
+        # The waypoint's identity goes to its own pods only: the token must be bound to
+        # a pod the waypoint's Deployment made (its label and service account).
+        pod = pods(sa_ns, pod_name) if pod_name else None
+        labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
+        pod_sa = ((pod or {}).get("spec") or {}).get("serviceAccountName")
+        if pod is None or labels.get(WAYPOINT_POD_LABEL) != sa_name or pod_sa != sa_name:
+            raise KubeAuthError(f"the token of service account {sa_ns}/{sa_name} is not bound "
+                                f"to a pod of waypoint {sa_ns}/{sa_name} (pod "
+                                f"{pod_name or 'none'} is not a pod of waypoint {sa_ns}/"
+                                f"{sa_name}: it lacks label {WAYPOINT_POD_LABEL}={sa_name})")
+        return Caller("waypoint", node, sa_ns, sa_name, pod_name)
     raise KubeAuthError(f"service account {sa_ns}/{sa_name} is neither the node agent's "
                         f"({nodeagent_sa}) nor a waypoint's")
 

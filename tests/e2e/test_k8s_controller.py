@@ -226,8 +226,9 @@ async def test_certificates_need_a_reviewed_token_and_the_right_node(
         running: tuple[Controller, KubeSource], server: FakeApiServer) -> None:
     c, _ = running
     good = nodeagent_token(server, "ambient-nodeagent-a", "sa-token-n1")
-    server.add_token("someone-else", "system:serviceaccount:demo:web", audiences=[
-        "ambient-mesh"], extra={EXTRA_POD_NAME: ["web-1"]})
+    web1 = server.get("Pod", "demo", "web-1")
+    assert web1 is not None
+    server.add_pod_token("someone-else", web1)
     server.add_token("other-audience", NODEAGENT, audiences=["vault"],
                      extra={EXTRA_POD_NAME: ["ambient-nodeagent-a"]})
     async with grpc.aio.insecure_channel(f"127.0.0.1:{c.grpc_port}") as channel:
@@ -279,8 +280,7 @@ async def test_waypoint_gets_deployment_service_and_only_its_own_identity(
                            {"ambientmesh.io/waypoint": "waypoint"}, sa="waypoint"))
     await until(lambda: c.registry.view().waypoints[("demo", "waypoint")].addresses ==
                 ["10.244.2.50"])
-    server.add_token("wp-token", "system:serviceaccount:demo:waypoint", audiences=[
-        "ambient-mesh"], extra={EXTRA_POD_NAME: [wp["metadata"]["name"]]})
+    server.add_pod_token("wp-token", wp)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{c.grpc_port}") as channel:
         client = CertificateClient(channel, "n2", "wp-token")
         own = await client.create_certificate(await csr_for("demo", "waypoint"), "demo",

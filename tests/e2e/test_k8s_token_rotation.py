@@ -20,7 +20,6 @@ import pytest
 from controller.app import Controller, ControllerSettings
 from controller.kube.serve import KubeSettings, kubernetes_controller
 from controller.kube.source import KubeSource
-from controller.kube.tokenreview import EXTRA_POD_NAME
 from mesh.api import config_pb2 as pb
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.errors import CertificateRefusedError
@@ -116,9 +115,7 @@ async def test_waypoint_process_renews_with_the_rotated_token(
                    "spec": {"gatewayClassName": "ambient-waypoint"}})
     wp = server.create(pod("waypoint-abc", "demo", "n2", "10.244.2.50",
                            {"ambientmesh.io/waypoint": "waypoint"}, sa="waypoint"))
-    server.add_token("wp-token-v1", "system:serviceaccount:demo:waypoint",
-                     audiences=["ambient-mesh"],
-                     extra={EXTRA_POD_NAME: [wp["metadata"]["name"]]})
+    server.add_pod_token("wp-token-v1", wp)
     file = tmp_path / "token"
     file.write_text("wp-token-v1\n")
     stderr = tmp_path / "waypoint.stderr"

@@ -8,7 +8,8 @@ of JSON lines (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR) resumed from a resourceVer
 list continuation), Status objects for errors, create/get/replace/delete, server-side
 apply (application/apply-patch+yaml) and merge patches, field and label selectors,
 ownerReference garbage collection (switchable), bearer-token authentication and
-TokenReview.
+TokenReview (pod-bound projected tokens carry the pod's name and uid, and stop being
+valid with their pod).
 
 What is not: admission, validation against schemas, RBAC (every known token may do
 everything), protobuf. Tests drive state with create/update/delete/compact/
@@ -259,6 +260,38 @@ class FakeApiServer:
                                "groups": ["system:serviceaccounts", "system:authenticated"],
                                "extra": extra or {}, "audiences": audiences or []}
 
+    def add_pod_token(self, token: str, pod: Obj, *, audiences: list[str] | None = None,
+                      node_info: bool = False) -> str:
+        """A projected service-account token of `pod`, as the kubelet mounts it: its user
+        is the pod's service account, its extra fields bind it to the pod's name and
+        uid (and, with `node_info`, its node, as API servers >= 1.30 add). As a real API
+        server does, TokenReview refuses it once that pod is gone or replaced."""
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        namespace = meta.get("namespace", "default")
+        extra = {"authentication.kubernetes.io/pod-name": [meta["name"]],
+                 "authentication.kubernetes.io/pod-uid": [meta["uid"]]}
+        if node_info and spec.get("nodeName"):
+            extra["authentication.kubernetes.io/node-name"] = [spec["nodeName"]]
+        sa = spec.get("serviceAccountName") or "default"
+        self.add_token(token, f"system:serviceaccount:{namespace}:{sa}", extra=extra,
+                       audiences=audiences if audiences is not None else ["ambient-mesh"])
+        self.reviews[token]["boundPod"] = (namespace, meta["name"], meta["uid"])
+        return token
+
+    def _bound_pod_error(self, known: Obj) -> str:
+        """Why a pod-bound token is no longer valid ("" while its pod lives)."""
+        bound = known.get("boundPod")
+        if bound is None:
+            return ""
+        namespace, name, uid = bound
+        pod = self.objects["pods"].get((namespace, name))
+        if pod is None:
+            return f'pods "{name}" not found'
+        if pod["metadata"]["uid"] != uid:
+            return (f'pod "{namespace}/{name}" uid {pod["metadata"]["uid"]} does not match '
+                    f"the token's {uid}")
+        return ""
+
     def watch_count(self, kind: str | None = None) -> int:
         return sum(1 for w in self._watches if kind is None or w.rtype.kind == kind)
 
@@ -446,8 +479,11 @@ class FakeApiServer:
         elif wanted and known["audiences"] and not set(wanted) & set(known["audiences"]):
             result = {"authenticated": False,
                       "error": "token audiences do not match the requested audiences"}
+        elif self._bound_pod_error(known):
+            result = {"authenticated": False,
+                      "error": f"[invalid bearer token, {self._bound_pod_error(known)}]"}
         else:
-            user = {k: v for k, v in known.items() if k != "audiences"}
+            user = {k: v for k, v in known.items() if k not in ("audiences", "boundPod")}
             result = {"authenticated": True, "user": user,
                       "audiences": wanted or known["audiences"]}
         return web.json_response({"kind": "TokenReview",

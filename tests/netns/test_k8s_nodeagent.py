@@ -25,7 +25,6 @@ import pytest
 
 from controller.app import ControllerSettings
 from controller.kube.serve import KubeSettings, kubernetes_controller
-from controller.kube.tokenreview import EXTRA_POD_NAME
 from mesh.runtime import LocalRuntime, Pod
 from mesh.runtime import cgroups as cg
 from nodeagent.k8s_agent import KubeAgentConfig, KubeNodeAgent
@@ -153,8 +152,7 @@ async def mesh(server: FakeApiServer, tmp: Path, cluster: str, kubepods: Path
         "spec": {"nodeName": "n1", "serviceAccountName": "ambient-nodeagent", "hostNetwork": True,
                  "containers": [{"name": "agent", "image": "ambient-mesh"}]},
         "status": {"phase": "Running", "podIP": "192.0.2.1"}})
-    server.add_token("agent-token", NODEAGENT, audiences=["ambient-mesh"],
-                     extra={EXTRA_POD_NAME: [agent_pod["metadata"]["name"]]})
+    server.add_pod_token("agent-token", agent_pod)  # name and uid, as projected tokens
     token = tmp / "token"
     token.write_text("agent-token\n")
     settings = ControllerSettings(config_dir=tmp / "c" / "config", state_dir=tmp / "c",

@@ -160,6 +160,7 @@ def test_random_csr_bytes_are_refused(ca: CertificateAuthority, data: bytes) -> 
 
 # ---- the certificate service over gRPC ---------------------------------------------------
 
+WAYPOINTS: set[tuple[str, str]] = set()
 PODS = {("shop", "cart-1"): ("node-a", "cart"), ("shop", "pay-1"): ("node-b", "payments")}
 ALLOWED_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                  grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
@@ -168,6 +169,9 @@ ALLOWED_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DEN
 class Directory:
     def pod_placement(self, namespace: str, name: str) -> tuple[str, str] | None:
         return PODS.get((namespace, name))
+
+    def is_waypoint(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in WAYPOINTS
 
 
 class Service:
