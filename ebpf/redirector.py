@@ -224,6 +224,11 @@ class Redirector:
         captures (capture record), and getsockname() for inbound ones."""
         return self._origins.of(sock)
 
+    def inbound_drops(self) -> dict[str, int]:
+        """Connections inbound capture dropped (fail closed), by reason, since the maps
+        were created: the agent exports them as ambient_inbound_capture_drops_total."""
+        return self._inbound.drops()
+
     # ---- lifecycle ---------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """What `ambientctl status` shows for a node's data path."""
@@ -250,7 +255,7 @@ class Redirector:
             ),
             "enrolled_pods": self._maps.pods.count(),
             "inbound_addresses": self._maps.inbound_ips.count(),
-            "inbound_drops": self._inbound.drops(),
+            "inbound_drops": self.inbound_drops(),
             "inbound_links": len(inbound_links),
             "inbound_links_attached": sum(1 for x in inbound_links if x["attached"]),
             "inbound_listeners": self._maps.listeners.count(),
