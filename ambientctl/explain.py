@@ -1,15 +1,18 @@
 """How one request would travel and be decided, computed from the snapshots the
 controller pushes, with the data path's own sans-I/O decision code:
 nodeagent.outbound_plan (capture -> service/endpoint/waypoint), nodeagent.authz
-(L4 policy at the destination's node proxy), waypoint.routing and waypoint.authz
-(HTTPRoute rule and L7 policy at the waypoint). Using the same code is what makes
-the answer trustworthy: explain cannot drift from what the proxies do.
+(L4 policy at the destination's node proxy, compiled by nodeagent.state), and at the
+waypoint its own config builder (waypoint.config.build: served services, routes,
+which policies apply to which service) followed by its pipeline's stages in order:
+normalize (mesh.http_paths), resolve the service, authorize (waypoint.authz), route.
+Both authz modules are the mesh's one engine (mesh.authz). Using the same code is
+what makes the answer trustworthy: explain cannot drift from what the proxies do;
+tests/unit/test_explain_property.py checks it on generated configs.
 
 Pure: snapshots come in through a callable, so tests build them by hand."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,13 +20,15 @@ from typing import Any
 from ambientctl.errors import AmbientctlError, BadArgument
 from ambientctl.refs import Destination
 from mesh.api import config_pb2 as pb
+from mesh.http_paths import RequestNormalizationError, normalize_request
 from nodeagent import authz as l4
 from nodeagent.balance import EndpointPicker, backends_for
 from nodeagent.errors import NoHealthyEndpoint, WaypointUnavailable
 from nodeagent.outbound_plan import Hop, Transport, plan
 from nodeagent.state import ProxyState
 from waypoint import authz as l7
-from waypoint import routing
+from waypoint.config import WaypointConfig, build, split_hostport
+from waypoint.errors import RouteConfigError
 from waypoint.messages import RequestHead
 
 SnapshotSource = Callable[[str], pb.Snapshot]  # node name or "ns/waypoint" -> snapshot
@@ -165,76 +170,10 @@ def resolve(state: ProxyState, src_ns: str, dest: Destination) -> Target:
     return Target(kind, ip, port, svc, wl)
 
 
-# ---- L7 conversions (snapshot -> waypoint objects) ---------------------------------
-
-def _networks(blocks: Sequence[str]) -> tuple[l7.Network, ...]:
-    out = []
-    for b in blocks:
-        try:
-            out.append(ipaddress.ip_network(b, strict=False))
-        except ValueError:
-            continue
-    return tuple(out)
-
-
-def l7_policy(a: pb.Authorization) -> l7.AuthzPolicy:
-    rules = []
-    for r in a.rules:
-        sources = tuple(l7.SourceCondition(
-            tuple(s.principals), tuple(s.not_principals), tuple(s.namespaces),
-            tuple(s.not_namespaces), _networks(s.ip_blocks), _networks(s.not_ip_blocks))
-            for s in r.sources)
-        ops = tuple(l7.OperationCondition(
-            tuple(o.ports), tuple(o.not_ports), tuple(o.methods), tuple(o.not_methods),
-            tuple(o.paths), tuple(o.not_paths), tuple(o.hosts), tuple(o.not_hosts))
-            for o in r.operations)
-        rules.append(l7.AuthzRule(sources, ops))
-    return l7.AuthzPolicy(_key(a), "DENY" if a.action == pb.DENY else "ALLOW", tuple(rules))
-
-
-def _applies_to_service(a: pb.Authorization, svc: pb.Service) -> bool:
-    if a.targets:
-        return any(t.kind in ("Service", "") and t.name == svc.name
-                   and (t.namespace or a.namespace) == svc.namespace for t in a.targets)
-    return a.namespace == svc.namespace and not a.selector
-
-
-_PATH_KIND: dict[int, routing.PathKind] = {
-    pb.StringMatch.EXACT: "Exact", pb.StringMatch.PREFIX: "PathPrefix",
-    pb.StringMatch.REGEX: "RegularExpression"}
-
-
-def _route_match(m: pb.RouteMatch) -> routing.RouteMatch:
-    path = (routing.PathMatch(_PATH_KIND[m.path.type], m.path.value or "/")
-            if m.HasField("path") else routing.PathMatch())
-    return routing.RouteMatch(
-        path=path,
-        headers=tuple(routing.ValueMatch(h.name, h.match.value,
-                                         h.match.type == pb.StringMatch.REGEX)
-                      for h in m.headers),
-        query=tuple(routing.ValueMatch(q.name, q.match.value, q.match.type == pb.StringMatch.REGEX)
-                    for q in m.query_params),
-        method=m.method or None)
-
-
-def route_table(routes: Sequence[pb.HTTPRoute], svc: pb.Service, port: int
-                ) -> routing.RouteTable:
-    rules = []
-    for r in routes:
-        for parent in r.parents:
-            if parent.namespace == svc.namespace and parent.service == svc.name and (
-                    parent.port in (0, port)):
-                for i, rule in enumerate(r.rules):
-                    rules.append(routing.RouteRule(
-                        route=_key(r), index=i,
-                        matches=tuple(_route_match(m) for m in rule.matches),
-                        backends=tuple(routing.BackendTarget(
-                            f"{b.name}.{b.namespace or r.namespace}", b.port or None,
-                            b.weight)
-                            for b in rule.backends),
-                        port=parent.port or None))
-                break
-    return routing.RouteTable(rules)
+def _display(service_key: str) -> str:
+    """A route backend as users write hosts: "ns/name" -> "name.ns"."""
+    ns, _, name = service_key.partition("/")
+    return f"{name}.{ns}"
 
 
 # ---- the walk ----------------------------------------------------------------------
@@ -244,6 +183,18 @@ class Explainer:
         self._fetch = snapshots
         self._states: dict[str, ProxyState] = {}
         self._raw: dict[str, pb.Snapshot] = {}
+        self._waypoints: dict[str, WaypointConfig] = {}
+
+    def waypoint_config(self, name: str) -> WaypointConfig:
+        """The waypoint's tables, built by the waypoint's own `build`."""
+        if name not in self._waypoints:
+            try:
+                self._waypoints[name] = build(self.raw(name))
+            except RouteConfigError as e:
+                raise ExplainError(f"waypoint {name} refuses its snapshot: {e}",
+                                   "it keeps serving its last good config; fix the "
+                                   "object named") from None
+        return self._waypoints[name]
 
     def state(self, proxy: str) -> ProxyState:
         if proxy not in self._states:
@@ -366,13 +317,12 @@ class Explainer:
         else:
             out.add("inbound", f"{_key(wl)} on {wl.node}: plaintext accepted (mTLS mode "
                     f"{_mode_name(mode)})")
-        conn = l4.Connection(principal, src_ip, hop.target_port)
-        policies = dst_state.authorizations_for(wl)
-        verdict = l4.evaluate(policies, conn)
+        policies = [p.key for p in dst_state.authorizations_for(wl)]
+        verdict = l4.authorize(dst_state, wl, principal, src_ip, hop.target_port)
         out.add("L4 policy", f"{via} of {wl.node} for {_key(wl)}: evaluated "
-                f"{', '.join(_key(p) for p in policies) or 'no policies'} -> "
+                f"{', '.join(policies) or 'no policies'} -> "
                 f"{'ALLOW' if verdict.allowed else 'DENY'} ({verdict.reason})",
-                evaluated=[_key(p) for p in policies], decided_by=verdict.policy or "")
+                evaluated=policies, decided_by=verdict.policy)
         entry["allowed"] = verdict.allowed
         entry["decidedBy"] = verdict.policy or ""
         if not verdict.allowed:
@@ -394,64 +344,71 @@ class Explainer:
                 waypoint=wp_name)
         out.add("mtls", f"HBONE (mTLS 1.3): {principal} -> {wp_id}", client=principal,
                 server=wp_id)
-        wp = self.raw(wp_name)
+        cfg = self.waypoint_config(wp_name)
         wp_state = self.state(wp_name)
-        wp_svc = wp_state.services_by_key.get(_key(svc)) if svc is not None else None
         path = req.destination.path
         host = req.destination.host if "/" not in req.destination.host else (
             f"{svc.name}.{svc.namespace}" if svc else req.destination.host)
-        facts = l7.RequestFacts(principal, req.method, path.split("?", 1)[0], host,
-                                target.port, src_ip)
-        if svc is not None:
-            policies = [l7_policy(a) for a in wp.authorizations
-                        if _applies_to_service(a, svc)]
-        else:
-            policies = [l7_policy(a) for a in wp.authorizations]
+        head = RequestHead(req.method, path, host, [(k.lower(), v) for k, v in req.headers])
+        # The waypoint's pipeline, stage by stage (waypoint/pipeline.py): normalize,
+        # resolve_service, authorize, route.
+        try:
+            head.method, head.target = normalize_request(head.method, head.target)
+        except RequestNormalizationError as e:
+            out.add("L7 policy", f"waypoint {wp_name}: request refused before any "
+                    f"decision (400): {e}")
+            out.deny(f"waypoint {wp_name}", f"bad request (400): {e}")
+            return
+        found = cfg.resolve(hop.authority, head.authority)
+        if found is None:
+            out.add("route", f"waypoint {wp_name} serves no service for {hop.authority} "
+                    f"(host {head.authority}): 404")
+            out.deny(f"waypoint {wp_name}", "no service of this waypoint matches (404)")
+            return
+        service, port = found
+        if port is None:
+            port = split_hostport(hop.authority)[1]
+        if port is None:
+            port = service.ports[0].port if service.ports else None
+        policies = cfg.authz.get(service.key, ())
+        facts = l7.RequestFacts(principal, head.method, head.path, head.authority, port,
+                                src_ip)
         verdict = l7.evaluate(policies, facts)
-        out.add("L7 policy", f"waypoint {wp_name}: {req.method} {path} evaluated "
-                f"{', '.join(p.name for p in policies) or 'no policies'} -> "
+        out.add("L7 policy", f"waypoint {wp_name}: {head.method} {head.path} evaluated "
+                f"{', '.join(p.key for p in policies) or 'no policies'} -> "
                 f"{'ALLOW' if verdict.allowed else 'DENY'} ({verdict.reason})",
-                evaluated=[p.name for p in policies], decided_by=verdict.policy)
+                evaluated=[p.key for p in policies], decided_by=verdict.policy)
         if not verdict.allowed:
             out.deny(f"AuthorizationPolicy {verdict.policy}" if verdict.policy else
-                     "AuthorizationPolicy (no ALLOW matched)", verdict.reason)
+                     "AuthorizationPolicy", verdict.reason)
             return
         if verdict.policy:
             out.decided_by, out.reason = f"AuthorizationPolicy {verdict.policy}", verdict.reason
-        if svc is None:
-            out.add("route", "pod destination: forwarded as is")
-            return
-        table = route_table(list(wp.routes), svc, target.port)
-        head = RequestHead(req.method, path, host, [(k.lower(), v) for k, v in req.headers])
-        sel = table.select(head, target.port)
-        if sel is None and len(table):
-            out.add("route", f"no rule of the HTTPRoutes of {_key(svc)} matches: 404")
+        table = cfg.routes.get(service.key)
+        sel = table.select(head, port) if table is not None else None
+        if sel is None:
+            out.add("route", f"no rule of the HTTPRoutes of {service.key} matches: 404")
             out.deny("HTTPRoute", "no route rule matches (404)")
             return
-        if sel is None:
-            backends = [routing.BackendTarget(f"{svc.name}.{svc.namespace}", target.port, 1)]
-            rule_name = "default (no HTTPRoute): the service itself"
-        else:
-            backends = list(sel.rule.backends)
-            rule_name = sel.rule.name
+        backends = list(sel.rule.backends)
+        rule_name = (sel.rule.name if sel.rule.route
+                     else "default (no HTTPRoute): the service itself")
         total = sum(b.weight for b in backends) or 1
         out.route = {"rule": rule_name, "backends": [
-            {"service": b.service, "port": b.port, "weight": b.weight,
+            {"service": _display(b.service), "port": b.port, "weight": b.weight,
              "percent": round(100 * b.weight / total, 1)} for b in backends]}
-        split = ", ".join(f"{b.service}:{b.port or target.port} {100 * b.weight / total:.0f}%"
-                          for b in backends)
+        split = ", ".join(f"{_display(b.service)}:{b.port or port} "
+                          f"{100 * b.weight / total:.0f}%" for b in backends)
         out.add("route", f"rule {rule_name} -> {split}", rule=rule_name)
         any_allowed = False
         for b in backends:
-            name, _, ns = b.service.partition(".")
-            bsvc = wp_state.services_by_key.get(f"{ns}/{name}") or (
-                wp_svc if wp_svc is not None and wp_svc.name == name else None)
+            bsvc = wp_state.services_by_key.get(b.service)
             if bsvc is None or b.weight == 0:
                 continue
-            port = b.port or target.port
-            sp = next((p for p in bsvc.ports if p.port == port), None)
+            bport = b.port or port
+            sp = next((p for p in bsvc.ports if p.port == bport), None)
             if sp is None:
-                out.add("deliver", f"{b.service} has no port {port}")
+                out.add("deliver", f"{_display(b.service)} has no port {bport}")
                 continue
             for backend in backends_for(bsvc, sp, prefer_v6=False):
                 wl = wp_state.workloads_by_uid.get(backend.endpoint.workload_uid)

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from mesh.api import config_pb2 as pb
+from mesh.authz import Policy, compile_policies
 from nodeagent.errors import SnapshotRejected
 
 HBONE_PORT = 15008
@@ -49,7 +50,7 @@ class ProxyState:
     workloads_by_uid: dict[str, pb.Workload] = field(default_factory=dict)
     services_by_vip: dict[tuple[str, int], ServiceTarget] = field(default_factory=dict)
     services_by_key: dict[str, pb.Service] = field(default_factory=dict)
-    authorizations: dict[str, pb.Authorization] = field(default_factory=dict)
+    authorizations: dict[str, Policy] = field(default_factory=dict)  # compiled, by ns/name
     policies: dict[str, pb.WorkloadPolicy] = field(default_factory=dict)
     pods_to_run: tuple[pb.PodToRun, ...] = ()
 
@@ -69,8 +70,8 @@ class ProxyState:
                 ip = _checked_ip(vip, f"service {key}")
                 for port in svc.ports:
                     state.services_by_vip[(ip, port.port)] = ServiceTarget(svc, port)
-        for authz in snap.authorizations:
-            state.authorizations[f"{authz.namespace}/{authz.name}"] = authz
+        for authz in compile_policies(snap.authorizations):  # once, not per connection
+            state.authorizations[authz.key] = authz
         for policy in snap.workload_policies:
             missing = [a for a in policy.authorizations if a not in state.authorizations]
             if missing:
@@ -91,7 +92,7 @@ class ProxyState:
         policy = self.policies.get(workload.uid)
         return policy.mtls_mode if policy and policy.mtls_mode else pb.PERMISSIVE
 
-    def authorizations_for(self, workload: pb.Workload) -> list[pb.Authorization]:
+    def authorizations_for(self, workload: pb.Workload) -> list[Policy]:
         policy = self.policies.get(workload.uid)
         return [self.authorizations[name] for name in policy.authorizations] if policy else []
 

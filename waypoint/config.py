@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from mesh.api import config_pb2 as pb
-from waypoint.authz import AuthzPolicy, AuthzRule, OperationCondition, SourceCondition
+from mesh.authz import Policy, applies_to_service, compile_policies
 from waypoint.errors import RouteConfigError
 from waypoint.faults import FaultConfig
 from waypoint.limits import LimitsConfig
@@ -114,7 +114,7 @@ class WaypointConfig:
     served: frozenset[str] = frozenset()
     routes: dict[str, RouteTable] = field(default_factory=dict)
     traffic: dict[str, TrafficSettings] = field(default_factory=dict)
-    authz: dict[str, tuple[AuthzPolicy, ...]] = field(default_factory=dict)
+    authz: dict[str, tuple[Policy, ...]] = field(default_factory=dict)  # by service key
     _by_host: dict[str, str] = field(default_factory=dict)
     _by_vip: dict[str, str] = field(default_factory=dict)
 
@@ -327,34 +327,6 @@ def _traffic(t: pb.TrafficPolicy) -> TrafficSettings:
                            retry_non_idempotent=t.retry.allow_non_idempotent)
 
 
-def _authz(a: pb.Authorization) -> AuthzPolicy:
-    obj = f"AuthorizationPolicy {a.namespace}/{a.name}"
-
-    def nets(values: Iterable[str], where: str) -> tuple[ipaddress.IPv4Network |
-                                                          ipaddress.IPv6Network, ...]:
-        try:
-            return tuple(ipaddress.ip_network(v, strict=False) for v in values)
-        except ValueError as e:
-            raise RouteConfigError(obj, where, str(e)) from None
-
-    rules = []
-    for i, r in enumerate(a.rules):
-        rules.append(AuthzRule(
-            sources=tuple(SourceCondition(
-                tuple(s.principals), tuple(s.not_principals), tuple(s.namespaces),
-                tuple(s.not_namespaces), nets(s.ip_blocks, f"spec.rules[{i}].from.ipBlocks"),
-                nets(s.not_ip_blocks, f"spec.rules[{i}].from.notIpBlocks"),
-            ) for s in r.sources),
-            operations=tuple(OperationCondition(
-                tuple(o.ports), tuple(o.not_ports), tuple(m.upper() for m in o.methods),
-                tuple(m.upper() for m in o.not_methods), tuple(o.paths), tuple(o.not_paths),
-                tuple(o.hosts), tuple(o.not_hosts),
-            ) for o in r.operations),
-        ))
-    action = "DENY" if a.action == pb.DENY else "ALLOW"
-    return AuthzPolicy(f"{a.namespace}/{a.name}", action, tuple(rules))  # type: ignore[arg-type]
-
-
 def build(snapshot: pb.Snapshot) -> WaypointConfig:
     """Convert a WAYPOINT snapshot; raises RouteConfigError on anything unusable."""
     wl = _workload_names(snapshot)
@@ -389,13 +361,9 @@ def build(snapshot: pb.Snapshot) -> WaypointConfig:
         settings = _traffic(t)
         for key in t.services:
             cfg.traffic.setdefault(key, settings)  # oldest/first named policy wins
-    policies = [_authz(a) for a in snapshot.authorizations]
-    applies: dict[str, list[AuthzPolicy]] = {k: [] for k in served}
-    for a, p in zip(snapshot.authorizations, policies, strict=True):
-        targets = [t for t in a.targets if t.kind == "Service"]
-        for key in served:
-            if not targets or any(f"{t.namespace or a.namespace}/{t.name}" == key
-                                  for t in targets):
-                applies[key].append(p)
-    cfg.authz = {k: tuple(v) for k, v in applies.items()}
+    policies = compile_policies(snapshot.authorizations)  # uncompilable -> deny-all
+    waypoint = ((snapshot.waypoint.namespace, snapshot.waypoint.name)
+                if snapshot.HasField("waypoint") and snapshot.waypoint.name else None)
+    cfg.authz = {key: tuple(p for p in policies if applies_to_service(p, key, waypoint))
+                 for key in served}
     return cfg

@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from mesh.authz import namespace_of
 from mesh.http_paths import RequestNormalizationError, normalize_request
 from waypoint.accesslog import AccessLog, AccessRecord, WallClock
 from waypoint.authz import RequestFacts, evaluate
@@ -472,14 +473,9 @@ PeerLabels = tuple[str, str, str, str, str, str, str, str, str]
 
 def peer_labels(principal: str | None, ep: Endpoint | None, dest: ServiceInfo | None,
                 authority: str) -> PeerLabels:
-    src_ns = ""
-    if principal:
-        parts = principal.split("/")
-        if "ns" in parts[:-1]:
-            src_ns = parts[parts.index("ns") + 1]
     return (
         "unknown",
-        src_ns or "unknown",
+        namespace_of(principal) or "unknown",
         principal or "unknown",
         ep.workload if ep and ep.workload else "unknown",
         ep.namespace if ep and ep.namespace else dest.namespace if dest else "unknown",

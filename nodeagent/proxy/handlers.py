@@ -226,8 +226,7 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
             _refused(ctx, record, e)
             await request.reject(UPSTREAM_REFUSED)
             return
-        verdict = authz.evaluate(ctx.state.authorizations_for(wl) if wl else [],
-                                 authz.Connection(peer, request.peer_address[0], port))
+        verdict = authz.authorize(ctx.state, wl, peer, request.peer_address[0], port)
         record.policy = verdict.policy or ""
         if not verdict.allowed:
             record.outcome, record.reason = "denied", verdict.reason
@@ -275,8 +274,7 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
             record.policy = policy.mtls_policy if policy else ""
             hbone.reset_socket(client)
             return
-        verdict = authz.evaluate(ctx.state.authorizations_for(wl) if wl else [],
-                                 authz.Connection(None, peer_ip, port))
+        verdict = authz.authorize(ctx.state, wl, None, peer_ip, port)
         record.policy = verdict.policy or ""
         if not verdict.allowed:
             record.outcome, record.reason = "denied", verdict.reason

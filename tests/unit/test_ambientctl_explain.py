@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ambientctl.explain import Explainer, ExplainError, ExplainRequest
+from ambientctl.explain import Explainer, ExplainError, ExplainRequest, Explanation
 from ambientctl.refs import parse_destination
 from mesh.api import config_pb2 as pb
 
@@ -90,8 +90,9 @@ def snapshots(strict_inventory: bool = False) -> dict[str, pb.Snapshot]:
     return {"node-1": node1, "node-2": node2, "demo/waypoint": wp}
 
 
-def explain(src: str, dst: str, method: str = "GET", strict: bool = False):  # type: ignore[no-untyped-def]
-    snaps = snapshots(strict)
+def explain(src: str, dst: str, method: str = "GET", strict: bool = False,
+            snaps: dict[str, pb.Snapshot] | None = None) -> Explanation:
+    snaps = snaps if snaps is not None else snapshots(strict)
     ns, _, name = src.partition("/")
     node = next(w.node for w in WORKLOADS if w.namespace == ns and w.name == name)
     return Explainer(snaps.__getitem__).explain(
@@ -157,3 +158,51 @@ def test_wrong_service_port_lists_the_right_ones() -> None:
     with pytest.raises(ExplainError) as err:
         explain("demo/frontend-0", "inventory.demo:80")
     assert err.value.hint == "its ports: 9000"
+
+
+# ---- explain decides with the proxies' own builders and engine (issue 19) ----------------
+
+def test_gateway_targeted_policy_is_applied_as_the_waypoint_applies_it() -> None:
+    """The waypoint applies a policy targeting its Gateway to every service it serves;
+    explain used to skip it and answer ALLOWED."""
+    snaps = snapshots()
+    snaps["demo/waypoint"].authorizations.append(pb.Authorization(
+        namespace="demo", name="waypoint-no-post", action=pb.DENY,
+        targets=[pb.PolicyTarget(kind="Gateway", namespace="demo", name="waypoint")],
+        rules=[pb.Rule(operations=[pb.Operation(methods=["POST"])])]))
+    e = explain("demo/frontend-0", "catalog.demo:80/items", method="POST", snaps=snaps)
+    assert not e.allowed and e.decided_by == "AuthorizationPolicy demo/waypoint-no-post"
+
+
+def test_policy_methods_in_any_case_are_enforced() -> None:
+    """The waypoint upper-cases a policy's methods; explain did not, and said a DELETE
+    passed a DENY written `methods: [delete]`."""
+    snaps = snapshots()
+    del snaps["demo/waypoint"].authorizations[:]
+    snaps["demo/waypoint"].authorizations.append(pb.Authorization(
+        namespace="demo", name="no-delete", action=pb.DENY,
+        targets=[pb.PolicyTarget(kind="Service", namespace="demo", name="catalog")],
+        rules=[pb.Rule(operations=[pb.Operation(methods=["delete"])])]))
+    e = explain("demo/frontend-0", "catalog.demo:80/items", method="DELETE", snaps=snaps)
+    assert not e.allowed and e.decided_by == "AuthorizationPolicy demo/no-delete"
+
+
+def test_uncompilable_l4_policy_is_explained_as_the_deny_all_it_is() -> None:
+    snaps = snapshots()
+    snaps["node-2"].authorizations[0].rules[0].sources[0].ip_blocks.append("10.100.0.0/16x")
+    e = explain("demo/frontend-0", "inventory.demo:9000", snaps=snaps)
+    assert not e.allowed
+    assert e.decided_by == "AuthorizationPolicy demo/inventory-frontend-only"
+    assert "could not be compiled" in e.reason and "ipBlocks[0]" in e.reason
+
+
+def test_path_is_normalized_before_the_l7_policy_as_at_the_waypoint() -> None:
+    snaps = snapshots()
+    snaps["demo/waypoint"].authorizations.append(pb.Authorization(
+        namespace="demo", name="no-admin", action=pb.DENY,
+        targets=[pb.PolicyTarget(kind="Service", namespace="demo", name="catalog")],
+        rules=[pb.Rule(operations=[pb.Operation(paths=["/admin", "/admin/*"])])]))
+    e = explain("demo/frontend-0", "catalog.demo:80/items/../admin", snaps=snaps)
+    assert not e.allowed and e.decided_by == "AuthorizationPolicy demo/no-admin"
+    bad = explain("demo/frontend-0", "catalog.demo:80/items%2Fx", snaps=snaps)
+    assert not bad.allowed and "bad request (400)" in bad.reason

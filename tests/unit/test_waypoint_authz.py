@@ -1,126 +1,130 @@
-"""L7 AuthorizationPolicy evaluation with Istio semantics."""
+"""L7 authorization at the waypoint, through the waypoint's real code: the snapshot is
+built by waypoint.config.build (policies compiled once, scoped to the services they
+target) and requests go through the pipeline's own stages (normalize, resolve the
+service, authorize, route). `waypoint_decision` is also the "real proxy" of the
+explain property test. The semantics themselves are in test_authz_engine.py."""
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+from functools import partial
+from types import SimpleNamespace
 
-from waypoint.authz import (
-    AuthzPolicy,
-    AuthzRule,
-    OperationCondition,
-    RequestFacts,
-    SourceCondition,
-    evaluate,
-)
+from mesh.api import config_pb2 as pb
+from waypoint.authz import AuthzPolicy, AuthzRule, OperationCondition, RequestFacts, evaluate
+from waypoint.config import WaypointConfig, build
+from waypoint.http1 import DownstreamInfo
+from waypoint.messages import EmptyBody, ReplayableBody, RequestHead, Response, local_response
+from waypoint.pipeline import Exchange, authorize, normalize, resolve_service, route
+from waypoint.state import WaypointState
 
 SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"
-OTHER = "spiffe://cluster.local/ns/other/sa/app"
 
 
-def facts(method: str = "GET", path: str = "/", principal: str | None = SLEEP,
-          host: str = "web.default.svc.cluster.local:80", ip: str | None = None) -> RequestFacts:
-    return RequestFacts(principal, method, path, host, 80, ip)
+def waypoint_decision(cfg: WaypointConfig, principal: str | None, method: str, target: str,
+                      host: str, destination: str, peer: str) -> tuple[int, str]:
+    """(status, reason) of the waypoint's pipeline up to the backend choice: 200 when
+    the request would be forwarded, else the waypoint's own 400/403/404/500."""
+    rt = SimpleNamespace(state=WaypointState(cfg))
+
+    async def forwarded(ex: Exchange) -> Response:
+        return local_response(200, "forwarded")
+
+    chain = forwarded
+    for stage in (route, authorize, resolve_service, normalize):
+        chain = partial(stage, rt, next=chain)  # type: ignore[arg-type]
+    ex = Exchange(RequestHead(method, target, host, []), ReplayableBody(EmptyBody(), empty=True),
+                  DownstreamInfo(principal, destination, peer), 0.0)
+    resp = asyncio.run(chain(ex))
+    return resp.status, ex.reason
 
 
-DENY_POST_ADMIN = AuthzPolicy("default/deny-admin", "DENY", (
-    AuthzRule(operations=(OperationCondition(methods=("POST",), paths=("/admin*",)),)),
-))
+def service(name: str, vip: str) -> pb.Service:
+    return pb.Service(namespace="default", name=name, vips=[vip],
+                      ports=[pb.ServicePort(name="http", port=80, target_port=8080)],
+                      endpoints=[pb.Endpoint(workload_uid="u1", addresses=["10.0.0.5"])])
 
 
-def test_no_policy_allows() -> None:
-    assert evaluate([], facts())
+def snapshot(*policies: pb.Authorization) -> pb.Snapshot:
+    return pb.Snapshot(
+        version="1", kind=pb.WAYPOINT, trust_domain="cluster.local",
+        waypoint=pb.WaypointInfo(namespace="default", name="wp",
+                                 services=["default/web", "default/api"]),
+        services=[service("web", "10.96.0.1"), service("api", "10.96.0.2")],
+        authorizations=list(policies))
 
 
-def test_deny_post_admin_but_get_passes() -> None:
-    v = evaluate([DENY_POST_ADMIN], facts("POST", "/admin"))
-    assert not v and v.policy == "default/deny-admin" and "deny-admin" in v.reason
-    assert not evaluate([DENY_POST_ADMIN], facts("POST", "/admin/users"))
-    assert evaluate([DENY_POST_ADMIN], facts("GET", "/admin"))
-    assert evaluate([DENY_POST_ADMIN], facts("POST", "/public"))
+def call(cfg: WaypointConfig, vip: str, method: str = "GET", path: str = "/",
+         principal: str | None = SLEEP) -> tuple[int, str]:
+    return waypoint_decision(cfg, principal, method, path, "x", f"{vip}:80", "10.100.1.3:4000")
 
 
-def test_deny_wins_over_allow() -> None:
-    allow_all = AuthzPolicy("default/all", "ALLOW", (AuthzRule(),))
-    assert not evaluate([allow_all, DENY_POST_ADMIN], facts("POST", "/admin"))
-    assert evaluate([allow_all, DENY_POST_ADMIN], facts("POST", "/x"))
+WEB, API = "10.96.0.1", "10.96.0.2"
+GATEWAY = pb.PolicyTarget(kind="Gateway", name="wp")
+WEB_TARGET = pb.PolicyTarget(kind="Service", namespace="default", name="web")
 
 
-def test_allow_list_denies_everything_not_matched() -> None:
-    allow_sleep = AuthzPolicy("default/allow-sleep", "ALLOW", (
-        AuthzRule(sources=(SourceCondition(principals=("cluster.local/ns/default/sa/sleep",)),)),
-    ))
-    assert evaluate([allow_sleep], facts(principal=SLEEP))
-    assert not evaluate([allow_sleep], facts(principal=OTHER))
-    assert not evaluate([allow_sleep], facts(principal=None))
+def test_deny_is_a_403_naming_the_policy() -> None:
+    cfg = build(snapshot(pb.Authorization(
+        namespace="default", name="no-delete", action=pb.DENY, targets=[GATEWAY],
+        rules=[pb.Rule(operations=[pb.Operation(methods=["delete"])])])))
+    assert call(cfg, WEB, "DELETE") == (403, "RBAC: access denied by DENY policy "
+                                             "default/no-delete")
+    assert call(cfg, WEB, "GET")[0] == 200
 
 
-def test_allow_with_no_rules_denies_all() -> None:
-    assert not evaluate([AuthzPolicy("default/nothing", "ALLOW")], facts())
+def test_gateway_and_service_targets_together_cover_every_service() -> None:
+    """A Gateway target applies the policy to every service of the waypoint, even when
+    the policy also names a Service (build applied it to the named service only)."""
+    cfg = build(snapshot(pb.Authorization(
+        namespace="default", name="no-delete", action=pb.DENY, targets=[WEB_TARGET, GATEWAY],
+        rules=[pb.Rule(operations=[pb.Operation(methods=["DELETE"])])])))
+    assert call(cfg, WEB, "DELETE")[0] == 403
+    assert call(cfg, API, "DELETE")[0] == 403
 
 
-def test_deny_with_no_rules_denies_nothing() -> None:
-    assert evaluate([AuthzPolicy("default/nothing", "DENY")], facts())
+def test_service_target_covers_that_service_only() -> None:
+    cfg = build(snapshot(pb.Authorization(
+        namespace="default", name="no-delete", action=pb.DENY, targets=[WEB_TARGET],
+        rules=[pb.Rule(operations=[pb.Operation(methods=["DELETE"])])])))
+    assert call(cfg, WEB, "DELETE")[0] == 403
+    assert call(cfg, API, "DELETE")[0] == 200
 
 
-def test_principal_wildcards_and_spiffe_prefix() -> None:
-    any_authn = SourceCondition(principals=("*",))
-    assert any_authn.matches(facts(principal=SLEEP))
-    assert not any_authn.matches(facts(principal=None))
-    assert SourceCondition(principals=("cluster.local/ns/default/*",)).matches(facts())
-    assert SourceCondition(principals=(SLEEP,)).matches(facts())
-    assert SourceCondition(principals=("*/sa/sleep",)).matches(facts())
+def test_uncompilable_policy_denies_its_services_and_the_snapshot_is_kept() -> None:
+    cfg = build(snapshot(pb.Authorization(
+        namespace="default", name="lab", action=pb.DENY, targets=[WEB_TARGET],
+        rules=[pb.Rule(sources=[pb.Source(ip_blocks=["10.100.1.0/24", "10.1.0.0/16x"])])])))
+    status, reason = call(cfg, WEB)
+    assert status == 403 and "default/lab could not be compiled" in reason
+    assert call(cfg, API)[0] == 200
 
 
-def test_not_principals_star_denies_plaintext() -> None:
-    deny_plain = AuthzPolicy("default/require-mtls", "DENY", (
-        AuthzRule(sources=(SourceCondition(not_principals=("*",)),)),
-    ))
-    assert not evaluate([deny_plain], facts(principal=None))
-    assert evaluate([deny_plain], facts(principal=SLEEP))
+def test_allow_list_at_l7_and_plaintext_callers() -> None:
+    cfg = build(snapshot(pb.Authorization(
+        namespace="default", name="sleep-only", action=pb.ALLOW, targets=[GATEWAY],
+        rules=[pb.Rule(sources=[pb.Source(principals=["cluster.local/ns/default/sa/sleep"])],
+                       operations=[pb.Operation(paths=["/api/*"])])])))
+    assert call(cfg, WEB, path="/api/x")[0] == 200
+    assert call(cfg, WEB, path="/api/../admin")[0] == 403, "normalized before the policy"
+    assert call(cfg, WEB, path="/api/x", principal=None)[0] == 403
+    assert call(cfg, WEB, path="/api/x",
+                principal="spiffe://cluster.local/ns/other/sa/sleep")[0] == 403
 
 
-def test_namespaces_from_principal() -> None:
-    c = SourceCondition(namespaces=("default",))
-    assert c.matches(facts(principal=SLEEP))
-    assert not c.matches(facts(principal=OTHER))
-    assert SourceCondition(not_namespaces=("other",)).matches(facts(principal=SLEEP))
-    assert not SourceCondition(not_namespaces=("other",)).matches(facts(principal=OTHER))
+def test_hand_built_policies_for_tests() -> None:
+    """The constructors kept in waypoint.authz build compiled policies by hand."""
+    deny = AuthzPolicy("default/deny-admin", "DENY", (
+        AuthzRule(operations=(OperationCondition(paths=("/admin*",), methods=("POST",)),)),))
+    assert deny.key == "default/deny-admin"
+    assert not evaluate([deny], RequestFacts(SLEEP, "POST", "/admin/x", "web"))
+    assert evaluate([deny], RequestFacts(SLEEP, "GET", "/admin/x", "web"))
 
 
-def test_ip_blocks() -> None:
-    c = SourceCondition(ip_blocks=(ipaddress.ip_network("10.0.0.0/8"),))
-    assert c.matches(facts(ip="10.1.2.3"))
-    assert not c.matches(facts(ip="192.168.1.1"))
-    assert not c.matches(facts(ip=None))
-    n = SourceCondition(not_ip_blocks=(ipaddress.ip_network("10.0.0.0/8"),))
-    assert not n.matches(facts(ip="10.1.2.3"))
+def test_uncompilable_policy_is_counted_on_the_waypoint_metrics() -> None:
+    from waypoint.metrics import WaypointMetrics
 
-
-def test_operation_fields() -> None:
-    op = OperationCondition(methods=("GET", "HEAD"), paths=("/api/*", "*.css", "/exact"),
-                            hosts=("web.default.svc.cluster.local",), ports=(80,))
-    assert op.matches(facts("GET", "/api/x"))
-    assert op.matches(facts("HEAD", "/static/site.css"))
-    assert op.matches(facts("GET", "/exact"))
-    assert not op.matches(facts("GET", "/exactly"))
-    assert not op.matches(facts("POST", "/api/x"))
-    assert not op.matches(facts("GET", "/api/x", host="evil"))
-    assert OperationCondition(not_methods=("DELETE",)).matches(facts("GET"))
-    assert not OperationCondition(not_paths=("/secret",)).matches(facts("GET", "/secret"))
-    assert not OperationCondition(not_hosts=("*.cluster.local",)).matches(facts())
-
-
-def test_rule_needs_from_and_to() -> None:
-    rule = AuthzRule(
-        sources=(SourceCondition(namespaces=("default",)),),
-        operations=(OperationCondition(methods=("GET",)),),
-    )
-    assert rule.matches(facts("GET"))
-    assert not rule.matches(facts("POST"))
-    assert not rule.matches(facts("GET", principal=OTHER))
-
-
-def test_entries_within_from_are_ored() -> None:
-    rule = AuthzRule(sources=(SourceCondition(namespaces=("x",)),
-                              SourceCondition(namespaces=("default",))))
-    assert rule.matches(facts())
+    build(snapshot(pb.Authorization(namespace="default", name="counted-l7", action=pb.DENY,
+                                    rules=[pb.Rule(operations=[pb.Operation(ports=[0])])])))
+    text = WaypointMetrics().exposition().decode()
+    assert 'ambient_authz_policies_uncompilable_total{policy="default/counted-l7"}' in text
