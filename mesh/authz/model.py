@@ -36,6 +36,14 @@ def any_glob(patterns: tuple[str, ...], value: str | None) -> bool:
     return value is not None and any(glob(p, value) for p in patterns)
 
 
+def holds(patterns: tuple[str, ...], not_patterns: tuple[str, ...], value: str | None) -> bool:
+    """A field and its not-form: one of `patterns` matches (when set) and none of
+    `not_patterns` does."""
+    if patterns and not any_glob(patterns, value):
+        return False
+    return not (not_patterns and any_glob(not_patterns, value))
+
+
 def host_matches(patterns: tuple[str, ...], host: str) -> bool:
     """Hosts compare case-insensitively, with or without the port of the Host header."""
     host = host.lower()
@@ -66,13 +74,8 @@ class Source:
     not_ip_blocks: tuple[Network, ...] = ()
 
     def matches(self, f: Facts, action: Action) -> bool:
-        if self.principals and not any_glob(self.principals, f.principal):
-            return False
-        if self.not_principals and any_glob(self.not_principals, f.principal):
-            return False
-        if self.namespaces and not any_glob(self.namespaces, f.namespace):
-            return False
-        if self.not_namespaces and any_glob(self.not_namespaces, f.namespace):
+        if not (holds(self.principals, self.not_principals, f.principal)
+                and holds(self.namespaces, self.not_namespaces, f.namespace)):
             return False
         if self.ip_blocks or self.not_ip_blocks:
             ip = f.source_ip
@@ -109,13 +112,8 @@ class Operation:
             return False
         if layer == "L4":
             return True
-        if self.methods and not any_glob(self.methods, f.method):
-            return False
-        if self.not_methods and any_glob(self.not_methods, f.method):
-            return False
-        if self.paths and not any_glob(self.paths, f.path):
-            return False
-        if self.not_paths and any_glob(self.not_paths, f.path):
+        if not (holds(self.methods, self.not_methods, f.method)
+                and holds(self.paths, self.not_paths, f.path)):
             return False
         if self.hosts and not host_matches(self.hosts, f.host):
             return False

@@ -162,14 +162,25 @@ def test_wrong_service_port_lists_the_right_ones() -> None:
 
 # ---- explain decides with the proxies' own builders and engine (issue 19) ----------------
 
+CATALOG = pb.PolicyTarget(kind="Service", namespace="demo", name="catalog")
+
+
+def with_waypoint_deny(name: str, target: pb.PolicyTarget, operation: pb.Operation
+                       ) -> dict[str, pb.Snapshot]:
+    """The usual snapshots, the waypoint's policy replaced by one DENY."""
+    snaps = snapshots()
+    del snaps["demo/waypoint"].authorizations[:]
+    snaps["demo/waypoint"].authorizations.append(pb.Authorization(
+        namespace="demo", name=name, action=pb.DENY, targets=[target],
+        rules=[pb.Rule(operations=[operation])]))
+    return snaps
+
+
 def test_gateway_targeted_policy_is_applied_as_the_waypoint_applies_it() -> None:
     """The waypoint applies a policy targeting its Gateway to every service it serves;
     explain used to skip it and answer ALLOWED."""
-    snaps = snapshots()
-    snaps["demo/waypoint"].authorizations.append(pb.Authorization(
-        namespace="demo", name="waypoint-no-post", action=pb.DENY,
-        targets=[pb.PolicyTarget(kind="Gateway", namespace="demo", name="waypoint")],
-        rules=[pb.Rule(operations=[pb.Operation(methods=["POST"])])]))
+    snaps = with_waypoint_deny("waypoint-no-post", pb.PolicyTarget(
+        kind="Gateway", namespace="demo", name="waypoint"), pb.Operation(methods=["POST"]))
     e = explain("demo/frontend-0", "catalog.demo:80/items", method="POST", snaps=snaps)
     assert not e.allowed and e.decided_by == "AuthorizationPolicy demo/waypoint-no-post"
 
@@ -177,12 +188,7 @@ def test_gateway_targeted_policy_is_applied_as_the_waypoint_applies_it() -> None
 def test_policy_methods_in_any_case_are_enforced() -> None:
     """The waypoint upper-cases a policy's methods; explain did not, and said a DELETE
     passed a DENY written `methods: [delete]`."""
-    snaps = snapshots()
-    del snaps["demo/waypoint"].authorizations[:]
-    snaps["demo/waypoint"].authorizations.append(pb.Authorization(
-        namespace="demo", name="no-delete", action=pb.DENY,
-        targets=[pb.PolicyTarget(kind="Service", namespace="demo", name="catalog")],
-        rules=[pb.Rule(operations=[pb.Operation(methods=["delete"])])]))
+    snaps = with_waypoint_deny("no-delete", CATALOG, pb.Operation(methods=["delete"]))
     e = explain("demo/frontend-0", "catalog.demo:80/items", method="DELETE", snaps=snaps)
     assert not e.allowed and e.decided_by == "AuthorizationPolicy demo/no-delete"
 
@@ -197,11 +203,7 @@ def test_uncompilable_l4_policy_is_explained_as_the_deny_all_it_is() -> None:
 
 
 def test_path_is_normalized_before_the_l7_policy_as_at_the_waypoint() -> None:
-    snaps = snapshots()
-    snaps["demo/waypoint"].authorizations.append(pb.Authorization(
-        namespace="demo", name="no-admin", action=pb.DENY,
-        targets=[pb.PolicyTarget(kind="Service", namespace="demo", name="catalog")],
-        rules=[pb.Rule(operations=[pb.Operation(paths=["/admin", "/admin/*"])])]))
+    snaps = with_waypoint_deny("no-admin", CATALOG, pb.Operation(paths=["/admin", "/admin/*"]))
     e = explain("demo/frontend-0", "catalog.demo:80/items/../admin", snaps=snaps)
     assert not e.allowed and e.decided_by == "AuthorizationPolicy demo/no-admin"
     bad = explain("demo/frontend-0", "catalog.demo:80/items%2Fx", snaps=snaps)
