@@ -44,7 +44,7 @@ from mesh.xds.pods import PodReporter
 from mesh.xds.subscriber import ConfigSubscriber
 from nodeagent import admin
 from nodeagent.accesslog import AccessLog
-from nodeagent.certs import CertificateManager, PodRef, obtain_all
+from nodeagent.certs import CertificateManager, PodRef, log_waiting, obtain_all
 from nodeagent.enrollment import EnrollmentController
 from nodeagent.lifecycle import run_until_stopped, stop_on_signals
 from nodeagent.listener_store import KeeperUnavailable, Listeners, ListenerStore
@@ -205,6 +205,7 @@ class NodeAgent:
         errors = [f"{key}: waiting for its certificate, connections refused: {why}"
                   for key, why in sorted(waiting.items())]
         errors += await self.enrollment.reconcile(wanted)
+        log_waiting(self.waiting_for_certificate, waiting)
         self.waiting_for_certificate = waiting
         self.metrics.waiting_for_certificate.set(len(waiting))
         self.enrollment_errors = errors

@@ -13,7 +13,7 @@ import datetime as dt
 import functools
 import random
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -141,9 +141,18 @@ async def obtain_all(certs: CertificateManager, pods: Iterable[PodRef]) -> dict[
             raise result
         if isinstance(result, BaseException):
             failed[ref] = f"{type(result).__name__}: {result}"
-            log.warning("certificate.pending", pod=f"{ref.namespace}/{ref.name}",
-                        error=str(result), effect="captured, connections refused")
+            log.debug("certificate.pending", pod=f"{ref.namespace}/{ref.name}",
+                      error=str(result))
     return failed
+
+
+def log_waiting(before: Mapping[str, str], after: Mapping[str, str]) -> None:
+    """Say so once when a pod starts waiting for its certificate, and when it stops."""
+    for pod in sorted(after.keys() - before.keys()):
+        log.warning("certificate.pending", pod=pod, error=after[pod],
+                    effect="captured; its connections are refused until it is issued")
+    for pod in sorted(before.keys() - after.keys()):
+        log.info("certificate.pending_over", pod=pod)
 
 
 class CertificateManager:

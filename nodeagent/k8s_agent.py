@@ -34,7 +34,7 @@ from mesh.runtime.cgroups import cgroup2_root
 from mesh.xds.subscriber import ConfigSubscriber
 from nodeagent import admin
 from nodeagent.accesslog import AccessLog
-from nodeagent.certs import CertificateManager, PodRef, obtain_all
+from nodeagent.certs import CertificateManager, PodRef, log_waiting, obtain_all
 from nodeagent.enrollment import EnrollmentController
 from nodeagent.k8s_pods import (
     PodLocator,
@@ -141,8 +141,9 @@ class KubeNodeAgent:
         for gone in self.cert_pods - refs:
             self.certs.remove_pod(gone)
         self.cert_pods = refs
-        self.waiting_for_certificate = {f"{r.namespace}/{r.name}": why
-                                        for r, why in missing.items()}
+        waiting = {f"{r.namespace}/{r.name}": why for r, why in missing.items()}
+        log_waiting(self.waiting_for_certificate, waiting)
+        self.waiting_for_certificate = waiting
         self.metrics.waiting_for_certificate.set(len(missing))
         errors += [f"{key}: waiting for its certificate, connections refused: {why}"
                    for key, why in sorted(self.waiting_for_certificate.items())]
