@@ -11,7 +11,13 @@ ownerReference garbage collection (switchable), bearer-token authentication and
 TokenReview (pod-bound projected tokens carry the pod's name and uid, and stop being
 valid with their pod).
 
-What is not: admission, validation against schemas, RBAC (every known token may do
+Custom resources of the kinds whose CRD is installed (by default the project's own,
+daemonset/base/crds) are pruned and validated against its structural schema before
+they are stored, through the API and through create/update alike, as a real API
+server does (tests/fakes/crd_schema.py): unknown fields dropped (or refused with
+`fieldValidation=Strict`), 422 Invalid with the real Status shape.
+
+What is not: admission webhooks, RBAC (every known token may do
 everything), protobuf. Tests drive state with create/update/delete/compact/
 break_watches/expire_watches and see every request in `requests`."""
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import copy
 import datetime as dt
 import json
@@ -30,6 +37,8 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+
+from tests.fakes.crd_schema import CrdVersion, Refused, admit, crd_versions, load_crds
 
 Obj = dict[str, Any]
 
@@ -132,10 +141,20 @@ class _Watch:
     queue: asyncio.Queue[Obj | None] = field(default_factory=asyncio.Queue)
 
 
+# The fieldValidation of the request being served, and the warnings it collects.
+_FIELD_VALIDATION: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "field_validation", default="Warn")
+_WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "warnings", default=None)
+
+
 class FakeApiServer:
     def __init__(self, *, token: str = "test-admin-token", bookmark_interval: float = 0.2,
-                 garbage_collect: bool = True) -> None:
+                 garbage_collect: bool = True, crds: list[CrdVersion] | None = None) -> None:
         self.token = token
+        # Schemas custom resources are pruned and validated with (kind -> served version).
+        self.crds: dict[str, CrdVersion] = {
+            c.kind: c for c in (load_crds() if crds is None else crds)}
         # False: owners' deletion leaves dependents, as with the kube-controller-manager
         # down (tests of controllers that must clean up after themselves).
         self.garbage_collect = garbage_collect
@@ -157,7 +176,7 @@ class FakeApiServer:
     # ---- lifecycle ------------------------------------------------------------------
     async def start(self) -> str:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.router.add_route("*", "/{tail:.*}", self._admission_dispatch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -183,9 +202,26 @@ class FakeApiServer:
                     and _selected(obj, w.fields, w.labels):
                 w.queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
 
+    def install_crd(self, crd: Obj) -> None:
+        """Install or replace a CRD (objects already stored are not re-validated)."""
+        for version in crd_versions(crd):
+            self.crds[version.kind] = version
+
+    def _admit(self, rtype: ResourceType, obj: Obj) -> Obj:
+        """The object as stored: pruned and validated when its kind has a CRD schema;
+        raises Refused (the Status a real API server answers) when invalid."""
+        crd = self.crds.get(rtype.kind)
+        if crd is None:
+            return obj
+        stored, warnings = admit(crd, obj, _FIELD_VALIDATION.get())
+        collected = _WARNINGS.get()
+        if collected is not None:
+            collected.extend(warnings)
+        return stored
+
     def create(self, obj: Obj) -> Obj:
         rtype = self._rtype(obj)
-        obj = copy.deepcopy(obj)
+        obj = self._admit(rtype, copy.deepcopy(obj))
         meta = obj.setdefault("metadata", {})
         if rtype.namespaced:
             meta.setdefault("namespace", "default")
@@ -205,8 +241,8 @@ class FakeApiServer:
         meta = obj["metadata"]
         key = (meta.get("namespace", "default" if rtype.namespaced else ""), meta["name"])
         old = self.objects[rtype.plural][key]
+        new = self._admit(rtype, copy.deepcopy(obj))
         self.rv += 1
-        new = copy.deepcopy(obj)
         new["metadata"].update(uid=old["metadata"]["uid"], resourceVersion=str(self.rv),
                                creationTimestamp=old["metadata"]["creationTimestamp"])
         if rtype.namespaced:
@@ -296,6 +332,21 @@ class FakeApiServer:
         return sum(1 for w in self._watches if kind is None or w.rtype.kind == kind)
 
     # ---- HTTP ---------------------------------------------------------------------------
+    async def _admission_dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Serve one request with its fieldValidation; writes refused at admission get
+        their Status, fields dropped under Warn a `Warning` header each."""
+        _FIELD_VALIDATION.set(request.query.get("fieldValidation") or "Warn")
+        warnings: list[str] = []
+        _WARNINGS.set(warnings)
+        try:
+            response = await self._dispatch(request)
+        except Refused as e:
+            return web.json_response(e.status, status=e.code)
+        if warnings and not response.prepared:
+            for w in warnings:
+                response.headers.add("Warning", f"299 - {json.dumps(w)}")
+        return response
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path, dict(request.query)))
         if request.headers.get("Authorization", "") != f"Bearer {self.token}":

@@ -23,7 +23,8 @@ from click.testing import CliRunner
 from ambientctl.commands.install import command as install_command
 from ambientctl.commands.install import render_base
 from controller.kube.waypoints import render as render_waypoint
-from mesh.config import ConfigError, validate_document
+from mesh.config import KINDS, ConfigError, validate_document
+from tests.fakes.crd_schema import load_crds, prune
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "daemonset" / "base"
@@ -156,8 +157,19 @@ def test_crd_schemas_accept_every_example() -> None:
 
 BAD = [
     ("PeerAuthentication", {"mtls": {"mode": "DISABLE"}}),
-    ("PeerAuthentication", {"mtls": {"mode": "STRICT", "extra": 1}}),
     ("PeerAuthentication", {"selector": {"matchLabels": {"app": 5}}}),
+    ("PeerAuthentication", {"selector": {}, "mtls": {"mode": "PERMISSIVE"}}),
+    ("PeerAuthentication", {"selector": {"matchLabels": {}}}),
+    # What would match everything once emptied (issue 20): refused at admission.
+    ("AuthorizationPolicy", {"rules": [{"from": [{"source": {}}]}]}),
+    ("AuthorizationPolicy", {"rules": [{"from": [{}]}]}),
+    ("AuthorizationPolicy", {"rules": [{"from": []}]}),
+    ("AuthorizationPolicy", {"rules": [{"to": [{"operation": {}}]}]}),
+    ("AuthorizationPolicy", {"rules": [{"to": []}]}),
+    ("AuthorizationPolicy", {"rules": [{"when": [{"key": "source.ip", "values": ["1.2.3.4"]}]}]}),
+    ("AuthorizationPolicy", {"rules": [{"from": [{"source": {"principals": [""]}}]}]}),
+    ("AuthorizationPolicy", {"selector": {}}),
+    ("AuthorizationPolicy", {"targetRefs": []}),
     ("AuthorizationPolicy", {"action": "AUDIT"}),
     ("AuthorizationPolicy", {"selector": {"matchLabels": {"a": "b"}},
                              "targetRefs": [{"kind": "Service", "name": "x"}]}),
@@ -185,6 +197,69 @@ def test_crd_schemas_reject_bad_objects_as_the_controller_does(kind: str,
     assert errors, f"the CRD schema accepted {json.dumps(spec)}"
     with pytest.raises(ConfigError):  # and the controller's own model agrees
         validate_document(doc, "test", 1)
+
+
+# Unknown fields are kept, not pruned (x-kubernetes-preserve-unknown-fields), so the
+# controller sees what the author wrote and refuses it whole; pruning would have
+# turned each of these into a policy that grants more (issue 20).
+KEPT = [
+    ("AuthorizationPolicy", {"rules": [{"from": [{"source": {"principal": ["a/b"]}}]}]}),
+    ("AuthorizationPolicy", {"rules": [{"form": [{"source": {"principals": ["a/b"]}}]}]}),
+    ("AuthorizationPolicy", {"rules": [{"to": [{"operation": {"methodz": ["GET"]}}]}]}),
+    ("AuthorizationPolicy", {"selector": {"matchLabel": {"app": "db"}}}),
+    ("AuthorizationPolicy", {"action": "DENY", "rule": [{}]}),
+    ("AuthorizationPolicy", {"rules": [{"from": [{"source": {"namespaces": ["a"],
+                                                               "requestPrincipals": ["x"]}}]}]}),
+    ("PeerAuthentication", {"mtls": {"mode": "STRICT", "extra": 1}}),
+    ("PeerAuthentication", {"mtls": {"mode": "STRICT"}, "portLevelMtls": {"80": {}}}),
+    ("TrafficPolicy", {"targetRefs": [{"name": "c"}], "rateLimit": {"requestsPerUnit": 5,
+                                                                   "perSourceIdentty": True}}),
+]
+
+
+@pytest.mark.parametrize(("kind", "spec"), KEPT,
+                         ids=[f"{k}-{i}" for i, (k, _) in enumerate(KEPT)])
+def test_crd_schemas_keep_unknown_fields_for_the_controller_to_refuse(
+        kind: str, spec: dict[str, Any]) -> None:
+    doc = {"apiVersion": "ambientmesh.io/v1alpha1", "kind": kind,
+           "metadata": {"name": "typo", "namespace": "demo"}, "spec": spec}
+    (crd,) = [c for c in load_crds() if c.kind == kind]
+    stored, dropped = prune(doc, crd.schema)
+    assert dropped == [] and stored == doc, "the API server would prune the typo"
+    errors = [e.message for e in crd_validators()[f"ambientmesh.io/v1alpha1/{kind}"]
+              .iter_errors(doc)]
+    assert errors == []
+    with pytest.raises(ConfigError, match="unknown field"):
+        validate_document(doc, "test", 1)
+
+
+def _model_tree(node: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """Field names of a pydantic JSON schema, nested ({} for a leaf)."""
+    if "$ref" in node:
+        return _model_tree(defs[node["$ref"].rsplit("/", 1)[1]], defs)
+    for choice in node.get("anyOf", []):
+        if choice.get("type") != "null":
+            return _model_tree(choice, defs)
+    if node.get("type") == "array":
+        return _model_tree(node.get("items", {}), defs)
+    return {k: _model_tree(v, defs) for k, v in (node.get("properties") or {}).items()}
+
+
+def _crd_tree(node: dict[str, Any]) -> Any:
+    if node.get("type") == "array":
+        return _crd_tree(node.get("items", {}))
+    return {k: _crd_tree(v) for k, v in (node.get("properties") or {}).items()}
+
+
+@pytest.mark.parametrize("kind", ["AuthorizationPolicy", "PeerAuthentication", "TrafficPolicy"])
+def test_crd_schemas_and_the_models_declare_the_same_fields(kind: str) -> None:
+    """A field in the model but not in the CRD would be kept as unknown and refused (or,
+    in an older CRD, pruned); one in the CRD but not the model would be accepted by
+    the API server and refused by the controller. Field by field, they agree."""
+    (crd,) = [c for c in load_crds() if c.kind == kind]
+    model = KINDS[kind].model_json_schema(by_alias=True)
+    want = _model_tree(model["properties"]["spec"], model.get("$defs", {}))
+    assert _crd_tree(crd.schema["properties"]["spec"]) == want
 
 
 def test_install_renders_the_base() -> None:
