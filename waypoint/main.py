@@ -26,16 +26,17 @@ from mesh.hbone import HboneClientPool, HboneServer, StaticTls
 from mesh.identity import CertifiedKey, TrustBundle
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.csr import build_csr, generate_key
+from mesh.identity.errors import CertificateRefusedError, IdentityError
 from mesh.identity.spiffe import SpiffeId
 from mesh.identity.svid import load_pem_chain
 from mesh.identity.tls import client_context, server_context
 from mesh.identity.token_source import TokenFile, TokenFileError
 from mesh.logs import configure_logging
-from mesh.xds import ConfigSubscriber
+from mesh.xds import Backoff, ConfigSubscriber
 from waypoint.config import WaypointConfig, build, split_hostport
 from waypoint.errors import WaypointError
 from waypoint.otlp import OtlpExporter
-from waypoint.server import HboneDialer, HboneListen, WaypointServer
+from waypoint.server import HboneDialer, WaypointServer
 from waypoint.state import WaypointState
 from waypoint.upstream import Dialer, tcp_dial
 
@@ -75,6 +76,27 @@ class Identity:
         self.client_ctx = client_context(ck, bundle)
         log.info("certificate issued", identity=str(signed.identity),
                  not_after=ck.not_after.isoformat())
+
+    async def obtain(self, backoff: Backoff, server: WaypointServer) -> None:
+        """The first certificate, asked until the CA signs it. A refusal is normal for
+        a while (the Gateway was just created or recreated, the API server has not
+        shown the controller this pod yet), and an unreachable CA comes back: either
+        way one line per attempt says why, and the waypoint reports not ready."""
+        while True:
+            try:
+                await self.fetch()
+            except IdentityError as e:
+                delay = backoff.next_delay()
+                code = e.code if isinstance(e, CertificateRefusedError) else None
+                what = "refused" if code else "unavailable"
+                server.not_ready = f"no certificate yet (certificate {what}): {e}"
+                log.warning(f"certificate {what}", code=code,
+                            error=str(e), attempt=backoff.attempt, retry_in=round(delay, 2),
+                            identity=str(self.spiffe))
+                await anyio.sleep(delay)
+                continue
+            server.not_ready = ""
+            return
 
     async def renew_forever(self) -> None:
         while True:
@@ -156,31 +178,37 @@ async def _run(opts: dict[str, object]) -> None:
         identity = Identity(CertificateClient(channel, node, token), str(opts["namespace"]),
                             str(opts["pod"] or opts["name"]), str(opts["trust_domain"]),
                             str(opts["service_account"] or opts["name"]))
-        await identity.fetch()
         hbone_pool = HboneClientPool()
         dial = HboneDialer(hbone_pool, StaticTls(str(identity.spiffe), identity.client_context))
     server = WaypointServer(state, dial=dial, access_log=_open_access_log(str(opts["access_log"])),
                             exporter=exporter)
-    hbone = None
-    if identity is not None and opts["hbone_addr"]:
-        hbone = HboneListen(_hbone_socket(str(opts["hbone_addr"])))
-        hbone.server = HboneServer(identity.server_context, server.handle_hbone)
+    hbone_sock = None
+    if identity is not None:
+        server.not_ready = "no certificate yet: asking the controller's CA"
+        if opts["hbone_addr"]:  # bound now: a taken port fails at start, not later
+            hbone_sock = _hbone_socket(str(opts["hbone_addr"]))
 
     def apply(snap: pb.Snapshot) -> None:
         server.update(build(snap))  # RouteConfigError -> NACK, last good stays
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.run(plain=plain, admin=admin, hbone=hbone))
+        # Admin first: /healthz/ready says why the waypoint is not ready meanwhile.
+        tg.start_soon(lambda: server.run(plain=plain, admin=admin))
+        await server.ready.wait()
         if controller and identity is not None:
+            # No HBONE and no config before the certificate: nothing to serve with.
+            await identity.obtain(Backoff(initial=0.5, maximum=30.0), server)
+            if hbone_sock is not None:
+                tg.start_soon(HboneServer(identity.server_context, server.handle_hbone).serve,
+                              hbone_sock)
             sub = ConfigSubscriber(str(controller), kind=pb.WAYPOINT, name=str(opts["name"]),
                                    namespace=str(opts["namespace"]), node=str(opts["node"]),
                                    token=token, apply=apply)
             tg.start_soon(sub.run)
             tg.start_soon(identity.renew_forever)
-        await server.ready.wait()
         log.info("waypoint ready", name=opts["name"], namespace=opts["namespace"],
                  listen=list(opts["listen"]), metrics=opts["metrics_addr"],  # type: ignore[call-overload]
-                 hbone=opts["hbone_addr"] if hbone else None)
+                 hbone=opts["hbone_addr"] if hbone_sock else None)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

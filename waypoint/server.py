@@ -117,6 +117,9 @@ class WaypointServer:
         self.exporter = exporter
         self.handler: Handler | None = None
         self.ready = anyio.Event()
+        # Why the waypoint must not get traffic yet (e.g. no certificate): /healthz/ready
+        # answers 503 with it while set.
+        self.not_ready = ""
         self.connections = 0
 
     def update(self, config: WaypointConfig) -> None:
@@ -176,6 +179,8 @@ class WaypointServer:
             return Response(200, [("content-type", "text/plain; version=0.0.4"),
                                   ("content-length", str(len(data)))], BytesBody(data))
         if path == "/healthz/ready":
+            if self.not_ready:
+                return local_response(503, self.not_ready)
             ok = self.state.config.version != "" or bool(self.state.config.served)
             return local_response(200 if ok else 503, "ready" if ok else "no config yet")
         if path == "/config_dump":

@@ -1,0 +1,121 @@
+"""A real `ambient-waypoint` whose first certificate requests are refused (its Gateway
+is not there yet, as after a Gateway is deleted and created again) keeps running:
+one structured line per refused attempt saying why, no traceback, not ready on
+/healthz/ready meanwhile; once the Gateway exists it gets its certificate, its
+config, and becomes ready. The controller runs in Kubernetes mode against the fake
+API server; the waypoint's token is a pod-bound projected token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import test_k8s_controller as k8s
+from tests.e2e.test_k8s_controller import kube_controller, pod, until
+from tests.fakes.kube_apiserver import FakeApiServer
+from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
+
+pytestmark = pytest.mark.anyio
+WAYPOINT = str(Path(sys.executable).with_name("ambient-waypoint"))
+server = k8s.server  # the fixture: a fake API server with a populated cluster
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ready(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz/ready", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:  # not listening (yet, or any more)
+        return 0, str(e)
+
+
+def refusals(log: str) -> list[dict[str, object]]:
+    out = []
+    for line in log.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "certificate refused":
+            out.append(event)
+    return out
+
+
+async def test_refused_first_certificate_is_retried_without_a_traceback(
+        server: FakeApiServer, tmp_path: Path) -> None:
+    wp = server.create(pod("waypoint-6c-q", "demo", "n2", "10.244.2.50",
+                           {"ambientmesh.io/waypoint": "waypoint"}, sa="waypoint"))
+    token = tmp_path / "token"
+    token.write_text(server.add_pod_token("wp-token", wp) + "\n")
+    metrics = free_port()
+    stderr = tmp_path / "waypoint.stderr"
+    proc: subprocess.Popen[bytes] | None = None
+    async with kube_controller(server, tmp_path / "c", manage_waypoints=False) as (c, _):
+        try:
+            with open(stderr, "wb") as err:
+                proc = subprocess.Popen(
+                    [WAYPOINT, "--name", "waypoint", "--namespace", "demo", "--node", "n2",
+                     "--controller", f"127.0.0.1:{c.grpc_port}", "--token-file", str(token),
+                     "--hbone-addr", f"127.0.0.1:{free_port()}",
+                     "--metrics-addr", f"127.0.0.1:{metrics}", "--access-log", "none"],
+                    stdout=err, stderr=subprocess.STDOUT)
+            running = proc
+
+            # No Gateway "waypoint" yet: every request is refused, and the process stays.
+            await until(lambda: len(refusals(stderr.read_text())) >= 3
+                        or running.poll() is not None, 20)
+            log = stderr.read_text()
+            assert running.poll() is None, f"the waypoint died on a refusal:\n{log}"
+            status, body = await asyncio.to_thread(ready, metrics)
+            assert status == 503 and "certificate" in body, (status, body)
+            first = refusals(log)[0]
+            assert first["code"] == "PERMISSION_DENIED"
+            assert "neither the node agent" in str(first["error"])
+            assert float(str(first["retry_in"])) > 0
+
+            server.create({"kind": "Gateway", "apiVersion": "gateway.networking.k8s.io/v1",
+                           "metadata": {"name": "waypoint", "namespace": "demo"},
+                           "spec": {"gatewayClassName": "ambient-waypoint"}})
+            await until(lambda: "certificate issued" in stderr.read_text()
+                        or running.poll() is not None, 30)
+            assert running.poll() is None, stderr.read_text()
+
+            async def is_ready() -> bool:
+                return (await asyncio.to_thread(ready, metrics))[0] == 200
+            for _ in range(200):
+                if await is_ready():
+                    break
+                await asyncio.sleep(0.05)
+            assert await is_ready(), stderr.read_text()
+            log = stderr.read_text()
+            assert "Traceback" not in log, log
+            assert all(line.startswith("{") for line in log.splitlines() if line.strip()), \
+                "every log line is one structured (JSON) event"
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    await asyncio.to_thread(proc.wait, 5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
