@@ -144,6 +144,12 @@ class Redirector:
             cookie = netns_cookie(ns)
         except Exception as exc:
             raise EnrollmentError(f"pod {pod.name}: {exc}") from exc
+        if pod.capture_inbound and cookie in _node_netns_cookies():
+            raise EnrollmentError(
+                f"pod {pod.name}: {ns} is the node's own network namespace (a hostNetwork "
+                "pod?): inbound capture takes every connection into the netns it is "
+                "linked to, the node's included; such pods cannot be enrolled"
+            )
         config = pod_config(pod, cookie)
         link = self.pins.inbound_link(cgroup_id)
         what = f"inbound capture of pod {pod.name} ({ns})"
@@ -318,6 +324,15 @@ class Redirector:
 def _opened(maps: MapSet, inbound: InboundCapture) -> list[Any]:
     return [maps.pods, maps.inbound_ips, maps.original, maps.capture_cookies,
             maps.listeners, inbound.templates, inbound.drops_map]
+
+
+def _node_netns_cookies() -> set[int]:
+    """The netns of this process (the agent: the host's, or hostNetwork) and of PID 1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        cookies = {socket_netns_cookie(sock)}
+    with contextlib.suppress(Exception):  # no hostPID: PID 1 is the container's own
+        cookies.add(netns_cookie(Path("/proc/1/ns/net")))
+    return cookies
 
 
 def _map_fds(maps: MapSet, inbound: InboundCapture) -> dict[str, int]:

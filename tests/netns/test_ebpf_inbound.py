@@ -208,3 +208,16 @@ def test_enrolled_netns_without_pod_record_drops_and_counts(world: dict[str, Any
         [refused] = run_json(rt, world["client"], ["connect", f"{ip}:8080"])
     assert "ConnectionRefused" in refused.get("error", ""), refused
     assert redirector.status()["inbound_drops"]["no_pod"] >= 1
+
+
+def test_a_pod_in_the_node_netns_is_not_enrolled(world: dict[str, Any]) -> None:
+    """Capture takes every address of a netns: linked to the node's own netns (a
+    hostNetwork pod) it would take every connection to the node. Refused."""
+    from ebpf import EnrolledPod, EnrollmentError
+
+    server, redirector = world["server"], world["redirector"]
+    host_pod = EnrolledPod(name="demo/hostnet", netns="/proc/self/ns/net",
+                           cgroup_path=server.cgroup_path)
+    with pytest.raises(EnrollmentError, match="node's own network namespace"):
+        redirector.enroll(host_pod)
+    assert redirector.status()["inbound_links"] == 1  # the server's only
