@@ -24,7 +24,7 @@ PROXY_PORTS: dict[int, str] = {
     OUTBOUND_PORT: "outbound capture",
     INBOUND_PORT: "inbound plaintext capture",
     HBONE_PORT: "inbound HBONE",
-    METRICS_PORT: "proxy metrics/health",
+    METRICS_PORT: "metrics/health",
 }
 
 
