@@ -17,7 +17,8 @@ steps as Envoy's `normalize_path` + `merge_slashes`):
    raw non-ASCII bytes) and no `#` (a fragment never belongs to a request target);
 2. percent-escapes are decoded once when they encode an unreserved character
    (RFC 3986 §2.3: `A-Z a-z 0-9 - . _ ~`); other escapes are kept with upper-case
-   hex digits (RFC 3986 §6.2.2.1);
+   hex digits (RFC 3986 §6.2.2.1); the characters `"<>^`{|}`, not allowed in a path,
+   are percent-encoded (as Envoy does);
 3. `\\` becomes `/`;
 4. runs of `/` become one `/` (`merge_slashes`, on by default);
 5. dot segments are removed (RFC 3986 §5.2.4); `..` never climbs above `/`.
@@ -50,6 +51,11 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
 _FORBIDDEN = re.compile(r"[^\x21-\x7e]|#")
 _ESCAPED_SLASHES = frozenset({0x2F, 0x5C})
 _SLASHES = re.compile(r"/{2,}")
+# Printable ASCII that RFC 3986 does not allow in a path and Envoy's normalize_path
+# percent-encodes (it leaves '[', ']' and '\'' as they are): encoded the same way, so
+# a policy written for Istio matches the same requests here.
+_ENCODED = {c: f"%{ord(c):02X}" for c in '"<>^`{|}'}
+_NEEDS_PASS = re.compile('[%"<>^`{|}]')
 
 
 class RequestNormalizationError(ValueError):
@@ -88,10 +94,11 @@ def _check_characters(text: str, what: str) -> None:
             "percent-encode it")
 
 
-def _decode_unreserved(path: str) -> str:
-    """One decoding pass: escapes of unreserved characters decoded, others kept with
-    upper-case hex; refused: malformed escapes, control characters, slashes."""
-    if "%" not in path:
+def _canonical_escapes(path: str) -> str:
+    """One pass: escapes of unreserved characters decoded, others kept with upper-case
+    hex, characters RFC 3986 does not allow in a path that Envoy encodes (`"<>^`{|}`)
+    encoded; refused: malformed escapes, escaped control characters and slashes."""
+    if _NEEDS_PASS.search(path) is None:
         return path
     out: list[str] = []
     i = 0
@@ -99,7 +106,7 @@ def _decode_unreserved(path: str) -> str:
     while i < n:
         c = path[i]
         if c != "%":
-            out.append(c)
+            out.append(_ENCODED.get(c, c))
             i += 1
             continue
         pair = path[i + 1:i + 3]
@@ -147,7 +154,7 @@ def normalize_path(path: str, merge_slashes: bool = True) -> str:
             f"request path {path[:64]!r} does not start with '/' (absolute-form, "
             "authority-form or empty paths are not accepted)")
     _check_characters(path, "path")
-    path = _decode_unreserved(path).replace("\\", "/")
+    path = _canonical_escapes(path).replace("\\", "/")
     if merge_slashes:
         path = _merge_slashes(path)
     if "/." in path:  # a '.' or '..' segment starts right after a '/'

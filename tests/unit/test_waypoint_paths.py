@@ -80,6 +80,10 @@ def test_refused_paths(path: str) -> None:
     ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="),
     ("/pkg.Service/Method", "/pkg.Service/Method"),
     ("/ADMIN", "/ADMIN"),  # paths are case-sensitive
+    # Envoy's encoding of characters a path may not hold; '[', ']' and "'" stay.
+    ('/a"b', "/a%22b"), ("/a<b>", "/a%3Cb%3E"), ("/a^b", "/a%5Eb"), ("/a`b", "/a%60b"),
+    ("/a|b", "/a%7Cb"), ("/a{b}", "/a%7Bb%7D"), ("/a[b]", "/a[b]"), ("/a'b", "/a'b"),
+    ("/a%7bb", "/a%7Bb"), ("/a%7B/../b{", "/b%7B"),
 ])
 def test_normalized_forms(path: str, expected: str) -> None:
     assert normalize_path(path) == expected
@@ -124,6 +128,7 @@ def test_merge_slashes_can_be_turned_off() -> None:
     ("/a?", "/a?"),
     ("/a??b", "/a??b"),
     ("/a?b\\c", "/a?b\\c"),
+    ("/a{?b{}", "/a%7B?b{}"),
     ("/a?x=%zz", "/a?x=%zz"),
 ])
 def test_query_untouched(target: str, expected: str) -> None:
@@ -209,7 +214,8 @@ def test_other_paths_still_allowed() -> None:
 
 _PIECES = st.sampled_from([
     "/", "//", "\\", ".", "..", "./", "../", "%2e", "%2E", "%2e%2e", "%61", "%41", "%7e",
-    "%25", "%20", "%3F", "a", "b", "admin", "x.y", "~", "-", "_", ";", "=", "%c3%a9",
+    "%25", "%20", "%3F", "a", "b", "admin", "x.y", "~", "-", "_", ";", "=", "%c3%a9", "{",
+    "|", "%7b", "[", "'", '"',
 ])
 _PATHS = st.lists(_PIECES, max_size=14).map(lambda xs: "/" + "".join(xs))
 
@@ -221,6 +227,7 @@ def test_normalized_paths_are_fixed_points_with_nothing_left_to_interpret(path: 
     assert normalize_path(out) == out
     assert out.startswith("/")
     assert "//" not in out and "\\" not in out
+    assert not set(out) & set('"<>^`{|}')
     segments = out.split("/")
     assert "." not in segments and ".." not in segments
     # No escape left that decodes to an unreserved character (would be a second name).
