@@ -190,7 +190,10 @@ class WaypointServer:
                 "identity": cfg.identity, "services": sorted(cfg.served),
                 "routes": {k: len(v) for k, v in cfg.routes.items()},
                 "trafficPolicies": {k: v.policy for k, v in cfg.traffic.items()},
-                "authorizationPolicies": {k: [p.name for p in v] for k, v in cfg.authz.items()},
+                "authorizationPolicies": {k: [p.key for p in v] for k, v in cfg.authz.items()},
+                # Enforced as deny-all until fixed (mesh/authz/compile.py): why, per policy.
+                "uncompilablePolicies": {p.key: p.error for v in cfg.authz.values()
+                                         for p in v if p.error},
             }
             data = json.dumps(dump, indent=2).encode()
             return Response(200, [("content-type", "application/json"),

@@ -7,6 +7,7 @@ Formerly the waypoint NACKed the whole snapshot and the node proxy skipped the C
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from tests.e2e.test_waypoint_hbone import (  # noqa: F401  (backend_port is a fi
 from tests.hbone_helpers import listen, relay_handler
 from tests.identity_helpers import mint, new_ca
 from waypoint.config import build
+from waypoint.http1 import DownstreamInfo
+from waypoint.messages import EmptyBody, RequestHead
 from waypoint.server import HboneDialer, HboneListen, WaypointServer
 from waypoint.state import WaypointState
 
@@ -38,6 +41,19 @@ BAD_DENY = pb.Authorization(
     namespace="default", name="deny-lab", action=pb.DENY,
     targets=[pb.PolicyTarget(kind="Service", namespace="default", name="web")],
     rules=[pb.Rule(sources=[pb.Source(ip_blocks=["192.0.2.0/24", "10.1.0.0/16x"])])])
+
+
+BAD_ERROR = ("spec.rules[0].from[0].source.ipBlocks[1]: not an IP address or CIDR: "
+             "'10.1.0.0/16x'")
+
+
+async def config_dump(server: WaypointServer) -> dict[str, object]:
+    """What the waypoint's admin port answers on /config_dump."""
+    resp = await server._admin(RequestHead("GET", "/config_dump", "", []), EmptyBody(),
+                               DownstreamInfo())
+    body = b"".join([chunk async for chunk in resp.body.chunks()])
+    out: dict[str, object] = json.loads(body)
+    return out
 
 
 def test_uncompilable_policy_denies_over_hbone_until_fixed(
@@ -82,6 +98,8 @@ def test_uncompilable_policy_denies_over_hbone_until_fixed(
                 metrics = server.metrics.exposition().decode()
                 assert ('ambient_authz_policies_uncompilable_total{policy="default/deny-lab"}'
                         in metrics)
+                assert (await config_dump(server))["uncompilablePolicies"] == {
+                    "default/deny-lab": BAD_ERROR}
 
                 state.update(build(snapshot(port)))  # the fixed push
                 stream = await in_pool.connect(client_tls(SLEEP), wp_addr, f"{VIP}:80",
