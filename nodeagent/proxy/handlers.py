@@ -133,7 +133,9 @@ async def _connect_first(ctx: ProxyContext, pod: PodEndpoint,
         ctx.picker.report_success((hop.address, hop.target_port))
         return hop, upstream
     if hops and hops[0].via_waypoint:  # never around it: refused, naming the waypoint
-        raise WaypointUnavailable(hops[0].waypoint, hops[0].authority, str(last)) from last
+        hop = hops[0]
+        raise WaypointUnavailable(hop.waypoint, f"service {hop.service}" if hop.service
+                                  else hop.authority, str(last)) from last
     raise last
 
 
