@@ -23,6 +23,7 @@ from controller.view import (
 )
 from controller.vips import DEFAULT_RANGE, allocate_vips
 from mesh.config import ObjectKey, Pod, Resource, Service
+from mesh.config.annotations import GATEWAY_NAME_LABEL
 from mesh.config.core import PodSpec
 
 _log = structlog.get_logger("controller.registry")
@@ -55,6 +56,7 @@ class Registry:
         self._vips: dict[Ref, str] = state.load_vips() if state else {}
         self._pod_states: dict[Ref, PodState] = state.load_pod_states() if state else {}
         self._view: ClusterView | None = None
+        self._waypoint_accounts: tuple[ClusterView, set[Ref]] | None = None
         self._placements_stale = True
         self._pod_states_unsaved = False
         self._uids: dict[tuple[str, str, str | None, str], str] = {}
@@ -131,8 +133,17 @@ class Registry:
         return (pod.node, pod.service_account)
 
     def is_waypoint(self, namespace: str, name: str) -> bool:
-        """A waypoint Gateway of that name exists (the CA's PodDirectory)."""
-        return (namespace, name) in self.view().waypoints
+        """Whether `name` is a waypoint's service account (the CA's PodDirectory): a
+        waypoint Gateway of that name exists, or a pod labelled as that Gateway's still
+        runs (its Gateway deleted, or refused by validation, while the pod terminates).
+        Erring towards "yes" only refuses more."""
+        view = self.view()
+        if self._waypoint_accounts is None or self._waypoint_accounts[0] is not view:
+            accounts = set(view.waypoints)
+            accounts.update((p.namespace, p.labels[GATEWAY_NAME_LABEL])
+                            for p in view.pods.values() if p.labels.get(GATEWAY_NAME_LABEL))
+            self._waypoint_accounts = (view, accounts)
+        return (namespace, name) in self._waypoint_accounts[1]
 
     def _rebuild(self) -> ClusterView:
         objects = list(self._objects.values())

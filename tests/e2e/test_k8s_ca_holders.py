@@ -166,3 +166,26 @@ async def test_a_waypoint_identity_goes_only_to_its_own_pods(
                          "only request its own")
     assert refused(c, "not_own_certificate") == 1
     assert refused(c, "caller_refused") >= 2
+
+
+async def test_waypoint_pods_left_by_a_gone_gateway_give_no_node_agent_its_identity(
+        mesh: tuple[Controller, grpc.aio.Channel], server: FakeApiServer) -> None:
+    """The Gateway is deleted (or refused by validation) while its pod still runs
+    (terminating): the pod's identity is still a waypoint's, so its node's agent is
+    refused; and the pod's own token is refused too (no waypoint to speak for)."""
+    c, channel = mesh
+    server.create(GATEWAY)
+    wp = server.create(pod("waypoint-5f-a", "demo", "n2", "10.244.2.50",
+                           {"ambientmesh.io/waypoint": "waypoint",
+                            "gateway.networking.k8s.io/gateway-name": "waypoint"},
+                           sa="waypoint"))
+    await until(lambda: wp_addresses(c) == ["10.244.2.50"])
+    server.delete("Gateway", "demo", "waypoint")
+    await until(lambda: wp_addresses(c) is None)
+    assert ("demo", "waypoint") in c.registry.view().pods  # its pod still runs
+    agent_n2 = CertificateClient(channel, "n2", "token-of-ambient-nodeagent-b")
+    await expect_refusal(agent_n2, "demo", "waypoint", "waypoint", "PERMISSION_DENIED",
+                         "never to a node agent")
+    own = CertificateClient(channel, "n2", server.add_pod_token("wp-a", wp))
+    await expect_refusal(own, "demo", "waypoint", "waypoint", "PERMISSION_DENIED",
+                         "neither the node agent")
