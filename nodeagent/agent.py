@@ -123,6 +123,7 @@ class NodeAgent:
             "AMBIENT_CONTROLLER": f"{self.node.host_ip}:{port}",  # the relay, see below
             "AMBIENT_TOKEN_FILE": str(token_file)}, may_start=self._captured_if_enrolled)
         self.metrics = ProxyMetrics()
+        self.metrics.watch_inbound_capture(self.redirector.inbound_drops)
         self.pods_lock = asyncio.Lock()
         self.cert_pods: set[PodRef] = set()
         self.enrollment_errors: list[str] = []

@@ -91,6 +91,7 @@ class KubeNodeAgent:
         c = self.config
         self.redirector = Redirector.load(f"{c.pin_name}-{c.node}",
                                           c.attach_cgroup or cgroup2_root())
+        self.metrics.watch_inbound_capture(self.redirector.inbound_drops)
         self.channel = grpc.aio.insecure_channel(c.controller)
         # Read for every CSR and every (re)subscription: the kubelet rotates the token.
         token = TokenFile(c.token_file)

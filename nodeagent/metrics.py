@@ -5,9 +5,13 @@ One registry per proxy (no global state): the metrics endpoint serves exactly it
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from mesh.authz import AuthzCollector
 
@@ -79,6 +83,10 @@ class ProxyMetrics:
             "(CA refused or unreachable): their connections are refused",
             registry=self.registry)
 
+    def watch_inbound_capture(self, drops: Callable[[], dict[str, int]]) -> None:
+        """Export the kernel's inbound capture drops (Redirector.inbound_drops)."""
+        self.registry.register(InboundCaptureDrops(drops))
+
     def refused(self, cause: str, direction: str, waypoint: str = "") -> None:
         self.refusals.labels(cause, direction).inc()
         if waypoint:
@@ -97,3 +105,28 @@ class ProxyMetrics:
 
     def tunnel_failed(self, reason: str, phase: str) -> None:
         self.tunnel_failures.labels(reason, phase).inc()
+
+
+class InboundCaptureDrops(Collector):
+    """ambient_inbound_capture_drops_total{reason}: connections into an enrolled pod
+    that the sk_lookup program dropped because it could not hand them to this proxy
+    (no_pod, no_listener, assign_failed: capture fails closed). Read from the BPF
+    counter map at scrape time; the kernel counts, nothing here does."""
+
+    def __init__(self, drops: Callable[[], dict[str, int]]) -> None:
+        self._drops = drops
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "ambient_inbound_capture_drops", "Connections into enrolled pods dropped by "
+            "the kernel's inbound capture (no pod record, no proxy listener)",
+            labels=["reason"])
+        counts: dict[str, int] = {}
+        with contextlib.suppress(Exception):  # maps closed at shutdown: no sample
+            counts = self._drops()
+        for reason, n in sorted(counts.items()):
+            family.add_metric([reason], n)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())

@@ -107,6 +107,10 @@ def test_link_local_connection_to_strict_pod_is_refused_and_logged(mesh: LocalMe
     records = wait_for("the node proxy logs the link-local denials", lambda: (
         found if len(found := strict_denials(mesh, "node-1", since, ll)) >= 2 else None))
     assert all(r["destination_workload"] == "sec/vault" for r in records), records
+    # Captured, so nothing was dropped in the kernel; the drop counters are exported.
+    metrics = mesh.metrics("node-1")
+    for reason in ("no_pod", "no_listener", "assign_failed"):
+        assert f'ambient_inbound_capture_drops_total{{reason="{reason}"}} 0.0' in metrics
     # Mesh traffic to the same pod still flows.
     client = mesh.runtime.get_pod("sec", "client")
     ok = curl(mesh, client, f"http://{vault.ip}:8080/")
