@@ -1,5 +1,7 @@
 """What every part of ambient-mesh shares: the config model, SPIFFE identity and
-certificates, the HBONE tunnel, the control-plane API, telemetry and the local runtime.
+certificates, the HBONE tunnel, the control-plane API, the authorization engine
+(mesh.authz: the one policy model and decision of the node proxy, the waypoint and
+`ambientctl explain`), telemetry and the local runtime.
 
 Owns no process of its own and imports none of the component packages
 (controller, nodeagent, waypoint, ambientctl, ebpf)."""
