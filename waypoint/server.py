@@ -178,6 +178,8 @@ class WaypointServer:
             data = self.metrics.exposition()
             return Response(200, [("content-type", "text/plain; version=0.0.4"),
                                   ("content-length", str(len(data)))], BytesBody(data))
+        if path == "/healthz/live":  # the process serves: no reason to restart it
+            return local_response(200, "live")
         if path == "/healthz/ready":
             if self.not_ready:
                 return local_response(503, self.not_ready)

@@ -39,9 +39,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ready(port: int) -> tuple[int, str]:
+def ready(port: int, path: str = "/healthz/ready") -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz/ready", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -88,6 +88,8 @@ async def test_refused_first_certificate_is_retried_without_a_traceback(
             assert running.poll() is None, f"the waypoint died on a refusal:\n{log}"
             status, body = await asyncio.to_thread(ready, metrics)
             assert status == 503 and "certificate" in body, (status, body)
+            # ...but live: the Deployment's liveness probe must not restart it for that.
+            assert (await asyncio.to_thread(ready, metrics, "/healthz/live"))[0] == 200
             first = refusals(log)[0]
             assert first["code"] == "PERMISSION_DENIED"
             assert "neither the node agent" in str(first["error"])
