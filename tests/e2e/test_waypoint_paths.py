@@ -23,12 +23,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import h2.config
 import h2.connection
 import h2.events
 import pytest
 from aiohttp import web
 
+from mesh.api import config_pb2 as pb
+from mesh.hbone import HboneClientPool, HboneServer, StaticTls
+from mesh.identity import tls
+from mesh.identity.spiffe import SpiffeId
+from tests.e2e.test_waypoint_hbone import http_get
 from tests.e2e.test_waypoint_helpers import (
     Backend,
     BackendLoop,
@@ -36,8 +42,14 @@ from tests.e2e.test_waypoint_helpers import (
     free_port,
     host,
     run_waypoint,
+    waypoint_snapshot,
 )
 from tests.e2e.test_waypoint_l7config import service_yaml, snapshot_from_yaml
+from tests.hbone_helpers import listen
+from tests.identity_helpers import mint, new_ca
+from waypoint.config import build
+from waypoint.server import HboneListen, WaypointServer
+from waypoint.state import WaypointState
 
 pytestmark = pytest.mark.e2e
 
@@ -428,3 +440,62 @@ def test_same_paths_as_envoy_normalize_path(mesh: Mesh, tmp_path: Path) -> None:
                     theirs = theirs[1:]
                 assert ours == theirs, (path, ours, theirs)
     assert len(stricter) < len(_corpus()) // 2, stricter
+
+
+# -- the same through the mesh: an HBONE tunnel into the waypoint ---------------------------
+
+
+def test_path_tricks_through_an_hbone_tunnel(tmp_path: Path) -> None:
+    """The hostile pod's own path: an HBONE tunnel (mutual TLS, the caller's SVID) into
+    the waypoint's HBONE listener, then HTTP/1.1 inside. The DENY on /admin holds for
+    every variant; allowed requests reach the app normalized."""
+    caller, waypoint_id = SpiffeId.for_workload("default", "sleep"), \
+        SpiffeId.for_workload("default", "waypoint")
+    loop = BackendLoop()
+    app = loop.add(Backend("web"), raw_echo)
+    web = pb.Service(
+        namespace="default", name="web", hostnames=["web.default.svc.cluster.local"],
+        vips=["10.96.0.10"], ports=[pb.ServicePort(name="http", port=80, target_port=app.port)],
+        endpoints=[pb.Endpoint(workload_uid="web-1", addresses=["127.0.0.1"],
+                               ports=[pb.EndpointPort(service_port=80, target_port=app.port)])])
+    deny = pb.Authorization(
+        namespace="default", name="deny-admin", action=pb.DENY,
+        targets=[pb.PolicyTarget(kind="Service", namespace="default", name="web")],
+        rules=[pb.Rule(operations=[pb.Operation(paths=["/admin", "/admin/*"])])])
+    state = WaypointState(build(waypoint_snapshot([web], [], [], [], [deny])))
+
+    async def main() -> None:
+        ca = new_ca(tmp_path / "ca")
+        (caller_ck, bundle), (wp_ck, _) = mint(ca, caller), mint(ca, waypoint_id)
+        server = WaypointServer(state)
+        wp_ctx = tls.server_context(wp_ck, bundle)
+        wp_sock = listen()
+        hbone = HboneListen(wp_sock, HboneServer(lambda: wp_ctx, server.handle_hbone))
+        pool = HboneClientPool()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: server.run(hbone=hbone))
+                await server.ready.wait()
+                addr = ("127.0.0.1", wp_sock.getsockname()[1])
+                source = StaticTls(str(caller), tls.client_context(caller_ck, bundle))
+                for path in ["/./admin", "/items/../admin", "/%61dmin", "/%2e/admin", "//admin",
+                             "/\\admin", "/admin%00", "/admin%2f"]:
+                    stream = await pool.connect(source, addr, "10.96.0.10:80")
+                    answer = await http_get(stream, path)
+                    await stream.aclose()
+                    assert answer.status in (400, 403), (path, answer)
+                assert app.requests == []
+                stream = await pool.connect(source, addr, "10.96.0.10:80")
+                answer = await http_get(stream, "/items/./%7e1//2")
+                await stream.aclose()
+                assert answer.status == 200
+                assert json.loads(answer.body)["target"] == "/items/~1/2"
+                tg.cancel_scope.cancel()
+        finally:
+            await pool.aclose()
+            wp_sock.close()
+
+    try:
+        anyio.run(main)
+    finally:
+        loop.close()
