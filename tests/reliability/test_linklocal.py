@@ -50,6 +50,7 @@ spec:
     pod("vault", "sec", "node-1", [PY, HELLO, "8080"], "vault", "app: vault"),
     pod("client", "sec", "node-2", ["sleep", "infinity"], "client"),
     pod("outsider", "legacy", "node-1", ["sleep", "infinity"]),
+    pod("neighbor", "sec", "node-1", ["sleep", "infinity"], "neighbor"),
 ])
 
 
@@ -60,6 +61,7 @@ def mesh() -> Iterator[LocalMesh]:
         client = m.pod("sec", "client", enrolled=True)
         vault = m.pod("sec", "vault", enrolled=True)
         m.pod("legacy", "outsider", enrolled=False)
+        m.pod("sec", "neighbor", enrolled=True)
         wait_serving(m, client, f"http://{vault.ip}:8080/")
         yield m
 
@@ -133,3 +135,20 @@ def test_address_added_after_enrollment_is_captured(mesh: LocalMesh) -> None:
     wait_for("the node proxy logs both denials", lambda: (
         strict_denials(mesh, "node-1", since, extra4)
         and strict_denials(mesh, "node-1", since, extra6)))
+
+
+def test_link_local_from_an_enrolled_pod_never_reaches_the_app(mesh: LocalMesh) -> None:
+    """What held before the fix too (kept so): from a mesh pod on the same node the
+    connect() is captured outbound first; the original destination carries no scope,
+    so the node proxy cannot dial a link-local address (EINVAL, logged as an error),
+    and if a later change let it, inbound capture would refuse the plaintext: either
+    way the app is not reached, and the node proxy logs the attempt."""
+    vault = mesh.runtime.get_pod("sec", "vault")
+    neighbor = mesh.runtime.get_pod("sec", "neighbor")
+    ll = link_local(vault)
+    since = len(access_records(mesh, "node-1"))
+    done = curl(mesh, neighbor, f"http://[{ll}%25eth0]:8080/")
+    assert "hello from" not in done.stdout and done.returncode != 0, done
+    wait_for("the node proxy logs the attempt", lambda: [
+        r for r in access_records(mesh, "node-1")[since:]
+        if ll in r["destination_address"] and r["outcome"] != "ok"])
