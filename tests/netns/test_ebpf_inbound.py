@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -11,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from ebpf import ListenerError
+from ebpf import ListenerError, libbpf
+from ebpf import constants as C
+from ebpf.netns import netns_path
 from mesh.runtime import LocalRuntime
 from mesh.runtime.netns import in_netns
 from tests.netns.ebpf_helpers import (
@@ -45,7 +48,7 @@ def world(runtime: LocalRuntime) -> Iterator[dict[str, Any]]:
             redirector.register_inbound_listener(server.netns, inbound.sock)
             redirector.enroll(pod)
             yield {"rt": runtime, "redirector": redirector, "server": server, "client": client,
-                   "neighbor": neighbor, "inbound": inbound, "pod": pod}
+                   "neighbor": neighbor, "inbound": inbound, "pod": pod, "node": node}
 
 
 def test_any_port_lands_on_inbound_listener_with_original_port(world: dict[str, Any]) -> None:
@@ -221,3 +224,35 @@ def test_a_pod_in_the_node_netns_is_not_enrolled(world: dict[str, Any]) -> None:
     with pytest.raises(EnrollmentError, match="node's own network namespace"):
         redirector.enroll(host_pod)
     assert redirector.status()["inbound_links"] == 1  # the server's only
+
+
+def test_reload_swaps_each_pods_instance_without_a_refusal(world: dict[str, Any]) -> None:
+    """An agent restart compiles again and swaps a new instance of the pod's program
+    into its link (bpf_link_update): a client looping connect()s meanwhile is always
+    captured, never refused, never direct."""
+    from ebpf.redirector import Redirector
+
+    rt, server, redirector = world["rt"], world["server"], world["redirector"]
+    ip = str(server.ip)
+    outcome: dict[str, Any] = {}
+
+    def loop() -> None:
+        outcome["r"] = run_json(rt, world["client"], ["loop", "3", f"{ip}:8080"])
+
+    ns_fd = os.open(netns_path(server.netns), os.O_RDONLY)
+    try:
+        [before] = libbpf.prog_query(ns_fd, C.ATTACH_SK_LOOKUP)
+        with serving(rt, server, [(ip, 8080)]):
+            t = threading.Thread(target=loop)
+            t.start()
+            time.sleep(0.8)
+            for _ in range(2):
+                Redirector.load(redirector.pins.name, world["node"].cgroup_path).close()
+            t.join(timeout=30)
+        [after] = libbpf.prog_query(ns_fd, C.ATTACH_SK_LOOKUP)
+    finally:
+        os.close(ns_fd)
+    [summary] = outcome["r"]
+    assert set(summary["counts"]) == {"inbound"}, summary
+    assert summary["counts"]["inbound"] > 10
+    assert after != before, "the reload linked a new instance"
