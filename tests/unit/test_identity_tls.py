@@ -254,3 +254,25 @@ def test_hbone_server_opens_no_tunnel_for_forged_svids(tmp_path: Path) -> None:
         assert_still_serving(hb)
     finally:
         hb.close()
+
+
+def test_client_refuses_a_server_with_a_foreign_or_doubled_identity(tmp_path: Path) -> None:
+    """The dialing side (node proxy, waypoint) checks the server's SVID the same way."""
+    ca = new_ca(tmp_path / "ca")
+    b, bundle = mint(ca, B)
+    for sans in ([URI("spiffe://evil.local/ns/default/sa/a")], [URI(A.uri), URI("https://x/")]):
+        chain, key = forge(ca, sans)
+        (tmp_path / "s.pem").write_bytes(chain + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(tmp_path / "s.pem")
+        server_ctx.verify_mode = ssl.CERT_OPTIONAL
+        server_ctx.load_verify_locations(cadata=bundle.to_pem().decode())
+        server, client = handshake(server_ctx, tls.client_context(b, bundle))
+        assert isinstance(client, ssl.SSLSocket), client
+        with pytest.raises(CertificateError):
+            tls.peer_identity(client)
+        client.close()
+        if isinstance(server, ssl.SSLSocket):
+            server.close()
