@@ -9,7 +9,7 @@ import contextlib
 import datetime as dt
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ class Controller:
         self.ca: Any = None
         # Kubernetes mode adds its TokenReview authentication here (controller.kube).
         self.interceptors: list[grpc.aio.ServerInterceptor] = []
+        # Kubernetes mode: objects the API server holds that were refused (status).
+        self.refusals: Callable[[], list[dict[str, Any]]] = list
         self.started_at = time.time()
         self.grpc_port = 0
         self.admin_port = 0
@@ -181,7 +183,8 @@ class Controller:
             } for r in self.ca.roots()]
             certs["issued"] = [r.as_dict() for r in self.ca.issued()]
         nodes = self.node_objects()
-        healthy = (not self.configdir.errors
+        refused = self.refusals()
+        healthy = (not self.configdir.errors and not refused
                    and all(p["connected"] and p["inSync"] and not p["lastNack"]
                            for p in proxies if p["connected"]))
         return {
@@ -191,7 +194,7 @@ class Controller:
                 "configDir": str(self.settings.config_dir),
                 "grpcPort": self.grpc_port, "adminPort": self.admin_port,
                 "objects": len(self.configdir.objects()),
-                "configErrors": [i.as_dict() for i in self.configdir.errors],
+                "configErrors": [i.as_dict() for i in self.configdir.errors] + refused,
             },
             "nodes": nodes,
             "proxies": proxies,

@@ -59,7 +59,8 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
                                  settings.trust_domain)
         controller = Controller(settings)
         source = KubeSource(api, controller.registry, watch_timeout=kube.watch_timeout,
-                            debounce=settings.debounce)
+                            debounce=settings.debounce, metrics=controller.metrics)
+        controller.refusals = source.refusals
 
         def is_waypoint(namespace: str, name: str) -> bool:
             gw = source.raw("Gateway", namespace, name)

@@ -13,6 +13,7 @@ import structlog
 from kubernetes_asyncio import client as kclient
 
 from controller.kube.translate import translate
+from controller.metrics import ControllerMetrics
 from controller.registry import Registry
 from controller.view import PodState, Ref
 from mesh.config import ObjectKey
@@ -41,12 +42,16 @@ CONTROLLER_KINDS: tuple[WatchedKind, ...] = (
 class KubeSource:
     def __init__(self, api: kclient.ApiClient, registry: Registry, *,
                  kinds: Sequence[WatchedKind] = CONTROLLER_KINDS, debounce: float = 0.05,
-                 watch_timeout: int = 300) -> None:
+                 watch_timeout: int = 300, metrics: ControllerMetrics | None = None) -> None:
         self.registry = registry
         self.debounce = debounce
         self.reflectors = {k.kind: Reflector(k, api, self._mark, watch_timeout=watch_timeout)
                            for k in kinds}
+        # Objects the API server holds that the controller refuses: why, and what is
+        # in force instead (their previous valid version, a stand-in, or nothing).
         self.rejected: dict[ObjectKey, str] = {}
+        self.in_force: dict[ObjectKey, str] = {}
+        self.metrics = metrics
         self.syncs = 0
         self._dirty = asyncio.Event()
         self._reported_nodes: set[str] = set()
@@ -55,6 +60,13 @@ class KubeSource:
         self._dirty.set()
 
     # -- reads for other parts of kubernetes mode ------------------------------------
+
+    def refusals(self) -> list[dict[str, Any]]:
+        """Refused objects, shaped as the controller status' configErrors."""
+        return [{"file": "kubernetes", "document": 0, "object": str(key), "path": "",
+                 "reason": reason, "inForce": self.in_force.get(key, ""),
+                 "message": f"{reason} (refused; in force: {self.in_force.get(key, '')})"}
+                for key, reason in sorted(self.rejected.items())]
 
     def raw(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         reflector = self.reflectors.get(kind)
@@ -116,8 +128,14 @@ class KubeSource:
                            previous)
         for key, reason in result.rejected.items():
             if self.rejected.get(key) != reason:
-                _log.warning("object_rejected", object=str(key), reason=reason)
-        self.rejected = result.rejected
+                _log.warning("object_refused", object=str(key), reason=reason,
+                             in_force=result.in_force.get(key, ""),
+                             fix="correct the object; nothing in it is applied until then")
+                if self.metrics is not None:
+                    self.metrics.config_rejected.labels("kubernetes").inc()
+        for key in self.rejected.keys() - result.rejected.keys():
+            _log.info("object_accepted_again", object=str(key))
+        self.rejected, self.in_force = result.rejected, result.in_force
         self.registry.replace_config(result.objects)
         view = self.registry.view()
         by_node: dict[str, list[tuple[Ref, PodState]]] = defaultdict(list)

@@ -10,8 +10,10 @@ What differs from local mode is decided here, in one place:
   address and how the CA finds the node its certificate may go to.
 - EndpointSlices of Services with a selector are dropped: those endpoints come from
   the pods (with identities); slices only matter for selector-less Services.
-- Gateways of other classes are ignored; an object that fails validation is reported
-  and its last valid version stays in force."""
+- Gateways of other classes are ignored; an object that fails validation is refused
+  whole and reported, and its last valid version stays in force. A refused security
+  policy with no valid version to keep is replaced by a stand-in that grants nothing
+  (mesh.config.standin), since leaving it out would fail open."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from mesh.config import ConfigError, ObjectKey, Resource, validate_document
 from mesh.config.annotations import SERVICE_NAME_LABEL, WAYPOINT_CLASS
+from mesh.config.standin import describe, is_stand_in, stand_in
 
 WAYPOINT_POD_LABEL = "ambientmesh.io/waypoint"
 _DONE_PHASES = ("Succeeded", "Failed")
@@ -48,7 +51,9 @@ class LivePod:
 class Translation:
     objects: dict[ObjectKey, Resource] = field(default_factory=dict)
     pods: list[LivePod] = field(default_factory=list)
+    # Refused objects: why, and what is in force instead (describe()).
     rejected: dict[ObjectKey, str] = field(default_factory=dict)
+    in_force: dict[ObjectKey, str] = field(default_factory=dict)
 
 
 def _meta(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,9 +173,16 @@ def translate(caches: Mapping[str, Iterable[dict[str, Any]]],
             meta = raw.get("metadata") or {}
             key = ObjectKey(str(raw.get("kind")), str(meta.get("namespace") or ""),
                             str(meta.get("name") or ""))
-            out.rejected[key] = str(e.first)
-            if key in previous:
-                out.objects[key] = previous[key]
+            issue = e.first
+            reason = f"{issue.object_ref}: {issue.path}: {issue.reason}" if issue.path \
+                else f"{issue.object_ref}: {issue.reason}"
+            out.rejected[key] = reason
+            kept = previous.get(key)
+            if kept is None or is_stand_in(kept):
+                kept = stand_in(raw, reason)
+            if kept is not None:
+                out.objects[key] = kept
+            out.in_force[key] = describe(kept)
             continue
         out.objects[res.key] = res
     valid_pods = {(k.namespace, k.name) for k in out.objects if k.kind == "Pod"}
