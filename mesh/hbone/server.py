@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh.hbone.connection import HboneConnection
-from mesh.hbone.errors import HboneTunnelError
+from mesh.hbone.errors import HboneStreamReset, HboneTunnelError
 from mesh.hbone.framing import ConnectRequested
 from mesh.hbone.settings import TunnelSettings
 from mesh.hbone.stream import HboneStream
@@ -183,6 +183,12 @@ class HboneServer:
             if request.stream is not None:
                 request.stream.reset()
             raise
+        except (HboneStreamReset, HboneTunnelError) as e:
+            # The peer reset its stream or its connection died: an ordinary end, decided
+            # by the peer. One quiet line, no traceback — a client resetting streams in
+            # a loop must not be able to grow the logs (it can at debug level only).
+            log.debug("hbone.stream_ended_by_peer", authority=request.authority,
+                      peer=str(request.peer_identity), reason=str(e))
         except Exception:
             log.exception("hbone.handler_failed", authority=request.authority,
                           peer=str(request.peer_identity))
