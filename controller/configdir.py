@@ -4,7 +4,9 @@ user object in local mode.
 Each object lives in exactly one file (its "home"). Re-applying an object rewrites
 its document in its home file; a new object is appended to a file named after the
 applied source. Files edited by hand are picked up by the watcher: a file that no
-longer validates is refused as a whole and what it held before stays in force."""
+longer validates is refused as a whole and what it held before stays in force. A file
+refused with nothing before it (at start) keeps its security policies in force as
+stand-ins that grant nothing (mesh.config.standin): leaving them out would fail open."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from typing import Any
 
 import structlog
 import yaml
+from pydantic import ValidationError
 
 from controller.state import write_atomic
 from mesh.config import ConfigError, ConfigIssue, Document, ObjectKey, Resource, parse_documents
 from mesh.config.kinds import KINDS
+from mesh.config.standin import stand_in
 
 _log = structlog.get_logger("controller.configdir")
 SUFFIXES = (".yaml", ".yml")
@@ -45,6 +49,27 @@ def _file_name(source: str) -> str:
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def _stand_ins(text: str, name: str, error: ConfigError) -> list[Document]:
+    """Stand-ins for the security policies of a refused file that had no valid version."""
+    try:
+        raws = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        return []  # nothing can be read: the error in status is all there is
+    out = []
+    for index, raw in enumerate(raws, start=1):
+        if not isinstance(raw, dict):
+            continue
+        issues = [i for i in error.issues if i.document == index]
+        reason = str(issues[0]) if issues else f"refused with its file: {error.first}"
+        try:
+            obj = stand_in(raw, reason)
+        except ValidationError:
+            obj = None
+        if obj is not None:
+            out.append(Document(obj, raw, name, index))
+    return out
+
+
 def _dump(docs: list[dict[str, Any]]) -> str:
     return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
@@ -55,6 +80,8 @@ class ConfigDirectory:
         path.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, list[Document]] = {}
         self._errors: dict[str, ConfigError] = {}
+        # Refused files that had no valid version: stand-ins for their policies.
+        self._stand_ins: dict[str, list[Document]] = {}
         # Content last read or written per file: unchanged files are not parsed again.
         self._seen: dict[str, bytes] = {}
 
@@ -70,6 +97,7 @@ class ConfigDirectory:
                 self._files.pop(name, None)
                 self._errors.pop(name, None)
                 self._seen.pop(name, None)
+                self._stand_ins.pop(name, None)
         for name in sorted(present):
             try:
                 data = (self.path / name).read_bytes()
@@ -78,12 +106,15 @@ class ConfigDirectory:
                 self._seen[name] = data
                 self._files[name] = parse_documents(data.decode(), name)
                 self._errors.pop(name, None)
+                self._stand_ins.pop(name, None)
             except (OSError, UnicodeDecodeError) as e:
                 self._errors[name] = ConfigError([ConfigIssue(name, 0, "", "", str(e))])
             except ConfigError as e:
                 if name not in self._errors or str(self._errors[name]) != str(e):
                     _log.warning("config_file_refused", file=name, error=str(e))
                 self._errors[name] = e
+                if name not in self._files:
+                    self._stand_ins[name] = _stand_ins(data.decode(), name, e)
         return self._resources(before) != self._resources(self.objects())
 
     @staticmethod
@@ -100,6 +131,9 @@ class ConfigDirectory:
                                  kept=out[doc.key].file)
                     continue
                 out[doc.key] = doc
+        for name in sorted(self._stand_ins):
+            for doc in self._stand_ins[name]:
+                out.setdefault(doc.key, doc)
         return out
 
     def resources(self) -> dict[ObjectKey, Resource]:
@@ -131,6 +165,7 @@ class ConfigDirectory:
             self._files.pop(name, None)
             self._seen.pop(name, None)
         self._errors.pop(name, None)
+        self._stand_ins.pop(name, None)
 
     def apply(self, text: str, source: str) -> list[Change]:
         """Validate everything first (ConfigError: nothing written), then persist."""
