@@ -13,8 +13,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from mesh.authz import AuthzCollector
-
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal",
     "destination_workload", "destination_workload_namespace", "destination_service",
@@ -44,7 +42,6 @@ class ConnectionLabels:
 class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(AuthzCollector())  # policies enforced as deny-all
         self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened",
                               LABELS, registry=self.registry)
         self.closed = Counter("istio_tcp_connections_closed", "TCP connections closed",

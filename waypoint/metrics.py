@@ -21,8 +21,6 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from mesh.authz import AuthzCollector
-
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal",
     "destination_workload", "destination_workload_namespace", "destination_service",
@@ -115,7 +113,6 @@ class RequestStats(Collector):
 class WaypointMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(AuthzCollector())  # policies enforced as deny-all
         self.requests = RequestStats()
         self.registry.register(self.requests)
         self.ejected = Gauge("ambient_waypoint_ejected_endpoints",

@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from mesh.authz import AuthzCollector
 from mesh.hbone import HboneClientPool, HboneError, HboneRequest, HboneServer, TlsSource
 from mesh.identity import SpiffeId
 from waypoint.accesslog import AccessLog
@@ -113,6 +114,8 @@ class WaypointServer:
         self.state = state
         self.dial = dial
         self.metrics = metrics or WaypointMetrics()
+        self.metrics.registry.register(AuthzCollector(  # enforced as deny-all, in force now
+            lambda: (p for ps in self.state.config.authz.values() for p in ps)))
         self.access_log = AccessLog(access_log)
         self.exporter = exporter
         self.handler: Handler | None = None

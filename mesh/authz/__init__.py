@@ -9,7 +9,7 @@ evaluates them at L4, the waypoint at L7 and `ambientctl explain` calls the same
     compile    pushed protobuf -> model; an uncompilable policy becomes a deny-all
     engine     DENY, then ALLOW, then default: the Verdict
     scope      which of a waypoint's policies apply to one of its services
-    metrics    count of uncompilable policies, for each proxy's registry
+    metrics    the uncompilable policies in force, for each proxy's registry
 """
 
 from mesh.authz.compile import PolicyCompileError, compile_policies, compile_policy

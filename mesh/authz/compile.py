@@ -2,9 +2,10 @@
 
 A policy that cannot be compiled is never applied partly or widened (a skipped bad
 CIDR in a DENY would let its sources through; an empty `from` would match everyone):
-the whole policy becomes a DENY of everything it selects, logged and counted, until
-a good version arrives. ztunnel rejects such a resource instead, which leaves a new
-ALLOW policy absent and so allows more; a deny-all cannot. Refused:
+the whole policy becomes a DENY of everything it selects, logged (here) and shown in
+the proxies' metrics (mesh.authz.metrics), until a good version arrives. ztunnel
+rejects such a resource instead, which leaves a new ALLOW policy absent and so allows
+more; a deny-all cannot. Refused:
   - an action other than ALLOW / DENY (AUDIT, CUSTOM, unset, unknown);
   - fields this proxy does not know (a newer controller's `when`, say);
   - an empty source or operation (all fields unset), an empty string;
@@ -22,7 +23,6 @@ from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from mesh.api import config_pb2 as pb
-from mesh.authz.metrics import count_uncompilable
 from mesh.authz.model import Network, Operation, Policy, Rule, Source, Target
 from mesh.authz.principal import bare_principal
 
@@ -147,7 +147,6 @@ def compile_policy(a: pb.Authorization) -> Policy:
         key = f"{a.namespace}/{a.name}"
         log.warning("authz.policy_uncompilable", policy=key, field=e.where, reason=e.why,
                     enforced="deny all it selects")
-        count_uncompilable(key)
         try:
             targets = _targets(a)
         except PolicyCompileError:

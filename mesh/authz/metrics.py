@@ -1,42 +1,33 @@
-"""ambient_authz_policies_uncompilable_total{policy}: how many times a pushed policy
-could not be compiled and was enforced as a deny-all.
+"""ambient_authz_uncompilable_policies{policy}: the pushed AuthorizationPolicies in force
+that could not be compiled and are enforced as deny-all (1 each).
 
-The count is per process (compilation happens where snapshots are applied, which
-holds no metrics object); each proxy registers `AuthzCollector` in its own registry
-so its metrics endpoint serves it."""
+Read from the config in force at scrape time, so it needs no counter of its own: each
+proxy registers an `AuthzCollector` over its current policies in its own registry."""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-_lock = threading.Lock()
-_uncompilable: Counter[str] = Counter()
+from mesh.authz.model import Policy
 
-
-def count_uncompilable(policy: str) -> None:
-    with _lock:
-        _uncompilable[policy] += 1
-
-
-def uncompilable_counts() -> dict[str, int]:
-    with _lock:
-        return dict(_uncompilable)
+NAME = "ambient_authz_uncompilable_policies"
 
 
 class AuthzCollector(Collector):
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "ambient_authz_policies_uncompilable",
-            "Pushed AuthorizationPolicies that could not be compiled and were enforced as "
-            "deny-all (times compiled)", labels=["policy"])
-        for policy, n in sorted(uncompilable_counts().items()):
-            family.add_metric([policy], n)
+    def __init__(self, policies: Callable[[], Iterable[Policy]]) -> None:
+        self._policies = policies
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            NAME, "AuthorizationPolicies in force that could not be compiled: enforced as a "
+            "deny of everything they select until a good version is pushed",
+            labels=["policy"])
+        for key in sorted({p.key for p in self._policies() if p.error}):
+            family.add_metric([key], 1)
         yield family
 
-    def describe(self) -> Iterator[CounterMetricFamily]:
+    def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

@@ -26,6 +26,7 @@ import structlog
 from ebpf.errors import OriginalDestinationUnknown
 from mesh import hbone
 from mesh.api import config_pb2 as pb
+from mesh.authz import AuthzCollector
 from nodeagent import admission, authz
 from nodeagent.accesslog import AccessLog, ConnectionRecord
 from nodeagent.balance import EndpointPicker
@@ -66,6 +67,12 @@ class ProxyContext:
     tunnels: Tunnels
     original_destination: OriginalDestination
     picker: EndpointPicker = field(default_factory=EndpointPicker)
+
+    def __post_init__(self) -> None:
+        # Policies enforced as deny-all because they could not be compiled, read from
+        # the state in force at each scrape.
+        self.metrics.registry.register(
+            AuthzCollector(lambda: self.state.authorizations.values()))
 
     def workload_of(self, pod: PodEndpoint) -> pb.Workload | None:
         return self.state.workloads_by_uid.get(pod.uid) or self.state.workload_at(pod.ip)

@@ -1,9 +1,9 @@
 """A pushed policy the waypoint cannot compile is enforced as a deny-all, for real:
 a client reaches the waypoint through an HBONE tunnel (mutual TLS 1.3, certificates
-from mesh/identity's CA) and is refused with 403 naming the policy and the field,
-the waypoint's metrics count it, and the fixed push lets the same client through.
-Formerly the waypoint NACKed the whole snapshot and the node proxy skipped the CIDR
-(issue 19)."""
+from mesh/identity's CA) and is refused with 403 naming the policy and the field;
+the waypoint's metrics and /config_dump show it; the fixed push lets the same client
+through. Formerly the waypoint NACKed the whole snapshot and the node proxy skipped
+the CIDR (issue 19)."""
 
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def test_uncompilable_policy_denies_over_hbone_until_fixed(
                 assert b"spec.rules[0].from[0].source.ipBlocks[1]" in denied.body
                 await stream.aclose()
                 metrics = server.metrics.exposition().decode()
-                assert ('ambient_authz_policies_uncompilable_total{policy="default/deny-lab"}'
-                        in metrics)
+                assert 'ambient_authz_uncompilable_policies{policy="default/deny-lab"} 1.0' \
+                    in metrics
                 assert (await config_dump(server))["uncompilablePolicies"] == {
                     "default/deny-lab": BAD_ERROR}
 

@@ -245,11 +245,10 @@ BAD = {
 }
 
 
-def _scrape(name: str) -> float:
+def _scrape(policies: list[Policy], name: str) -> float | None:
     registry = CollectorRegistry()
-    registry.register(AuthzCollector())
-    return registry.get_sample_value("ambient_authz_policies_uncompilable_total",
-                                     {"policy": name}) or 0.0
+    registry.register(AuthzCollector(lambda: policies))
+    return registry.get_sample_value("ambient_authz_uncompilable_policies", {"policy": name})
 
 
 @pytest.mark.parametrize("action", [pb.ALLOW, pb.DENY])
@@ -257,7 +256,6 @@ def _scrape(name: str) -> float:
 def test_uncompilable_policy_denies_everything_it_selects(
         case: str, action: pb.AuthorizationAction.ValueType) -> None:
     name = f"bad-{case.replace(' ', '-')}-{action}"
-    before = _scrape(f"demo/{name}")
     with capture_logs() as logs:
         p = compile_policy(pb.Authorization(namespace="demo", name=name, action=action,
                                             rules=[BAD[case]]))
@@ -269,7 +267,9 @@ def test_uncompilable_policy_denies_everything_it_selects(
             assert "could not be compiled" in v.reason and p.error in v.reason
     assert [e["policy"] for e in logs if e["event"] == "authz.policy_uncompilable"] == \
         [f"demo/{name}"]
-    assert _scrape(f"demo/{name}") == before + 1
+    good = policy("good", pb.ALLOW, pb.Rule())
+    assert _scrape([p, good, p], f"demo/{name}") == 1
+    assert _scrape([p, good], "demo/good") is None
 
 
 def test_uncompilable_error_names_the_field() -> None:

@@ -4,10 +4,20 @@ handlers call. The semantics themselves are tested in test_authz_engine.py."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+
+import pytest
+
 from mesh.api import config_pb2 as pb
 from mesh.authz import Policy
+from nodeagent.accesslog import AccessLog
 from nodeagent.authz import authorize
+from nodeagent.metrics import ProxyMetrics
+from nodeagent.proxy.handlers import ProxyContext
+from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
+from tests.unit.test_nodeagent_admission import Certs, _run
 
 ALICE = "spiffe://cluster.local/ns/frontend/sa/alice"
 INVENTORY = pb.Workload(uid="inv", namespace="demo", name="inventory-0",
@@ -64,14 +74,42 @@ def test_no_policy_allows() -> None:
     assert authorize(state(), INVENTORY, None, "10.100.1.3", 9000).allowed
 
 
-def test_uncompilable_policy_is_counted_on_the_proxy_metrics() -> None:
-    from nodeagent.metrics import ProxyMetrics
+def lab_deny(*blocks: str) -> pb.Authorization:
+    return pb.Authorization(namespace="demo", name="deny-lab", action=pb.DENY,
+                            rules=[pb.Rule(sources=[pb.Source(ip_blocks=list(blocks))])])
 
-    metrics = ProxyMetrics()
-    name = {"policy": "demo/counted-l4"}
-    before = metrics.registry.get_sample_value("ambient_authz_policies_uncompilable_total",
-                                               name) or 0
-    state(pb.Authorization(namespace="demo", name="counted-l4", action=pb.ALLOW,
-                           rules=[pb.Rule(sources=[pb.Source()])]))
-    assert metrics.registry.get_sample_value("ambient_authz_policies_uncompilable_total",
-                                             name) == before + 1
+
+@pytest.mark.parametrize(("blocks", "denied"), [
+    (["10.1.0.0/16", "10.2.0.0/16x"], True),  # cannot be compiled: deny-all
+    (["10.1.0.0/16", "10.2.0.0/16"], False),  # the caller (127.0.0.1) is not in it
+])
+def test_inbound_handler_enforces_the_deny_all_on_real_sockets(blocks: list[str],
+                                                                denied: bool) -> None:
+    """handle_inbound_plaintext on loopback (test_nodeagent_admission's harness): the
+    connection is reset, never reaches the app, and the access log names the policy."""
+    snap = pb.Snapshot(version="v7", workloads=[pb.Workload(
+        uid="uid-web", namespace="demo", name="web-0", addresses=["127.0.0.2"], enrolled=True)],
+        authorizations=[lab_deny(*blocks)])
+    snap.workload_policies.append(pb.WorkloadPolicy(
+        workload_uid="uid-web", mtls_mode=pb.PERMISSIVE, authorizations=["demo/deny-lab"]))
+    record, reached, got = asyncio.run(
+        _run("inbound_plaintext", ProxyState.from_snapshot(snap), Certs()))
+    if denied:
+        assert (reached, got) == (0, b"<reset>")
+        assert record["outcome"] == "denied" and record["policy"] == "demo/deny-lab"
+        assert "could not be compiled" in record["reason"]
+    else:  # past authorization, on to the app (which the harness does not run)
+        assert record["outcome"] == "error" and "Connect call failed" in record["reason"]
+        assert record["policy"] == ""
+
+
+def test_uncompilable_policies_in_force_are_in_the_proxy_metrics() -> None:
+    ctx = ProxyContext(state(lab_deny("10.2.0.0/16x"), pb.Authorization(
+        namespace="demo", name="fine", action=pb.ALLOW, rules=[pb.Rule()])),
+        ProxyMetrics(), AccessLog(io.StringIO()), Tunnels(Certs()),
+        lambda s: ("127.0.0.1", 1))
+    sample = "ambient_authz_uncompilable_policies"
+    assert ctx.metrics.registry.get_sample_value(sample, {"policy": "demo/deny-lab"}) == 1
+    assert ctx.metrics.registry.get_sample_value(sample, {"policy": "demo/fine"}) is None
+    ctx.state = state(lab_deny("10.2.0.0/16"))  # the fixed push
+    assert ctx.metrics.registry.get_sample_value(sample, {"policy": "demo/deny-lab"}) is None

@@ -18,6 +18,7 @@ from waypoint.config import WaypointConfig, build
 from waypoint.http1 import DownstreamInfo
 from waypoint.messages import EmptyBody, ReplayableBody, RequestHead, Response, local_response
 from waypoint.pipeline import Exchange, authorize, normalize, resolve_service, route
+from waypoint.server import WaypointServer
 from waypoint.state import WaypointState
 
 SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"
@@ -119,10 +120,11 @@ def test_hand_built_policies_for_tests() -> None:
     assert evaluate([deny], RequestFacts(SLEEP, "GET", "/admin/x", "web"))
 
 
-def test_uncompilable_policy_is_counted_on_the_waypoint_metrics() -> None:
-    from waypoint.metrics import WaypointMetrics
-
-    build(snapshot(pb.Authorization(namespace="default", name="counted-l7", action=pb.DENY,
-                                    rules=[pb.Rule(operations=[pb.Operation(ports=[0])])])))
-    text = WaypointMetrics().exposition().decode()
-    assert 'ambient_authz_policies_uncompilable_total{policy="default/counted-l7"}' in text
+def test_uncompilable_policies_in_force_are_in_the_waypoint_metrics() -> None:
+    bad = pb.Authorization(namespace="default", name="bad-port", action=pb.DENY,
+                           rules=[pb.Rule(operations=[pb.Operation(ports=[0])])])
+    server = WaypointServer(WaypointState(build(snapshot(bad))))
+    line = 'ambient_authz_uncompilable_policies{policy="default/bad-port"} 1.0'
+    assert line in server.metrics.exposition().decode()
+    server.state.update(build(snapshot()))  # the fixed push
+    assert line not in server.metrics.exposition().decode()
