@@ -154,23 +154,34 @@ class Redirector:
         link = self.pins.inbound_link(cgroup_id)
         what = f"inbound capture of pod {pod.name} ({ns})"
         with self._lock:
+            before = self._maps.pods.get(cgroup_id)
+            prog_fd: int | None = None
             try:
+                # The pod's program first: if it cannot be made, nothing has changed
+                # (no pod captured outbound but not inbound).
+                if pod.capture_inbound and not link.exists():
+                    prog_fd = self._inbound.instance(
+                        cgroup_id, _map_fds(self._maps, self._inbound), what)
                 self._maps.pods.put(cgroup_id, config, pod.name)
                 for ip in pod.ips:
                     self._maps.inbound_ips.put(ip, cgroup_id, pod.name)
                 if not pod.capture_inbound:
                     attachments.detach_pinned(link, what)
-                elif not link.exists():
-                    prog_fd = self._inbound.instance(
-                        cgroup_id, _map_fds(self._maps, self._inbound), what)
-                    try:
-                        link_fd = attachments.attach_netns(
-                            link, prog_fd, ns, SK_LOOKUP.attach_type, what)
-                    finally:
-                        libbpf.close(prog_fd)
-                    libbpf.close(link_fd)
-            except BpfSyscallError as exc:
+                elif prog_fd is not None:
+                    libbpf.close(attachments.attach_netns(
+                        link, prog_fd, ns, SK_LOOKUP.attach_type, what))
+            except (BpfSyscallError, EnrollmentError) as exc:
+                if before is None:  # a new enrollment: undo it whole
+                    self._maps.pods.remove(cgroup_id, pod.name)
+                    for ip in pod.ips:
+                        if self._maps.inbound_ips.get(ip) == cgroup_id:
+                            self._maps.inbound_ips.remove(ip, pod.name)
+                if isinstance(exc, EnrollmentError):
+                    raise
                 raise EnrollmentError(f"pod {pod.name}: {exc}") from exc
+            finally:
+                if prog_fd is not None:
+                    libbpf.close(prog_fd)
         log.info("pod enrolled", pod=pod.name, cgroup_id=cgroup_id, netns=str(ns),
                  ips=list(pod.ips))
 

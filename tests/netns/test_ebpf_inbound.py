@@ -256,3 +256,19 @@ def test_reload_swaps_each_pods_instance_without_a_refusal(world: dict[str, Any]
     assert set(summary["counts"]) == {"inbound"}, summary
     assert summary["counts"]["inbound"] > 10
     assert after != before, "the reload linked a new instance"
+
+
+def test_enrollment_that_cannot_capture_inbound_changes_nothing(world: dict[str, Any]) -> None:
+    """No template to make the pod's program from (maps of an older agent): enroll
+    fails with an actionable error and leaves no half-enrolled pod behind (captured
+    outbound but not inbound)."""
+    from ebpf import EnrollmentError
+    from ebpf.layout import ProgTemplate
+
+    redirector, neighbor = world["redirector"], world["neighbor"]
+    redirector._inbound.store_template(ProgTemplate())
+    with pytest.raises(EnrollmentError, match="restart the node agent"):
+        redirector.enroll(enrolled(neighbor))
+    assert redirector._maps.pods.get(neighbor.cgroup_id) is None
+    assert not redirector.pins.inbound_link(neighbor.cgroup_id).exists()
+    assert redirector.status()["enrolled_pods"] == 1  # the server only
