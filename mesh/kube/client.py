@@ -45,7 +45,11 @@ async def api_client(kubeconfig: Path | None, *,
         if token_file is not None:
             _use_token_file(configuration, token_file, token_refresh_seconds)
     else:
-        kconfig.load_incluster_config(client_configuration=configuration)
+        try:
+            kconfig.load_incluster_config(client_configuration=configuration)
+        except kconfig.ConfigException as e:
+            raise KubeError(f"no kubeconfig given and not running in a pod ({e}); pass "
+                            "--kubeconfig") from None
     return kclient.ApiClient(configuration)
 
 

@@ -20,6 +20,7 @@ import pytest
 import structlog
 
 from mesh.kube.client import KubeconfigTokenError, api_client, read_token_file
+from mesh.kube.errors import KubeError
 from tests.fakes.kube_apiserver import FakeApiServer
 
 pytestmark = pytest.mark.anyio
@@ -160,3 +161,10 @@ def test_token_file_reading_rules(tmp_path: Path) -> None:
         assert str(token) in str(info.value)
     with pytest.raises(KubeconfigTokenError, match="cannot read"):
         read_token_file(tmp_path / "missing")
+
+
+async def test_no_kubeconfig_outside_a_pod_is_a_clear_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(KubeError, match="pass --kubeconfig"):
+        await api_client(None)
