@@ -93,19 +93,33 @@ class KubeAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method not in GUARDED:
+        if handler is None:
             return handler  # type: ignore[return-value]  # None: grpc answers UNIMPLEMENTED
-        if handler.unary_unary is not None:
+        if method in GUARDED and handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        if handler.stream_stream is not None:
+        if method in GUARDED and handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._stream(method, handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        return handler
+        return self._closed(method, handler)
+
+    def _closed(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A method this interceptor has no rule for is refused, not served unchecked
+        (fail closed: a service added later must be given its rule here first)."""
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, method, "",
+                               f"{method} is not served in Kubernetes mode (no "
+                               "authorization rule for it)", "caller_refused")
+        kind = (grpc.unary_unary_rpc_method_handler if handler.unary_unary is not None else
+                grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None else
+                grpc.stream_unary_rpc_method_handler if handler.stream_unary is not None else
+                grpc.stream_stream_rpc_method_handler)
+        return kind(refuse, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode,
                       method: str, claimed: str, reason: str, cause: str) -> NoReturn:

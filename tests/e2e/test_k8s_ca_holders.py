@@ -189,3 +189,40 @@ async def test_waypoint_pods_left_by_a_gone_gateway_give_no_node_agent_its_ident
     own = CertificateClient(channel, "n2", server.add_pod_token("wp-a", wp))
     await expect_refusal(own, "demo", "waypoint", "waypoint", "PERMISSION_DENIED",
                          "neither the node agent")
+
+
+async def test_a_method_the_interceptor_does_not_know_is_closed(server: FakeApiServer) -> None:
+    """Kubernetes mode authenticates the three methods the mesh serves; any other one
+    (a service added later, a debugging service) is refused, not served unchecked."""
+    from kubernetes_asyncio import client as kclient
+
+    from controller.kube.interceptor import KubeAuthInterceptor
+    from controller.kube.tokenreview import TokenReviewer
+    from tests.fakes.kube_client import api_client
+
+    async def ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"pong"
+
+    api: kclient.ApiClient = api_client(server)
+    interceptor = KubeAuthInterceptor(TokenReviewer(api), secret=b"k" * 32,
+                                      nodeagent_sa="ambient-system/ambient-nodeagent",
+                                      pods=lambda ns, n: None, is_waypoint=lambda ns, n: False)
+    grpc_server = grpc.aio.server(interceptors=[interceptor])
+    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Open", {"Ping": grpc.unary_unary_rpc_method_handler(ping)}),))
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/test.Open/Ping")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"ping", metadata=(("authorization", "Bearer anything"),))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "/test.Open/Ping" in str(info.value.details())
+            missing = channel.unary_unary("/test.Open/Nothing")
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await missing(b"")
+            assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await grpc_server.stop(None)
+        await api.close()
