@@ -239,3 +239,16 @@ class AuthorizationPolicy(Resource):
     KIND: ClassVar[str] = "AuthorizationPolicy"
     API_VERSIONS: ClassVar[tuple[str, ...]] = (API_VERSION,)
     spec: AuthorizationPolicySpec = Field(default_factory=AuthorizationPolicySpec)
+
+    @model_validator(mode="after")
+    def _own_namespace(self) -> AuthorizationPolicy:
+        # As Istio: a policy written in one namespace must not change who reaches
+        # another namespace's services (a tenant could open or close them).
+        own = self.metadata.namespace or "default"
+        for i, ref in enumerate(self.spec.target_refs):
+            if ref.namespace and ref.namespace != own:
+                raise ValueError(
+                    f"spec.targetRefs[{i}].namespace: must be the policy's own namespace "
+                    f"({own}) or unset: a policy must not change access to another "
+                    f"namespace's services (got {ref.namespace!r})")
+        return self

@@ -39,9 +39,10 @@ def is_stand_in(obj: Resource) -> bool:
     return REFUSED_ANNOTATION in obj.metadata.annotations
 
 
-def _scope(spec: Mapping[str, Any], *, targets: bool) -> dict[str, Any]:
-    """The object's own selector or targetRefs when they validate; {} (namespace-wide)
-    when they do not, a superset of whatever the author meant."""
+def _scope(spec: Mapping[str, Any], namespace: str, *, targets: bool) -> dict[str, Any]:
+    """The object's own selector or targetRefs when they validate (and stay in its own
+    namespace); {} (namespace-wide) when they do not, a superset of whatever the author
+    meant within the namespace they may write to."""
     selector, refs = spec.get("selector"), spec.get("targetRefs")
     try:
         if selector is not None and not (targets and refs):
@@ -49,7 +50,9 @@ def _scope(spec: Mapping[str, Any], *, targets: bool) -> dict[str, Any]:
             return {"selector": selector}
         if targets and refs and selector is None and isinstance(refs, list):
             for ref in refs:
-                PolicyTargetReference.model_validate(ref)
+                parsed = PolicyTargetReference.model_validate(ref)
+                if parsed.namespace not in (None, "", namespace):
+                    return {}
             return {"targetRefs": refs}
     except ValidationError:
         pass
@@ -63,16 +66,17 @@ def stand_in(raw: Mapping[str, Any], reason: str) -> Resource | None:
     meta = raw.get("metadata") or {}
     spec = raw.get("spec") if isinstance(raw.get("spec"), Mapping) else {}
     assert isinstance(spec, Mapping)
-    metadata = {"name": meta.get("name"), "namespace": meta.get("namespace") or "default",
+    namespace = meta.get("namespace") or "default"
+    metadata = {"name": meta.get("name"), "namespace": namespace,
                 "annotations": {REFUSED_ANNOTATION: reason}}
     if kind == AuthorizationPolicy.KIND:
         allow = spec.get("action", "ALLOW") == "ALLOW"
-        body = {**_scope(spec, targets=True), "action": "ALLOW" if allow else "DENY",
+        body = {**_scope(spec, namespace, targets=True), "action": "ALLOW" if allow else "DENY",
                 "rules": [] if allow else [{}]}
         return AuthorizationPolicy.model_validate(
             {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": body})
     if kind == PeerAuthentication.KIND:
-        body = {**_scope(spec, targets=False), "mtls": {"mode": "STRICT"}}
+        body = {**_scope(spec, namespace, targets=False), "mtls": {"mode": "STRICT"}}
         return PeerAuthentication.model_validate(
             {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": body})
     return None

@@ -113,6 +113,13 @@ def test_an_unreadable_scope_or_action_falls_back_to_the_whole_namespace() -> No
     assert isinstance(stand_in, AuthorizationPolicy)
     assert stand_in.spec.selector is None and stand_in.spec.target_refs == []
     assert not allowed(objects, {"app": "web"}, BACKEND)  # a superset of what it meant
+    # A stand-in never reaches into another namespace, even if the object asked to.
+    elsewhere = policy({"targetRefs": [{"kind": "Service", "name": "db", "namespace": "prod"}],
+                        "rules": [{}]})
+    objects, rejected, _ = run([elsewhere])
+    stand_in = objects[KEY]
+    assert isinstance(stand_in, AuthorizationPolicy) and stand_in.spec.target_refs == []
+    assert "must be the policy's own namespace (demo)" in rejected[KEY]
     odd_action = policy({"action": "AUDIT", "rules": [{}]})
     objects, _, in_force = run([odd_action])
     assert in_force[KEY] == "a deny-all stand-in"

@@ -70,6 +70,11 @@ REFUSED = [
     ("spec: {targetRefs: []}",
      "spec.targetRefs: must not be empty (omit targetRefs to apply the policy to "
      "workloads)"),
+    # Istio: "cross namespace referencing is not supported". A policy written in one
+    # namespace must not change who reaches another namespace's services.
+    ("spec: {targetRefs: [{kind: Service, name: db, namespace: other}]}",
+     "spec.targetRefs[0].namespace: must be the policy's own namespace (demo) or unset: a "
+     "policy must not change access to another namespace's services (got 'other')"),
     ("spec: {action: DENY}",
      "spec.rules: a DENY policy needs at least one rule (it would never deny; use "
      "rules: [{}] to deny everything)"),
@@ -103,6 +108,7 @@ ACCEPTED = [
     "spec: {rules: [{from: [{source: {notNamespaces: [demo]}}]}]}",
     "spec: {rules: [{to: [{operation: {notPorts: [22]}}]}]}",
     "spec: {rules: [{when: []}]}",
+    "spec: {targetRefs: [{kind: Service, name: db, namespace: demo}]}",
     "spec: {selector: {matchLabels: {app: web}}, rules: [{from: [{source: {ipBlocks: "
     "[10.0.0.0/8]}}], to: [{operation: {ports: [80]}}]}]}",
 ]
