@@ -8,9 +8,11 @@ the workload's own address):
   loop that exhausts the agent's descriptors;
 - to the pod's own address, never to its loopback: an app that bound a port to
   127.0.0.1 / ::1 only chose not to be reachable from other pods, and stays so. The
-  proxy's connection to the pod address enters through the loopback device, which
-  the sk_lookup capture leaves alone, and carries the proxy mark, so it is not
-  captured again.
+  proxy's connection to the pod address comes from inside the pod, so the kernel
+  gives it the pod's own address as source. It is routed through lo, but sk_lookup
+  sees the address's device (eth0) as ingress: what lets it through uncaptured is the
+  program's rule that a connection whose source is its destination passes
+  (ebpf/inbound.bpf.c, docs/ebpf.md), not the loopback rule.
 """
 
 from __future__ import annotations
