@@ -98,16 +98,33 @@ class Identity:
             server.not_ready = ""
             return
 
-    async def renew_forever(self) -> None:
+    async def renew_forever(self, server: WaypointServer) -> None:
+        """Renew at half-life; a failed renewal keeps the current certificate and is
+        retried with backoff. Once the current one has expired (peers refuse it) the
+        waypoint reports not ready, saying why, until a renewal succeeds."""
+        backoff = Backoff(initial=1.0, maximum=30.0)
         while True:
             assert self.key is not None
             wait = (self.key.renew_at() - dt.datetime.now(dt.UTC)).total_seconds()
             await anyio.sleep(max(5.0, wait))
-            try:
-                await self.fetch()
-            except Exception as e:  # keep the current certificate; try again soon
-                log.warning("certificate renewal failed", error=str(e))
-                await anyio.sleep(10)
+            while True:
+                try:
+                    await self.fetch()
+                    break
+                except Exception as e:  # keep the current certificate; try again soon
+                    not_after = self.key.not_after
+                    left = (not_after - dt.datetime.now(dt.UTC)).total_seconds()
+                    if left <= 0:
+                        server.not_ready = (f"certificate expired at {not_after.isoformat()} "
+                                            f"and its renewal failed: {e}")
+                    # Not past the expiry unnoticed: wake up then at the latest.
+                    delay = backoff.next_delay() if left <= 0 else \
+                        min(backoff.next_delay(), max(0.1, left))
+                    log.warning("certificate renewal failed", error=str(e), expired=left <= 0,
+                                code=getattr(e, "code", None), retry_in=round(delay, 2))
+                    await anyio.sleep(delay)
+            backoff.reset()
+            server.not_ready = ""
 
     def server_context(self) -> ssl.SSLContext:
         assert self.server_ctx is not None
@@ -205,7 +222,7 @@ async def _run(opts: dict[str, object]) -> None:
                                    namespace=str(opts["namespace"]), node=str(opts["node"]),
                                    token=token, apply=apply)
             tg.start_soon(sub.run)
-            tg.start_soon(identity.renew_forever)
+            tg.start_soon(identity.renew_forever, server)
         log.info("waypoint ready", name=opts["name"], namespace=opts["namespace"],
                  listen=list(opts["listen"]), metrics=opts["metrics_addr"],  # type: ignore[call-overload]
                  hbone=opts["hbone_addr"] if hbone_sock else None)

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from controller.app import ControllerSettings
+from controller.kube.serve import KubeSettings, kubernetes_controller
 from tests.e2e import test_k8s_controller as k8s
 from tests.e2e.test_k8s_controller import kube_controller, pod, until
 from tests.fakes.kube_apiserver import FakeApiServer
+from tests.fakes.kube_client import api_client
 from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.anyio
@@ -121,3 +124,69 @@ async def test_refused_first_certificate_is_retried_without_a_traceback(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+async def test_expired_certificate_whose_renewal_is_refused_makes_it_not_ready(
+        server: FakeApiServer, tmp_path: Path) -> None:
+    """3 s certificates: renewed after 5 s (the floor). While renewals are refused (its
+    Gateway deleted) the certificate expires: the waypoint says so on /healthz/ready
+    (503) and keeps asking; a Gateway again, a certificate again, ready again."""
+    gateway = {"kind": "Gateway", "apiVersion": "gateway.networking.k8s.io/v1",
+               "metadata": {"name": "waypoint", "namespace": "demo"},
+               "spec": {"gatewayClassName": "ambient-waypoint"}}
+    server.create(gateway)
+    wp = server.create(pod("waypoint-6c-q", "demo", "n2", "10.244.2.50",
+                           {"ambientmesh.io/waypoint": "waypoint"}, sa="waypoint"))
+    token = tmp_path / "token"
+    token.write_text(server.add_pod_token("wp-token", wp) + "\n")
+    metrics = free_port()
+    stderr = tmp_path / "waypoint.stderr"
+    proc: subprocess.Popen[bytes] | None = None
+    settings = ControllerSettings(config_dir=tmp_path / "c" / "config", state_dir=tmp_path / "c",
+                                  grpc_addr="127.0.0.1:0", admin_addr="127.0.0.1:0",
+                                  debounce=0.02, cert_ttl=3)
+    api = api_client(server)
+    try:
+        async with kubernetes_controller(settings, KubeSettings(
+                manage_waypoints=False, token_cache_seconds=0), api=api) as (c, _):
+            with open(stderr, "wb") as err:
+                proc = subprocess.Popen(
+                    [WAYPOINT, "--name", "waypoint", "--namespace", "demo", "--node", "n2",
+                     "--controller", f"127.0.0.1:{c.grpc_port}", "--token-file", str(token),
+                     "--hbone-addr", f"127.0.0.1:{free_port()}",
+                     "--metrics-addr", f"127.0.0.1:{metrics}", "--access-log", "none"],
+                    stdout=err, stderr=subprocess.STDOUT)
+            running = proc
+
+            async def status() -> tuple[int, str]:
+                return await asyncio.to_thread(ready, metrics)
+
+            async def until_status(code: int, timeout: float) -> str:
+                for _ in range(int(timeout / 0.1)):
+                    got, body = await status()
+                    if got == code or running.poll() is not None:
+                        break
+                    await asyncio.sleep(0.1)
+                assert running.poll() is None, stderr.read_text()
+                got, body = await status()
+                assert got == code, (got, body, stderr.read_text())
+                return body
+
+            await until_status(200, 15)
+            server.delete("Gateway", "demo", "waypoint")
+            body = await until_status(503, 20)
+            assert "expired" in body, body
+            assert "renewal failed" in stderr.read_text()
+            server.create(gateway)
+            await until_status(200, 40)
+            log = stderr.read_text()
+            assert "Traceback" not in log, log
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        await api.close()
