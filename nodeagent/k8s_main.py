@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mesh.kube.errors import KubeError
 from mesh.logs import configure_logging, keep_console_renderers_out
 from nodeagent.allocator import use_system_allocator
 
@@ -55,7 +56,10 @@ def main(node: str, controller: str, token_file: Path, kubeconfig: Path | None,
 
     import uvloop
 
-    uvloop.run(run())
+    try:
+        uvloop.run(run())
+    except KubeError as e:  # e.g. an unusable kubeconfig tokenFile: say so, no traceback
+        raise click.ClickException(str(e)) from None
 
 
 if __name__ == "__main__":

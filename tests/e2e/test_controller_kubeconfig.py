@@ -168,3 +168,25 @@ async def test_no_kubeconfig_outside_a_pod_is_a_clear_error(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(KubeError, match="pass --kubeconfig"):
         await api_client(None)
+
+
+def test_node_agent_refuses_the_same_token_file_naming_it(tmp_path: Path) -> None:
+    """The node agent builds its API client the same way: a clear error, no traceback
+    (before it loads anything: the API client is its first step)."""
+    token = tmp_path / "token"
+    token.write_text("ab\x07cd\n")
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        "clusters:\n- name: fake\n  cluster: {server: 'http://127.0.0.1:9'}\n"
+        f"users:\n- name: fake\n  user: {{tokenFile: '{token}'}}\n"
+        "contexts:\n- name: fake\n  context: {cluster: fake, user: fake}\n")
+    sa_token = tmp_path / "sa-token"
+    sa_token.write_text("x")
+    done = subprocess.run(
+        [sys.executable, "-m", "nodeagent.k8s_main", "--node", "n1", "--token-file",
+         str(sa_token), "--kubeconfig", str(cfg), "--health-addr", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert str(token) in done.stderr and "control character" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
