@@ -24,7 +24,7 @@ import structlog
 from controller.app import Controller
 from mesh.api import config_pb2 as pb
 from mesh.identity.ca_client import CertificateClient
-from mesh.identity.errors import CertificateRefusedError
+from mesh.identity.errors import CaUnavailableError, CertificateRefusedError
 from mesh.xds import Backoff, ConfigSubscriber
 from tests.e2e import test_k8s_controller as k8s
 from tests.e2e.test_k8s_controller import csr_for, kube_controller, pod, until
@@ -226,3 +226,29 @@ async def test_a_method_the_interceptor_does_not_know_is_closed(server: FakeApiS
     finally:
         await grpc_server.stop(None)
         await api.close()
+
+
+async def test_no_certificate_while_the_api_server_cannot_review_tokens(
+        server: FakeApiServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TokenReview failing (API server overloaded or down) is UNAVAILABLE: nothing is
+    signed on an unchecked token, the caller backs off and retries, and it works
+    again once reviews do."""
+    from aiohttp import web
+
+    from tests.fakes.kube_apiserver import status
+
+    async def overloaded(request: web.Request) -> web.Response:
+        return status(503, "ServiceUnavailable", "the server is currently unable to handle "
+                                                 "the request")
+
+    token = agent_token(server, "ambient-nodeagent-a")
+    async with kube_controller(server, tmp_path / "c", token_cache_seconds=0) as (c, _), \
+            grpc.aio.insecure_channel(f"127.0.0.1:{c.grpc_port}") as channel:
+        client = CertificateClient(channel, "n1", token)
+        monkeypatch.setattr(server, "_token_review", overloaded)
+        with pytest.raises(CaUnavailableError, match="cannot review the token"):
+            await client.create_certificate(await csr_for("demo", "web"), "demo", "web-1")
+        assert refused(c, "token_review_unavailable") == 1
+        monkeypatch.undo()
+        issued = await client.create_certificate(await csr_for("demo", "web"), "demo", "web-1")
+        assert str(issued.identity) == "spiffe://cluster.local/ns/demo/sa/web"
