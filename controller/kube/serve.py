@@ -20,6 +20,7 @@ from kubernetes_asyncio import client as kclient
 from controller.app import Controller, ControllerSettings
 from controller.kube.ca_secret import materialize_ca
 from controller.kube.interceptor import KubeAuthInterceptor
+from controller.kube.refusal_status import RefusalStatusWriter
 from controller.kube.source import KubeSource
 from controller.kube.tokenreview import DEFAULT_AUDIENCE, DEFAULT_NODEAGENT_SA, TokenReviewer
 from controller.kube.waypoint_reconciler import DEFAULT_RESYNC, WaypointReconciler
@@ -61,6 +62,8 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
         source = KubeSource(api, controller.registry, watch_timeout=kube.watch_timeout,
                             debounce=settings.debounce, metrics=controller.metrics)
         controller.refusals = source.refusals
+        status_writer = RefusalStatusWriter(api, source.raw_items, lambda: source.rejected)
+        source.listeners.append(status_writer.notify)
 
         def is_waypoint(namespace: str, name: str) -> bool:
             gw = source.raw("Gateway", namespace, name)
@@ -75,11 +78,12 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
             metrics=controller.metrics))
         async with asyncio.TaskGroup() as tg:
             source_task = tg.create_task(source.run(), name="kubernetes source")
+            status_task = tg.create_task(status_writer.run(), name="refusal status")
             await source.wait_synced()
             _log.info("kubernetes_synced", objects=len(controller.registry.objects()),
                       pods=len(controller.registry.view().pods))
             async with controller.running():
-                tasks = [source_task]
+                tasks = [source_task, status_task]
                 if kube.manage_waypoints:
                     reconciler = WaypointReconciler(
                         api, lambda: source.raw_items("Gateway"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -52,6 +52,7 @@ class KubeSource:
         self.rejected: dict[ObjectKey, str] = {}
         self.in_force: dict[ObjectKey, str] = {}
         self.metrics = metrics
+        self.listeners: list[Callable[[], None]] = []  # called after every sync
         self.syncs = 0
         self._dirty = asyncio.Event()
         self._reported_nodes: set[str] = set()
@@ -149,5 +150,7 @@ class KubeSource:
             self.registry.report_pods(node, by_node.get(node, []))
         self._reported_nodes = set(by_node)
         self.syncs += 1
+        for listener in self.listeners:
+            listener()
         _log.debug("synced", objects=len(result.objects), pods=len(result.pods),
                    generation=self.registry.generation)

@@ -29,6 +29,7 @@ from mesh.config.standin import describe, is_stand_in, stand_in
 WAYPOINT_POD_LABEL = "ambientmesh.io/waypoint"
 _DONE_PHASES = ("Succeeded", "Failed")
 _KEEP_META = ("name", "namespace", "labels", "annotations", "uid")
+_CRD_KINDS = ("PeerAuthentication", "AuthorizationPolicy", "TrafficPolicy")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,10 @@ def translate(caches: Mapping[str, Iterable[dict[str, Any]]],
                 continue
             if kind == "Service" and (obj.get("spec") or {}).get("type") == "ExternalName":
                 continue
-            raw_docs.append({**obj, "metadata": _meta(obj)})
+            entry = {**obj, "metadata": _meta(obj)}
+            if kind in _CRD_KINDS:
+                entry.pop("status", None)  # written by us (refusal_status), not config
+            raw_docs.append(entry)
     selected = {((o.get("metadata") or {}).get("namespace", ""), o["metadata"]["name"])
                 for o in caches.get("Service", ()) if (o.get("spec") or {}).get("selector")}
     for obj in caches.get("EndpointSlice", ()):

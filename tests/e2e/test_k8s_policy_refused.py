@@ -100,6 +100,13 @@ async def status(c: Controller) -> dict[str, Any]:
         return body
 
 
+def accepted(server: FakeApiServer) -> dict[str, Any]:
+    """The Accepted condition the controller wrote on the stored object ({} if none)."""
+    obj = server.get("AuthorizationPolicy", "demo", "web-from-sleep") or {}
+    return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                 if c["type"] == "Accepted"), {})
+
+
 def refused_count(c: Controller) -> float:
     value: float = c.metrics.config_rejected.labels("kubernetes")._value.get()
     return value
@@ -139,6 +146,10 @@ async def test_a_typo_is_refused_and_the_old_rules_stay_in_force(
             assert err["object"] == str(KEY)
             assert err["inForce"] == "its previous valid version"
             assert err["message"].startswith(source.rejected[KEY])
+            # ... and on the object itself, for `kubectl get` / `kubectl describe`.
+            await until(lambda: accepted(server).get("status") == "False")
+            assert accepted(server)["reason"] == "Refused"
+            assert accepted(server)["message"] == source.rejected[KEY]
 
             # Fixed: the new version is in force, the refusal is gone.
             fixed = copy.deepcopy(GOOD)
@@ -150,6 +161,7 @@ async def test_a_typo_is_refused_and_the_old_rules_stay_in_force(
             assert principals(pushed(now)) == [[SLEEP, "cluster.local/ns/demo/sa/web"]]
             assert not source.rejected
             assert (await status(c))["controller"]["configErrors"] == []
+            await until(lambda: accepted(server).get("status") == "True")
     finally:
         await api.close()
 
@@ -179,6 +191,7 @@ async def test_a_policy_pruned_to_an_empty_source_is_pushed_as_allow_nothing(
                 "AuthorizationPolicy demo/web-from-sleep: spec.rules[0].from[0].source: "
                 "must set at least one field (an empty source would match any peer)")
             assert refused_count(c) == 1
+            await until(lambda: accepted(server).get("status") == "False")
     finally:
         await api.close()
 
@@ -200,5 +213,7 @@ async def test_the_shipped_crd_refuses_an_empty_source_at_admission(
             snap = await sub.wait_for(lambda s: pushed(s) is not None, timeout=10)
             assert principals(pushed(snap)) == [[SLEEP]]
             assert not source.rejected
+            await anyio.sleep(0.3)
+            assert accepted(server) == {}  # objects never refused get no status write
     finally:
         await api.close()

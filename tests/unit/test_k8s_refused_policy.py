@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from controller.kube.refusal_status import desired_condition
 from controller.kube.translate import translate
 from controller.policy import workload_authorizations
 from mesh.config import AuthorizationPolicy, ObjectKey, PeerAuthentication, Resource
@@ -152,3 +153,20 @@ def test_a_refused_peer_authentication_is_strict_and_other_kinds_are_left_out() 
     tp_key = ObjectKey("TrafficPolicy", "demo", "t")
     assert tp_key in rejected and tp_key not in objects
     assert in_force[tp_key] == "nothing (it grants nothing when absent)"
+
+
+def test_the_accepted_condition_is_written_only_when_it_changes() -> None:
+    raw = copy.deepcopy(KEPT)
+    assert desired_condition(raw, None) is None  # never refused: no write at all
+    refused = desired_condition(raw, "AuthorizationPolicy demo/db: why")
+    assert refused is not None
+    assert (refused["status"], refused["reason"], refused["message"]) == (
+        "False", "Refused", "AuthorizationPolicy demo/db: why")
+    raw["status"] = {"conditions": [refused]}
+    assert desired_condition(raw, "AuthorizationPolicy demo/db: why") is None  # no loop
+    assert desired_condition(raw, "AuthorizationPolicy demo/db: other")["message"] == (  # type: ignore[index]
+        "AuthorizationPolicy demo/db: other")
+    fixed = desired_condition(raw, None)
+    assert fixed is not None and fixed["status"] == "True"
+    raw["status"] = {"conditions": [fixed]}
+    assert desired_condition(raw, None) is None
