@@ -111,7 +111,7 @@ async def _run(handler_name: str, state: ProxyState, certs: Certs) -> tuple[dict
     accepted, _ = listener.accept()
     accepted.setblocking(False)
     out = io.StringIO()
-    ctx = ProxyContext(state, ProxyMetrics(), AccessLog(out), Tunnels(certs),  # type: ignore[arg-type]
+    ctx = ProxyContext(state, ProxyMetrics(), AccessLog(out), Tunnels(certs),
                        lambda s: ("127.0.0.1", app_port))
     try:
         handler = handle_outbound if handler_name == "outbound" else handle_inbound_plaintext
