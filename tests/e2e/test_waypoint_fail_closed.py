@@ -191,3 +191,36 @@ def test_deletes_never_reach_the_app_across_a_waypoint_kill_and_restart() -> Non
                       waypoint=f"{NS}/waypoint") > 0, text[-3000:]
         assert metric(text, "ambient_connections_refused_total",
                       cause="waypoint_unavailable", direction="outbound") > 0
+
+
+GATEWAY = CONFIG.split("\n---\n")[3]
+
+
+def test_a_deleted_waypoint_gateway_still_binds_its_service() -> None:
+    """use-waypoint names a Gateway that no longer exists (deleted, or a typo): the
+    service's traffic is refused, as Istio does, instead of reaching its pods."""
+    with local_mesh("amg" + secrets.token_hex(2)) as mesh:
+        mesh.apply(CONFIG)
+        client = mesh.pod(NS, "client", enrolled=True)
+        mesh.pod(NS, "catalog-0", enrolled=True)
+
+        def curl(method: str) -> tuple[int, str]:
+            out = mesh.exec(client, ["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w",
+                                     "%{http_code}", "-X", method, f"http://catalog.{NS}/x"])
+            return out.returncode, out.stdout.strip()
+
+        wait_for("the waypoint enforces catalog-no-delete", lambda: curl("DELETE")[1] == "403",
+                 timeout=60)
+        assert "Gateway" in GATEWAY and "waypoint" in GATEWAY
+        mesh.delete(GATEWAY)
+        wait_for("the waypoint pod is gone",
+                 lambda: not any(p.name == "waypoint" for p in mesh.runtime.list_pods()),
+                 timeout=30)
+        time.sleep(1.0)  # the controller's push after the deletion has landed
+        outcomes = [curl(m) for m in ("DELETE", "GET") * 10]
+        print(f"after the Gateway was deleted: {sorted(set(outcomes))}")
+        assert all(code != 0 for code, _ in outcomes), outcomes  # reset: curl fails
+        assert app_requests(mesh, "DELETE") == 0 and app_requests(mesh, "GET") == 0
+        text = mesh.metrics("node-1")
+        assert metric(text, "ambient_waypoint_unavailable_total", waypoint=f"{NS}/waypoint") > 0
+        assert "no waypoint Gateway of that name exists" in mesh.logs("node-1")
