@@ -25,6 +25,7 @@ from nodeagent import authz as l4
 from nodeagent.balance import EndpointPicker, backends_for
 from nodeagent.errors import NoHealthyEndpoint, WaypointUnavailable
 from nodeagent.outbound_plan import Hop, Transport, plan
+from nodeagent.proxy import delivery
 from nodeagent.state import ProxyState
 from waypoint import authz as l7
 from waypoint.config import WaypointConfig, build, split_hostport
@@ -307,14 +308,22 @@ class Explainer:
             out.add("mtls", f"HBONE (HTTP/2 CONNECT over mTLS 1.3) to {hop.address}:15008, "
                     f"authority {hop.authority}: {principal} -> {dst_id}",
                     client=principal, server=dst_id)
-        elif mode == pb.STRICT:
+        try:  # the handlers' own check: only the pod's waypoint may deliver to it
+            delivery.check_waypoint(wl, principal)
+        except delivery.WaypointBypassed as e:
+            out.add("waypoint", f"{via} of {wl.node} for {_key(wl)}: {e}",
+                    waypoint=e.waypoint)
+            entry["allowed"], entry["decidedBy"] = False, f"waypoint {e.waypoint}"
+            out.deny(f"waypoint {e.waypoint}", str(e))
+            return False
+        if principal is None and mode == pb.STRICT:
             name = policy.mtls_policy if policy and policy.mtls_policy else "default"
             out.add("inbound", f"{_key(wl)} on {wl.node}: plaintext refused, mTLS mode STRICT "
                     f"(PeerAuthentication {name})")
             entry["allowed"] = False
             out.deny(f"PeerAuthentication {name}", f"STRICT mTLS refuses plaintext from {src_ip}")
             return False
-        else:
+        if principal is None:
             out.add("inbound", f"{_key(wl)} on {wl.node}: plaintext accepted (mTLS mode "
                     f"{_mode_name(mode)})")
         policies = [p.key for p in dst_state.authorizations_for(wl)]

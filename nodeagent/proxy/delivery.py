@@ -1,7 +1,7 @@
 """Where an inbound connection may be delivered inside the destination pod.
 
-Two rules, both from ztunnel (`illegal_ports` / `Error::SelfCall`, and delivery to
-the workload's own address):
+Three rules, the first two from ztunnel (`illegal_ports` / `Error::SelfCall`, and
+delivery to the workload's own address), the third DESIGN §7b's:
 - never to one of the proxy's own ports: the proxy holds 15001 / 15006 / 15008 in the
   pod's netns, so delivering there makes the proxy call itself — through 15001 as an
   outbound connection of the victim pod (impersonation), through 15006 in an endless
@@ -12,7 +12,13 @@ the workload's own address):
   gives it the pod's own address as source. It is routed through lo, but sk_lookup
   sees the address's device (eth0) as ingress: what lets it through uncaptured is the
   program's rule that a connection whose source is its destination passes
-  (ebpf/inbound.bpf.c, docs/ebpf.md), not the loopback rule.
+  (ebpf/inbound.bpf.c, docs/ebpf.md), not the loopback rule;
+- to a workload bound to a waypoint (`ambientmesh.io/use-waypoint` on the pod), only
+  what the waypoint itself sends: an HBONE peer whose certificate is the waypoint's
+  SPIFFE identity. Plaintext never is, nor any other identity (a client going around
+  the waypoint, a Service without the waypoint selecting the pod): WaypointBypassed.
+  The peer's address is no proof; its certificate is. ztunnel once refused these the
+  same way ("bypassed waypoint", 401); Istio now leaves it to an L4 policy.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ebpf.constants import HBONE_PORT, INBOUND_PORT, METRICS_PORT, OUTBOUND_PORT
+from mesh.api import config_pb2 as pb
 from nodeagent.errors import ConnectionRefusedByMesh
 
 PROXY_PORTS: dict[int, str] = {
@@ -59,6 +66,38 @@ class NoPodAddress(ConnectionRefusedByMesh):
     def __init__(self, pod: str) -> None:
         super().__init__(f"pod {pod} has no IP address yet: inbound connection refused "
                          "(it is never delivered to the pod's loopback)")
+
+
+class WaypointBypassed(ConnectionRefusedByMesh):
+    """A connection to a workload bound to a waypoint that did not come from it."""
+
+    cause = "waypoint_bypassed"
+
+    def __init__(self, workload: str, waypoint: str, why: str) -> None:
+        super().__init__(f"bypassed waypoint {waypoint}: pod {workload} takes traffic only "
+                         f"through it, {why}: refused (send to the pod's service or "
+                         "address from inside the mesh: the node proxy goes through the "
+                         "waypoint)")
+        self.waypoint = waypoint
+
+
+def check_waypoint(workload: pb.Workload | None, peer_identity: str | None) -> None:
+    """Raise WaypointBypassed when `workload` is bound to a waypoint and the peer is not
+    that waypoint. `peer_identity` is the verified HBONE certificate's SPIFFE ID, None
+    for plaintext. A binding whose Gateway does not exist (no identity in the snapshot)
+    admits nobody: fail closed, as the source side refuses it too."""
+    if workload is None or not workload.HasField("waypoint"):
+        return
+    wp = workload.waypoint
+    name = f"{wp.namespace}/{wp.name}"
+    pod = f"{workload.namespace}/{workload.name}"
+    if not wp.identity:
+        raise WaypointBypassed(pod, name, "and no waypoint Gateway of that name exists")
+    if peer_identity is None:
+        raise WaypointBypassed(pod, name, "a plaintext connection cannot come from it")
+    if peer_identity != wp.identity:
+        raise WaypointBypassed(pod, name, f"the peer is {peer_identity}, not the "
+                               f"waypoint's {wp.identity}")
 
 
 def check_port(pod: Pod, port: int) -> None:

@@ -4,7 +4,8 @@ Outbound (15001): original destination -> plan -> HBONE / plaintext -> relay.
 Inbound HBONE (15008): verified peer -> L4 authorization -> the app at the pod's
 own address. Inbound plaintext (15006): PeerAuthentication STRICT refuses; PERMISSIVE
 authorizes (no principal) and relays, labelled plaintext. Inbound never reaches the
-proxy's own ports nor the pod's loopback (nodeagent.proxy.delivery).
+proxy's own ports nor the pod's loopback, and a pod bound to a waypoint takes only
+what its waypoint sends (nodeagent.proxy.delivery).
 Every connection ends in one access-log record and the Istio TCP metrics. A tunnel
 that cannot be opened in time or dies under a connection (link cut, peer hung) resets
 the app's connection, is logged as outcome "error" with the reason naming the peer,
@@ -148,7 +149,8 @@ async def _connect_first(ctx: ProxyContext, pod: PodEndpoint,
 
 def _refused(ctx: ProxyContext, record: ConnectionRecord, e: ConnectionRefusedByMesh) -> None:
     """Fail closed: the access log says why, the metrics count it."""
-    record.outcome = "error" if isinstance(e, WaypointUnavailable) else "refused"
+    record.outcome = ("error" if isinstance(e, WaypointUnavailable)
+                      else "denied" if isinstance(e, delivery.WaypointBypassed) else "refused")
     record.reason = str(e)
     ctx.metrics.refused(e.cause, record.direction,
                         e.waypoint if isinstance(e, WaypointUnavailable) else "")
@@ -235,6 +237,12 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
             _refused(ctx, record, e)
             await request.reject(UPSTREAM_REFUSED)
             return
+        try:  # the peer's certificate, not its address, proves it is the waypoint
+            delivery.check_waypoint(wl, peer)
+        except delivery.WaypointBypassed as e:
+            _refused(ctx, record, e)
+            await request.reject(DENIED)
+            return
         verdict = authz.authorize(ctx.state, wl, peer, request.peer_address[0], port)
         record.policy = verdict.policy or ""
         if not verdict.allowed:
@@ -277,6 +285,7 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
         delivery.check_port(pod, port)
         delivery.check_peer(pod, peer_ip)
         admission.inbound_plaintext(ctx.state, ctx.tunnels.certs, pod, wl)
+        delivery.check_waypoint(wl, None)  # plaintext never comes from the waypoint
         if wl is not None and ctx.state.mtls_mode(wl) == pb.STRICT:
             policy = ctx.state.policies.get(wl.uid)
             record.outcome, record.reason = "denied", "STRICT mTLS: plaintext refused"
