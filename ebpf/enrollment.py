@@ -27,9 +27,9 @@ class EnrolledPod:
       cgroup_id may be given instead/as well.
     netns: name under /var/run/netns or an absolute path (/proc/<pid>/ns/net); the
       sk_lookup program is linked there.
-    ips: the pod's addresses, as reported (logged, shown in status). Inbound capture
-      does not depend on them: it takes every non-loopback address of the pod's netns,
-      link-local and addresses added later included.
+    ips: the pod's addresses, as reported (checked, and logged at enrollment). Inbound
+      capture does not depend on them: it takes every non-loopback address of the
+      pod's netns, link-local and addresses added later included.
     """
 
     name: str

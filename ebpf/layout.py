@@ -31,13 +31,6 @@ class PodConfig(ctypes.Structure):
     ]
 
 
-class AddrKey(ctypes.Structure):
-    """am_inbound_ips key: a pod IP (value: the pod's cgroup id, u64). Informational:
-    inbound capture does not depend on which addresses were registered."""
-
-    _fields_ = [("addr", Addr16)]
-
-
 class OrigDst(ctypes.Structure):
     """Where a captured connect() was going. family is that of the original address
     (a v4-mapped destination of an AF_INET6 socket is recorded as AF_INET)."""
@@ -121,11 +114,6 @@ MAP_PODS = MapSpec(
     "am_pods", "hash", 1, ctypes.c_uint64, PodConfig, C.MAX_PODS,
     "cgroup id -> PodConfig: which pods are enrolled and their exclusions",
 )
-MAP_INBOUND_IPS = MapSpec(
-    "am_inbound_ips", "hash", 1, AddrKey, ctypes.c_uint64, 2 * C.MAX_PODS,
-    "pod IP -> cgroup id: the addresses enrollment registered (status only; inbound "
-    "capture takes every address of the pod's netns)",
-)
 MAP_ORIG_COOKIE = MapSpec(
     "am_orig_cookie", "lru_hash", 9, ctypes.c_uint64, OrigDst, C.MAX_ORIGINAL_DESTINATIONS,
     "client socket cookie -> OrigDst: written by connect4/6, read by getpeername and sockops",
@@ -148,13 +136,16 @@ MAP_INBOUND_DROPS = MapSpec(
     "reason -> connections am_sk_lookup refused (INBOUND_DROP_REASONS)",
 )
 MAPS: tuple[MapSpec, ...] = (
-    MAP_PODS, MAP_INBOUND_IPS, MAP_ORIG_COOKIE, MAP_ORIG_TUPLE, MAP_LISTENERS,
+    MAP_PODS, MAP_ORIG_COOKIE, MAP_ORIG_TUPLE, MAP_LISTENERS,
     MAP_TEMPLATES, MAP_INBOUND_DROPS,
 )
+# Maps earlier versions pinned and no program reads any more: unpinned at load.
+# am_inbound_ips (pod IP -> cgroup id) keyed inbound capture by destination address
+# until capture took every address of the pod's netns (docs/ebpf.md).
+RETIRED_MAPS: tuple[str, ...] = ("am_inbound_ips",)
 
 STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
     ("am_pod_config", PodConfig),
-    ("am_addr_key", AddrKey),
     ("am_orig_dst", OrigDst),
     ("am_tuple_key", TupleKey),
     ("am_listener_key", ListenerKey),

@@ -12,12 +12,10 @@ from pathlib import Path
 from ebpf import libbpf
 from ebpf.errors import BpfSyscallError, MapLayoutMismatch, NotInstalled
 from ebpf.layout import (
-    MAP_INBOUND_IPS,
     MAP_LISTENERS,
     MAP_ORIG_COOKIE,
     MAP_ORIG_TUPLE,
     MAP_PODS,
-    AddrKey,
     ListenerKey,
     MapSpec,
     OrigDst,
@@ -82,28 +80,6 @@ class PodTable(PinnedMap):
         return libbpf.map_delete(self.fd, ctypes.c_uint64(cgroup_id), f"pod {pod} config")
 
 
-class InboundAddressTable(PinnedMap):
-    def __init__(self, pins: PinLayout) -> None:
-        super().__init__(pins, MAP_INBOUND_IPS)
-
-    @staticmethod
-    def _key(ip: str) -> AddrKey:
-        key = AddrKey()
-        set_addr(key.addr, addr_bytes(ip))
-        return key
-
-    def put(self, ip: str, cgroup_id: int, pod: str) -> None:
-        libbpf.map_update(self.fd, self._key(ip), ctypes.c_uint64(cgroup_id),
-                          f"inbound address {ip} of pod {pod}")
-
-    def get(self, ip: str) -> int | None:
-        value = ctypes.c_uint64()
-        return value.value if libbpf.map_lookup(self.fd, self._key(ip), value) else None
-
-    def remove(self, ip: str, pod: str) -> bool:
-        return libbpf.map_delete(self.fd, self._key(ip), f"inbound address {ip} of pod {pod}")
-
-
 class OriginalDestinationTable(PinnedMap):
     """(netns cookie, client address, client port) -> where the client was going."""
 
@@ -156,8 +132,6 @@ class MapSet:
         try:
             self.pods = PodTable(pins)
             opened.append(self.pods)
-            self.inbound_ips = InboundAddressTable(pins)
-            opened.append(self.inbound_ips)
             self.original = OriginalDestinationTable(pins)
             opened.append(self.original)
             self.capture_cookies = CaptureCookieTable(pins)
@@ -177,6 +151,6 @@ class MapSet:
 
 def validate_pinned(pins: PinLayout) -> None:
     """Refuse to compile against pinned maps of another layout (bcc would reuse them)."""
-    for spec in (MAP_PODS, MAP_INBOUND_IPS, MAP_ORIG_COOKIE, MAP_ORIG_TUPLE, MAP_LISTENERS):
+    for spec in (MAP_PODS, MAP_ORIG_COOKIE, MAP_ORIG_TUPLE, MAP_LISTENERS):
         if Path(pins.map(spec.name)).exists():
             PinnedMap(pins, spec).close()

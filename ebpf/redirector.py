@@ -29,6 +29,7 @@ from ebpf.errors import (
     NotInstalled,
 )
 from ebpf.inbound import InboundCapture, make_template
+from ebpf.layout import RETIRED_MAPS
 from ebpf.maps import MapSet, validate_pinned
 from ebpf.netns import netns_cookie, netns_path, socket_netns_cookie
 from ebpf.original_dst import OriginalDestinations
@@ -66,6 +67,8 @@ class Redirector:
         if not is_cgroup2(attach_cgroup):
             raise NotCgroupV2(str(attach_cgroup))
         pins.create()
+        for retired in RETIRED_MAPS:  # left by an earlier version; nothing reads it
+            pins.map(retired).unlink(missing_ok=True)
         validate_pinned(pins)
         loaded = compile_and_load(pins)
         adopted = False
@@ -163,8 +166,6 @@ class Redirector:
                     prog_fd = self._inbound.instance(
                         cgroup_id, _map_fds(self._maps, self._inbound), what)
                 self._maps.pods.put(cgroup_id, config, pod.name)
-                for ip in pod.ips:
-                    self._maps.inbound_ips.put(ip, cgroup_id, pod.name)
                 if not pod.capture_inbound:
                     attachments.detach_pinned(link, what)
                 elif prog_fd is not None:
@@ -173,9 +174,6 @@ class Redirector:
             except (BpfSyscallError, EnrollmentError) as exc:
                 if before is None:  # a new enrollment: undo it whole
                     self._maps.pods.remove(cgroup_id, pod.name)
-                    for ip in pod.ips:
-                        if self._maps.inbound_ips.get(ip) == cgroup_id:
-                            self._maps.inbound_ips.remove(ip, pod.name)
                 if isinstance(exc, EnrollmentError):
                     raise
                 raise EnrollmentError(f"pod {pod.name}: {exc}") from exc
@@ -194,10 +192,6 @@ class Redirector:
             attachments.detach_pinned(self.pins.inbound_link(cgroup_id),
                                       f"inbound capture of pod {pod.name}")
             self._maps.pods.remove(cgroup_id, pod.name)
-            for ip in pod.ips:
-                owner = self._maps.inbound_ips.get(ip)
-                if owner == cgroup_id:
-                    self._maps.inbound_ips.remove(ip, pod.name)
         log.info("pod unenrolled", pod=pod.name, cgroup_id=cgroup_id)
 
     def is_enrolled(self, pod: EnrolledPod) -> bool:
@@ -271,13 +265,12 @@ class Redirector:
                 (p["target"] for p in programs if p.get("target")), None
             ),
             "enrolled_pods": self._maps.pods.count(),
-            "inbound_addresses": self._maps.inbound_ips.count(),
             "inbound_drops": self.inbound_drops(),
             "inbound_links": len(inbound_links),
             "inbound_links_attached": sum(1 for x in inbound_links if x["attached"]),
             "inbound_listeners": self._maps.listeners.count(),
             "maps": {m.spec.name: m.id for m in (
-                self._maps.pods, self._maps.inbound_ips, self._maps.original,
+                self._maps.pods, self._maps.original,
                 self._maps.capture_cookies, self._maps.listeners,
                 self._inbound.templates, self._inbound.drops_map)},
             "pins": [str(p) for p in self.pins.all_pins()],
@@ -333,7 +326,7 @@ class Redirector:
 
 
 def _opened(maps: MapSet, inbound: InboundCapture) -> list[Any]:
-    return [maps.pods, maps.inbound_ips, maps.original, maps.capture_cookies,
+    return [maps.pods, maps.original, maps.capture_cookies,
             maps.listeners, inbound.templates, inbound.drops_map]
 
 

@@ -199,3 +199,29 @@ def test_refuses_wrong_cgroup_and_foreign_map_layouts(
             Redirector.load(pins.name, node.cgroup_path)
     finally:
         uninstall(pins.name)
+
+
+def test_load_unpins_a_map_an_earlier_version_left(runtime: LocalRuntime) -> None:
+    """am_inbound_ips is no longer read by any program: a node upgraded from a version
+    that pinned it has it removed at load, not kept (and shown) forever."""
+    from bcc import BPF
+
+    node = runtime.create_node("n1")
+    pins = PinLayout(f"{runtime.cluster}-n1")
+    pins.create()
+    try:
+        old = BPF(text=(
+            'BPF_TABLE_PINNED("hash", u64, u64, am_inbound_ips, 16, "'
+            f'{pins.map("am_inbound_ips")}");\nint f(void *ctx) {{ return 0; }}'
+        ).encode())
+        old.cleanup()
+        assert pins.map("am_inbound_ips").exists()
+        redirector = Redirector.load(pins.name, node.cgroup_path)
+        try:
+            assert not pins.map("am_inbound_ips").exists()
+            assert all("am_inbound_ips" not in p for p in redirector.status()["pins"])
+            assert "inbound_addresses" not in redirector.status()
+        finally:
+            redirector.close()
+    finally:
+        uninstall(pins.name)
