@@ -64,6 +64,22 @@ def _num(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+# Istio fields users carry over that we do not enforce: refused (never ignored), with why.
+_JWT = ("request principals come from JWT authentication, which ambient-mesh does not do; "
+        "the policy is refused rather than enforced without it")
+_REMOTE = ("remote IPs come from X-Forwarded-For, which ambient-mesh does not trust; use "
+           "ipBlocks; the policy is refused rather than enforced without it")
+_ISTIO_UNSUPPORTED = {
+    "requestPrincipals": _JWT, "notRequestPrincipals": _JWT,
+    "remoteIpBlocks": _REMOTE, "notRemoteIpBlocks": _REMOTE,
+    "serviceAccounts": "use principals (cluster.local/ns/<ns>/sa/<sa>)",
+    "notServiceAccounts": "use notPrincipals (cluster.local/ns/<ns>/sa/<sa>)",
+    "provider": "CUSTOM authorization (external authorizers) is not supported",
+    "portLevelMtls": "ambient mode has no per-port mTLS (as Istio ambient); use one "
+                     "PeerAuthentication mode per workload",
+}
+
+
 def _reason(err: Mapping[str, Any]) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -92,6 +108,9 @@ def _reason(err: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
+        field = str(err["loc"][-1]) if err.get("loc") else ""
+        if field in _ISTIO_UNSUPPORTED:
+            return f"not supported: {_ISTIO_UNSUPPORTED[field]}"
         return "unknown field"
     if kind == "too_short":
         return f"must have at least {ctx.get('min_length')} item(s)"

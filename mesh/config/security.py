@@ -45,6 +45,20 @@ class PeerAuthentication(Resource):
     API_VERSIONS: ClassVar[tuple[str, ...]] = (API_VERSION,)
     spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_written(cls, data: Any) -> Any:
+        # Stricter than Istio (which lets mtls default to "inherit"): a typo'd mode,
+        # pruned, would leave a workload on its namespace's weaker mode unnoticed.
+        spec = data.get("spec") if isinstance(data, dict) else None
+        mtls = spec.get("mtls") if isinstance(spec, dict) else None
+        if isinstance(data, dict) and not (isinstance(mtls, dict) and "mode" in mtls):
+            raise ValueError(
+                "spec.mtls.mode: must be set (STRICT, PERMISSIVE, or UNSET to inherit): a "
+                "PeerAuthentication without a mode changes nothing, and it is what an API "
+                "server leaves of a typo'd mode once it has pruned it")
+        return data
+
 
 class PolicyTargetReference(StrictModel):
     group: str = ""

@@ -166,7 +166,8 @@ def test_kubernetes_kinds_keep_unknown_fields_our_crds_refuse_them() -> None:
     assert doc.resource.to_dict()["spec"]["restartPolicy"] == "Always"
     msg = one_error("apiVersion: ambientmesh.io/v1alpha1\nkind: PeerAuthentication\n"
                     "metadata: {name: p}\nspec: {mtls: {mode: STRICT}, portLevelMtls: {}}")
-    assert msg.endswith("spec.portLevelMtls: unknown field")
+    assert msg.endswith("spec.portLevelMtls: not supported: ambient mode has no per-port mTLS "
+                        "(as Istio ambient); use one PeerAuthentication mode per workload")
 
 
 def test_resolve_kind_accepts_kubectl_names() -> None:

@@ -127,3 +127,31 @@ def test_peer_authentication_with_an_emptied_selector_is_refused() -> None:
         "t.yaml doc 1 PeerAuthentication demo/x: spec.selector: must set matchLabels (an "
         "empty selector selects every workload of the namespace; omit selector to mean "
         "that)"]
+
+
+PA_NO_MODE = ("spec.mtls.mode: must be set (STRICT, PERMISSIVE, or UNSET to inherit): a "
+              "PeerAuthentication without a mode changes nothing, and it is what an API "
+              "server leaves of a typo'd mode once it has pruned it")
+
+
+@pytest.mark.parametrize("spec", ["", "spec: {}\n", "spec: {mtls: {}}\n",
+                                  "spec: {selector: {matchLabels: {app: db}}}\n"])
+def test_peer_authentication_without_a_mode_is_refused(spec: str) -> None:
+    # mtls: {mode: STRICT} with a typo, pruned, is mtls: {} (or no mtls): the
+    # workload would silently inherit a weaker mode.
+    assert errors(PA_HEAD + spec) == [
+        "t.yaml doc 1 PeerAuthentication demo/x: " + PA_NO_MODE]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}",
+     "spec.rules[0].from[0].source.requestPrincipals: not supported: request principals "
+     "come from JWT authentication, which ambient-mesh does not do; the policy is refused "
+     "rather than enforced without it"),
+    ("spec: {rules: [{from: [{source: {namespaces: [a], remoteIpBlocks: [1.2.3.4]}}]}]}",
+     "spec.rules[0].from[0].source.remoteIpBlocks: not supported: remote IPs come from "
+     "X-Forwarded-For, which ambient-mesh does not trust; use ipBlocks; the policy is "
+     "refused rather than enforced without it"),
+])
+def test_istio_fields_we_do_not_enforce_are_refused_saying_why(spec: str, message: str) -> None:
+    assert errors(HEAD + spec) == [WHERE + message]
