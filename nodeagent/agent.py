@@ -125,6 +125,9 @@ class NodeAgent:
         self.metrics = ProxyMetrics()
         self.metrics.watch_inbound_capture(self.redirector.inbound_drops)
         self.pods_lock = asyncio.Lock()
+        # One enrollment pass at a time: a snapshot and the retry loop both start one,
+        # and a pass may wait on the CA (up to its timeout) between its steps.
+        self.enroll_lock = asyncio.Lock()
         self.cert_pods: set[PodRef] = set()
         self.enrollment_errors: list[str] = []
         self.waiting_for_certificate: dict[str, str] = {}  # pod key -> why
@@ -187,6 +190,10 @@ class NodeAgent:
         """Capture exactly the enrolled pods that run here, certificate or not: a pod
         whose certificate cannot be had yet is captured, its connections refused
         (nodeagent.admission), and the certificate retried every ENROLL_RETRY."""
+        async with self.enroll_lock:
+            await self._enroll()
+
+    async def _enroll(self) -> None:
         wanted: dict[str, tuple[pb.PodToRun, Pod]] = {}
         pod_refs: dict[PodRef, pb.PodToRun] = {}
         for spec in self.ctx.state.pods_to_run:

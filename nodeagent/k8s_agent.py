@@ -136,8 +136,11 @@ class KubeNodeAgent:
     async def reconcile(self) -> None:
         """Capture every enrolled pod, certificate or not: one with no certificate yet
         (CA refused or away) has its connections refused until it arrives (never
-        plaintext), named in status and retried on the next pass."""
+        plaintext), named in status and retried on the next pass. Capture comes first:
+        the kubelet already runs the app, and a CA that hangs must not leave it
+        uncaptured for the length of a certificate request."""
         wanted, refs, errors = self.wanted()
+        capture_errors = await self.enrollment.reconcile(wanted)
         missing = await obtain_all(self.certs, refs)
         for gone in self.cert_pods - refs:
             self.certs.remove_pod(gone)
@@ -148,8 +151,7 @@ class KubeNodeAgent:
         self.metrics.waiting_for_certificate.set(len(missing))
         errors += [f"{key}: waiting for its certificate, connections refused: {why}"
                    for key, why in sorted(self.waiting_for_certificate.items())]
-        errors += await self.enrollment.reconcile(wanted)
-        self.errors = errors
+        self.errors = errors + capture_errors
         self.reconciles += 1
 
     async def _reconcile_loop(self) -> None:

@@ -21,14 +21,13 @@ import pytest
 
 from controller.app import ControllerSettings
 from controller.kube.serve import KubeSettings, kubernetes_controller
-from controller.kube.tokenreview import EXTRA_POD_NAME
 from mesh.runtime import LocalRuntime
 from mesh.runtime import cgroups as cg
 from nodeagent.k8s_agent import KubeAgentConfig, KubeNodeAgent
 from tests.e2e.mesh_harness import free_port
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client
-from tests.netns.test_k8s_nodeagent import NODEAGENT, Kubelet, call, until
+from tests.netns.test_k8s_nodeagent import Kubelet, call, until
 
 pytestmark = [pytest.mark.netns, pytest.mark.anyio]
 
@@ -73,8 +72,7 @@ def agent_token(server: FakeApiServer, tmp: Path) -> Path:
         "spec": {"nodeName": "n1", "serviceAccountName": "ambient-nodeagent", "hostNetwork": True,
                  "containers": [{"name": "agent", "image": "ambient-mesh"}]},
         "status": {"phase": "Running", "podIP": "192.0.2.1"}})
-    server.add_token("agent-token", NODEAGENT, audiences=["ambient-mesh"],
-                     extra={EXTRA_POD_NAME: [agent_pod["metadata"]["name"]]})
+    server.add_pod_token("agent-token", agent_pod)  # name and uid, as projected tokens
     token = tmp / "token"
     token.write_text("agent-token\n")
     return token
