@@ -185,6 +185,9 @@ class Pods:
     def pod_placement(self, namespace: str, name: str) -> tuple[str, str] | None:
         return self.placements.get((namespace, name))
 
+    def is_waypoint(self, namespace: str, name: str) -> bool:
+        return False  # no waypoints in this test: every pod's identity is its own
+
 
 @pytest.mark.anyio
 @pytest.mark.timeout(240)

@@ -119,7 +119,7 @@ async def test_new_pod_with_ca_unreachable_is_captured_and_refused_both_ways(
     try:
         async with controller(server, settings):
             task = asyncio.create_task(agent.run(stop))
-            await until(lambda: hasattr(agent, "subscriber") and agent.ready(), 20)
+            await until(lambda: hasattr(agent, "subscriber") and agent.ready(), 60)
             await until(lambda: agent.enrollment.enrolled_keys() == ["demo/early"], 15)
             await until(lambda: any(c.serial for c in agent.certs.status()), 15)
             # Baseline: STRICT refuses the outsider's plaintext to a pod with a cert.
