@@ -28,6 +28,8 @@ PLURALS = {"AuthorizationPolicy": "authorizationpolicies",
            "PeerAuthentication": "peerauthentications", "TrafficPolicy": "trafficpolicies"}
 CONDITION = "Accepted"
 RETRY_AFTER = 5.0
+MERGE_PATCH = "application/merge-patch+json"
+_MERGE: dict[str, Any] = {"_content_type": MERGE_PATCH}  # the generated stubs omit it
 
 
 def _now() -> str:
@@ -88,8 +90,11 @@ class RefusalStatusWriter:
                 if condition is None:
                     continue
                 try:
+                    # A dict body goes out as JSON patch unless told: the API server
+                    # refuses that (400), so say merge patch.
                     await self._api.patch_namespaced_custom_object_status(
-                        GROUP, VERSION, ns, plural, name, {"status": {"conditions": [condition]}})
+                        GROUP, VERSION, ns, plural, name, {"status": {"conditions": [condition]}},
+                        **_MERGE)
                     self.writes += 1
                 except ApiException as e:
                     ok = False

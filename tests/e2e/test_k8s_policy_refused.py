@@ -32,6 +32,7 @@ from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.anyio
 GROUP, VERSION, PLURAL = "ambientmesh.io", "v1alpha1", "authorizationpolicies"
+MERGE = "application/merge-patch+json"  # a dict body is sent as JSON patch otherwise
 SLEEP = "cluster.local/ns/demo/sa/sleep"
 KEY = ObjectKey("AuthorizationPolicy", "demo", "web-from-sleep")
 
@@ -156,7 +157,8 @@ async def test_a_typo_is_refused_and_the_old_rules_stay_in_force(
             fixed["spec"]["rules"][0]["from"][0]["source"]["principals"].append(
                 "cluster.local/ns/demo/sa/web")
             await objects.patch_namespaced_custom_object(
-                GROUP, VERSION, "demo", PLURAL, "web-from-sleep", fixed)
+                GROUP, VERSION, "demo", PLURAL, "web-from-sleep", fixed,
+            _content_type=MERGE)
             now = await sub.wait_for(lambda s: len(principals(pushed(s))[0]) == 2, timeout=10)
             assert principals(pushed(now)) == [[SLEEP, "cluster.local/ns/demo/sa/web"]]
             assert not source.rejected
@@ -204,7 +206,8 @@ async def test_the_shipped_crd_refuses_an_empty_source_at_admission(
         emptied = policy({})
         with pytest.raises(ApiException) as e:
             await objects.patch_namespaced_custom_object(
-                GROUP, VERSION, "demo", PLURAL, "web-from-sleep", emptied)
+                GROUP, VERSION, "demo", PLURAL, "web-from-sleep", emptied,
+            _content_type=MERGE)
         assert e.value.status == 422
         assert "spec.rules[0].from[0].source in body should have at least 1 properties" \
             in str(e.value.body)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class Refused(Exception):
         super().__init__(status["message"])
         self.status = status
         self.code: int = status["code"]
+        self.warnings: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class CrdVersion:
     kind: str
     plural: str
     schema: Obj
+    status_subresource: bool = False
 
     @property
     def api_version(self) -> str:
@@ -60,7 +63,8 @@ class CrdVersion:
 def crd_versions(crd: Obj) -> list[CrdVersion]:
     spec = crd["spec"]
     return [CrdVersion(spec["group"], v["name"], spec["names"]["kind"], spec["names"]["plural"],
-                       v["schema"]["openAPIV3Schema"])
+                       v["schema"]["openAPIV3Schema"],
+                       "status" in (v.get("subresources") or {}))
             for v in spec["versions"] if v.get("served", True)]
 
 
@@ -114,6 +118,11 @@ def prune(obj: Obj, schema: Obj) -> tuple[Obj, list[str]]:
 
 # ---- validation ------------------------------------------------------------------
 
+def _is_int_or_string(branches: Any) -> bool:
+    return isinstance(branches, list) and len(branches) == 2 and \
+        branches[0] == {"type": "integer"} and branches[1].get("type") == "string"
+
+
 def _json_schema(node: Obj) -> Obj:
     """The OpenAPI v3 subset of a structural schema as JSON Schema (draft 7)."""
     out: Obj = {}
@@ -142,6 +151,10 @@ def _field(path: Iterable[Any]) -> str:
     return out
 
 
+_JSON_TYPES = {"dict": "object", "list": "array", "str": "string", "int": "integer",
+               "float": "number", "bool": "boolean", "NoneType": "null"}
+
+
 def _quote(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)
@@ -168,7 +181,13 @@ def _cause(err: jsonschema.ValidationError) -> list[Obj]:
         return [{"reason": "FieldValueTypeInvalid", "field": where,
                  "message": f"Invalid value: {_quote(got)}: {where} in body must be of type "
                             f"{want if isinstance(want, str) else ','.join(want)}: "
-                            f"{_quote(type(got).__name__)}"}]
+                            f"{_quote(_JSON_TYPES.get(type(got).__name__, type(got).__name__))}"}]
+    if kind in ("not", "anyOf"):  # the real server names no field for a junctor
+        node = str(err.absolute_path[-1]) if err.absolute_path else "body"
+        verb = "must not validate the schema (not)" if kind == "not" else \
+            "must validate at least one schema (anyOf)"
+        return [{"reason": "FieldValueInvalid", "field": "<nil>",
+                 "message": f'Invalid value: "": "{node}" {verb}'}]
     if kind == "maxItems":
         return [{"reason": "FieldValueTooMany", "field": where,
                  "message": f"Too many: {len(got)}: must have at most {want} items"}]
@@ -191,11 +210,13 @@ def _cause(err: jsonschema.ValidationError) -> list[Obj]:
 
 
 def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    # anyOf over int-or-string: report the branch that fits the value's type.
     if err.validator == "anyOf" and err.context:
-        typed = [e for e in err.context if e.validator != "type"]
-        if typed:
-            return typed
+        if _is_int_or_string(err.validator_value):
+            # int-or-string: report the branch that fits the value's type.
+            typed = [e for e in err.context if e.validator != "type"]
+            return typed or [err]
+        # As the real server: the anyOf itself, then only its first branch's errors.
+        return [err] + [e for e in err.context if e.schema_path and e.schema_path[0] == 0]
     return [err]
 
 
@@ -221,9 +242,50 @@ def invalid(crd: CrdVersion, name: str, causes: list[Obj]) -> Refused:
         "code": 422})
 
 
-def admit(crd: CrdVersion, obj: Obj, field_validation: str = "Warn"
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_MISSING = object()
+
+
+def _value_at(obj: Any, field: str) -> Any:
+    cur = obj
+    for name, index in _TOKEN.findall(field):
+        if index:
+            i = int(index)
+            cur = cur[i] if isinstance(cur, list) and i < len(cur) else _MISSING
+        else:
+            cur = cur.get(name, _MISSING) if isinstance(cur, dict) else _MISSING
+        if cur is _MISSING:
+            break
+    return cur
+
+
+def ratchet(causes: list[Obj], new: Obj, old: Obj | None) -> list[Obj]:
+    """Validation ratcheting (on by default since Kubernetes 1.30): on an update, an
+    error in a part of the object the update leaves unchanged is not reported, so an
+    object stored under a laxer CRD can still be relabelled. Our lists are atomic, so
+    their items are not correlated: an error inside a list counts as unchanged only if
+    the whole outermost list is. (Errors naming no field compare the whole spec.)"""
+    if old is None:
+        return causes
+    kept = []
+    for c in causes:
+        field = "spec" if c["field"] == "<nil>" else c["field"].split("[", 1)[0]
+        if _value_at(new, field) != _value_at(old, field):
+            kept.append(c)
+    return kept
+
+
+def spec_changed(new: Obj, old: Obj) -> bool:
+    """What moves metadata.generation: anything but metadata and status."""
+    def body(o: Obj) -> Obj:
+        return {k: v for k, v in o.items() if k not in ("metadata", "status")}
+    return body(new) != body(old)
+
+
+def admit(crd: CrdVersion, obj: Obj, field_validation: str = "Warn", old: Obj | None = None
           ) -> tuple[Obj, list[str]]:
-    """(the object as the API server stores it, warnings), or raises Refused."""
+    """(the object as the API server stores it, warnings), or raises Refused; `old` is
+    the stored version on an update (ratcheting)."""
     if field_validation not in FIELD_VALIDATIONS:
         raise Refused({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -237,11 +299,39 @@ def admit(crd: CrdVersion, obj: Obj, field_validation: str = "Warn"
             "message": f'{crd.kind} in version "{crd.version}" cannot be handled as a '
                        f"{crd.kind}: strict decoding error: {fields}",
             "reason": "BadRequest", "code": 400})
-    causes = validate(stored, crd.schema)
-    if causes:
-        raise invalid(crd, str((obj.get("metadata") or {}).get("name", "")), causes)
     warnings = [f'unknown field "{d}"' for d in dropped] if field_validation == "Warn" else []
+    causes = ratchet(validate(stored, crd.schema), stored, old)
+    if causes:
+        refused = invalid(crd, str((obj.get("metadata") or {}).get("name", "")), causes)
+        refused.warnings = warnings  # the real server warns on a refusal too
+        raise refused
     return stored, warnings
+
+
+def patch_refusal(content_type: str, body: str) -> Refused | None:
+    """What a real API server answers a PATCH of a custom resource whose body does not
+    fit its content type (None: acceptable). kubernetes_asyncio sends a dict body as
+    application/json-patch+json unless told otherwise, which the real server refuses."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype == "application/strategic-merge-patch+json":
+        return Refused({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "the body of the request was in an unknown format - accepted media "
+                       "types include: application/json-patch+json, "
+                       "application/merge-patch+json, application/apply-patch+yaml",
+            "reason": "UnsupportedMediaType", "code": 415})
+    if ctype == "application/json-patch+json":
+        try:
+            ops = json.loads(body)
+        except ValueError:
+            ops = None
+        message = ("error decoding patch: json: cannot unmarshal object into Go value of "
+                   "type []handlers.jsonPatchOp") if not isinstance(ops, list) else \
+            "JSON patch (RFC 6902) is not implemented by the fake API server"
+        return Refused({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "message": message, "reason": "BadRequest",
+                        "code": 400})
+    return None
 
 
 # ---- an older CRD, for tests of what a cluster may already hold -------------------

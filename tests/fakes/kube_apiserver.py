@@ -38,7 +38,15 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.fakes.crd_schema import CrdVersion, Refused, admit, crd_versions, load_crds
+from tests.fakes.crd_schema import (
+    CrdVersion,
+    Refused,
+    admit,
+    crd_versions,
+    load_crds,
+    patch_refusal,
+    spec_changed,
+)
 
 Obj = dict[str, Any]
 
@@ -146,6 +154,8 @@ _FIELD_VALIDATION: contextvars.ContextVar[str] = contextvars.ContextVar(
     "field_validation", default="Warn")
 _WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "warnings", default=None)
+# "status" while serving a write to a custom resource's status subresource.
+_SUBRESOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("subresource", default="")
 
 
 class FakeApiServer:
@@ -207,16 +217,29 @@ class FakeApiServer:
         for version in crd_versions(crd):
             self.crds[version.kind] = version
 
-    def _admit(self, rtype: ResourceType, obj: Obj) -> Obj:
-        """The object as stored: pruned and validated when its kind has a CRD schema;
-        raises Refused (the Status a real API server answers) when invalid."""
+    def _admit(self, rtype: ResourceType, obj: Obj, old: Obj | None = None) -> Obj:
+        """The object as stored: pruned and validated when its kind has a CRD schema
+        (errors in parts an update leaves unchanged are ratcheted); raises Refused (the
+        Status a real API server answers) when invalid. With a status subresource, a
+        write to the object keeps the stored status and a write to `.../status` changes
+        only the status; metadata.generation moves on spec changes only."""
         crd = self.crds.get(rtype.kind)
         if crd is None:
             return obj
-        stored, warnings = admit(crd, obj, _FIELD_VALIDATION.get())
+        if crd.status_subresource:
+            if old is not None and _SUBRESOURCE.get() == "status":
+                obj = {**copy.deepcopy(old), "status": obj.get("status")}
+            else:
+                obj["status"] = copy.deepcopy((old or {}).get("status"))
+            if obj["status"] is None:
+                del obj["status"]
+        stored, warnings = admit(crd, obj, _FIELD_VALIDATION.get(), old)
         collected = _WARNINGS.get()
         if collected is not None:
             collected.extend(warnings)
+        generation = int(((old or {}).get("metadata") or {}).get("generation") or 0)
+        stored.setdefault("metadata", {})["generation"] = (
+            generation + 1 if old is None or spec_changed(stored, old) else generation)
         return stored
 
     def create(self, obj: Obj) -> Obj:
@@ -241,7 +264,7 @@ class FakeApiServer:
         meta = obj["metadata"]
         key = (meta.get("namespace", "default" if rtype.namespaced else ""), meta["name"])
         old = self.objects[rtype.plural][key]
-        new = self._admit(rtype, copy.deepcopy(obj))
+        new = self._admit(rtype, copy.deepcopy(obj), old)
         self.rv += 1
         new["metadata"].update(uid=old["metadata"]["uid"], resourceVersion=str(self.rv),
                                creationTimestamp=old["metadata"]["creationTimestamp"])
@@ -338,10 +361,20 @@ class FakeApiServer:
         _FIELD_VALIDATION.set(request.query.get("fieldValidation") or "Warn")
         warnings: list[str] = []
         _WARNINGS.set(warnings)
+        segs = [s for s in request.path.split("/") if s]
+        crd = next((c for c in self.crds.values() if c.plural in segs[-3:-1]), None)
+        _SUBRESOURCE.set("status" if crd is not None and segs[-1:] == ["status"]
+                         and segs[-3:-2] == [crd.plural] else "")
         try:
+            if crd is not None and request.method == "PATCH":
+                refusal = patch_refusal(request.headers.get("Content-Type", ""),
+                                        await request.text())
+                if refusal is not None:
+                    raise refusal
             response = await self._dispatch(request)
         except Refused as e:
-            return web.json_response(e.status, status=e.code)
+            response = web.json_response(e.status, status=e.code)
+            warnings.extend(e.warnings)
         if warnings and not response.prepared:
             for w in warnings:
                 response.headers.add("Warning", f"299 - {json.dumps(w)}")
@@ -424,9 +457,10 @@ class FakeApiServer:
             self._continues[nxt] = (list_rv, rest)
             meta["continue"] = nxt
             meta["remainingItemCount"] = len(rest)
-        for item in items:  # list items carry no kind/apiVersion, as the real server does
-            item.pop("kind", None)
-            item.pop("apiVersion", None)
+        for item in items:  # built-in types' list items carry no kind/apiVersion
+            if rtype.kind not in self.crds:
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
         return web.json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
                                   "metadata": meta, "items": items})
 

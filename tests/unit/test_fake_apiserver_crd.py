@@ -15,12 +15,13 @@ import pytest
 from kubernetes_asyncio import client as kclient
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.fakes.crd_schema import Refused, legacy_crd
+from tests.fakes.crd_schema import Refused, legacy_crd, shipped_crd
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client
 
 pytestmark = pytest.mark.anyio
 GROUP, VERSION, PLURAL = "ambientmesh.io", "v1alpha1", "authorizationpolicies"
+MERGE = "application/merge-patch+json"  # a dict body is sent as JSON patch otherwise
 PATH = f"/apis/{GROUP}/{VERSION}/namespaces/demo/{PLURAL}"
 
 
@@ -130,7 +131,8 @@ async def test_an_update_is_admitted_like_a_create(
     emptied["spec"]["rules"][0]["from"][0]["source"] = {}
     with pytest.raises(ApiException) as e:
         await objects.patch_namespaced_custom_object(GROUP, VERSION, "demo", PLURAL, "x",
-                                                     emptied)
+                                                     emptied,
+            _content_type=MERGE)
     assert e.value.status == 422
     assert stored_source(server) == good["spec"]["rules"][0]["from"][0]["source"]
     many = copy.deepcopy(good)
@@ -149,3 +151,94 @@ async def test_kinds_without_a_crd_schema_are_stored_as_written(server: FakeApiS
                          "spec": {"containers": [{"name": "c", "image": "x"}],
                                   "madeUp": True}})
     assert pod["spec"]["madeUp"] is True
+
+
+async def test_a_dict_sent_as_json_patch_is_refused_as_the_real_server_does(
+        server: FakeApiServer, objects: kclient.CustomObjectsApi) -> None:
+    # kubernetes_asyncio sends a dict body as application/json-patch+json unless told
+    # otherwise; the real server answers 400 (how the controller's first status write
+    # failed on a real API server while the fake accepted it).
+    await objects.create_namespaced_custom_object(GROUP, VERSION, "demo", PLURAL,
+                                                  policy({"namespaces": ["a"]}))
+    with pytest.raises(ApiException) as e:
+        await objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, "demo", PLURAL, "x", {"status": {"conditions": []}})
+    assert e.value.status == 400
+    assert json.loads(e.value.body)["message"] == (
+        "error decoding patch: json: cannot unmarshal object into Go value of type "
+        "[]handlers.jsonPatchOp")
+
+
+async def test_status_subresource_and_generation(
+        server: FakeApiServer, objects: kclient.CustomObjectsApi) -> None:
+    with_status = {**policy({"namespaces": ["a"]}),
+                   "status": {"conditions": [{"type": "Accepted", "status": "True"}]}}
+    created = await objects.create_namespaced_custom_object(GROUP, VERSION, "demo", PLURAL,
+                                                            with_status)
+    assert "status" not in created and created["metadata"]["generation"] == 1
+    condition = {"type": "Accepted", "status": "False", "reason": "Refused", "message": "m"}
+    sneaky = {"spec": {"action": "DENY"}, "status": {"conditions": [condition]}}
+    await objects.patch_namespaced_custom_object_status(GROUP, VERSION, "demo", PLURAL, "x",
+                                                        sneaky, _content_type=MERGE)
+    stored = server.get("AuthorizationPolicy", "demo", "x")
+    assert stored is not None
+    assert stored["status"]["conditions"] == [condition]
+    assert stored["spec"]["action"] == "ALLOW"  # the status write changed no spec
+    assert stored["metadata"]["generation"] == 1
+    relabelled = await objects.patch_namespaced_custom_object(
+        GROUP, VERSION, "demo", PLURAL, "x",
+        {"metadata": {"labels": {"a": "b"}}, "status": None}, _content_type=MERGE)
+    assert relabelled["status"]["conditions"] == [condition]  # kept by a main write
+    assert relabelled["metadata"]["generation"] == 1
+    denied = await objects.patch_namespaced_custom_object(
+        GROUP, VERSION, "demo", PLURAL, "x", {"spec": {"action": "DENY"}}, _content_type=MERGE)
+    assert denied["metadata"]["generation"] == 2
+    listed = await objects.list_namespaced_custom_object(GROUP, VERSION, "demo", PLURAL)
+    assert listed["items"][0]["kind"] == "AuthorizationPolicy"  # CR list items keep it
+
+
+async def test_an_object_stored_under_a_laxer_crd_is_ratcheted(
+        server: FakeApiServer, objects: kclient.CustomObjectsApi) -> None:
+    server.install_crd(legacy_crd("AuthorizationPolicy"))
+    server.create(policy({}))
+    server.install_crd(shipped_crd("AuthorizationPolicy"))
+    stored = server.get("AuthorizationPolicy", "demo", "x")
+    assert stored is not None
+    relabelled = copy.deepcopy(stored)
+    relabelled["metadata"]["labels"] = {"team": "db"}
+    server.update(relabelled)  # the invalid part is unchanged: accepted
+    changed = copy.deepcopy(relabelled)
+    changed["spec"]["rules"].append({})
+    with pytest.raises(Refused) as e:  # the invalid part moved: refused
+        server.update(changed)
+    assert e.value.code == 422
+
+
+async def test_a_refusal_carries_the_pruning_warnings(server: FakeApiServer) -> None:
+    lax = legacy_crd("AuthorizationPolicy")
+    schema = lax["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"]["properties"]["rules"]["items"]["properties"]["from"][
+        "items"]["properties"]["source"]["minProperties"] = 1
+    server.install_crd(lax)  # prunes, then refuses what pruning emptied
+    headers = {"Authorization": f"Bearer {server.token}"}
+    async with aiohttp.ClientSession(server.url, headers=headers) as http, \
+            http.post(PATH, json=policy(TYPO)) as r:
+        assert r.status == 422
+        assert r.headers.getall("Warning") == [
+            '299 - "unknown field \\"spec.rules[0].from[0].source.principal\\""']
+
+
+async def test_junctor_failures_read_as_the_real_servers(server: FakeApiServer) -> None:
+    meta = {"name": "t", "namespace": "demo"}
+    with pytest.raises(Refused) as e:  # TrafficPolicy's anyOf: one section required
+        server.create({"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrafficPolicy",
+                       "metadata": meta, "spec": {"targetRefs": [{"name": "c"}]}})
+    assert [(c["field"], c["message"]) for c in e.value.status["details"]["causes"]] == [
+        ("<nil>", 'Invalid value: "": "spec" must validate at least one schema (anyOf)'),
+        ("spec.retryBudget", "Required value")]
+    with pytest.raises(Refused) as e:  # AuthorizationPolicy's not: selector xor targetRefs
+        server.create(policy({"namespaces": ["a"]}) | {"spec": {
+            "selector": {"matchLabels": {"a": "b"}}, "targetRefs": [{"kind": "Service",
+                                                                    "name": "s"}]}})
+    assert [(c["field"], c["message"]) for c in e.value.status["details"]["causes"]] == [
+        ("<nil>", 'Invalid value: "": "spec" must not validate the schema (not)')]
