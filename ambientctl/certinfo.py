@@ -13,6 +13,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from mesh.ports import HBONE_PORT
 from mesh.runtime.netns import NetnsError, socket_in
 
 
@@ -20,7 +21,7 @@ class ProbeError(Exception):
     """The handshake could not be made; str() says why."""
 
 
-def fetch_der(netns: str, ip: str, port: int = 15008, timeout: float = 3.0) -> bytes:
+def fetch_der(netns: str, ip: str, port: int = HBONE_PORT, timeout: float = 3.0) -> bytes:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

@@ -21,6 +21,7 @@ from ambientctl.errors import AmbientctlError, BadArgument
 from ambientctl.refs import Destination
 from mesh.api import config_pb2 as pb
 from mesh.http_paths import RequestNormalizationError, normalize_request
+from mesh.ports import HBONE_PORT, OUTBOUND_PORT
 from nodeagent import authz as l4
 from nodeagent.balance import EndpointPicker, backends_for
 from nodeagent.errors import NoHealthyEndpoint, WaypointUnavailable
@@ -237,7 +238,7 @@ class Explainer:
             self._plaintext(out, state, target, src_ip)
             return out
         out.add("capture", f"captured on {src.node}: connect() to {target.ip}:{target.port} is "
-                f"redirected to the node proxy (127.0.0.1:15001 in the pod's netns)",
+                f"redirected to the node proxy (127.0.0.1:{OUTBOUND_PORT} in the pod's netns)",
                 identity=state.workload_identity(src))
         try:
             hops = plan(state, EndpointPicker(), target.ip, target.port, 0.0)
@@ -305,7 +306,7 @@ class Explainer:
         policy = dst_state.policies.get(wl.uid)
         mode = dst_state.mtls_mode(wl)
         if principal is not None:
-            out.add("mtls", f"HBONE (HTTP/2 CONNECT over mTLS 1.3) to {hop.address}:15008, "
+            out.add("mtls", f"HBONE (HTTP/2 CONNECT over mTLS 1.3) to {hop.address}:{HBONE_PORT}, "
                     f"authority {hop.authority}: {principal} -> {dst_id}",
                     client=principal, server=dst_id)
         try:  # the handlers' own check: only the pod's waypoint may deliver to it
@@ -422,7 +423,7 @@ class Explainer:
             for backend in backends_for(bsvc, sp, prefer_v6=False):
                 wl = wp_state.workloads_by_uid.get(backend.endpoint.workload_uid)
                 hop2 = Hop(Transport.HBONE if backend.endpoint.enrolled else Transport.PLAINTEXT,
-                           backend.address, 15008, f"{backend.address}:{backend.port}", wl,
+                           backend.address, HBONE_PORT, f"{backend.address}:{backend.port}", wl,
                            _key(bsvc), target_port=backend.port)
                 ok = self._to_endpoint(out, hop2, wp_id, _v4_first(wp_ref.addresses) or src_ip,
                                        "node proxy")

@@ -16,10 +16,11 @@ from functools import cached_property
 from google.protobuf.message import Message
 
 from controller.policy import effective_mtls, waypoint_authorizations, workload_authorizations
-from controller.view import HBONE_PORT, ClusterView, PodView, Ref, ServiceView
+from controller.view import ClusterView, PodView, Ref, ServiceView
 from mesh.api import config_pb2 as pb
 from mesh.config import AuthorizationPolicy, HTTPRoute, TrafficPolicy, duration_ms
 from mesh.config.gateway import BackendRef, HeaderModifier, URLRewrite
+from mesh.ports import HBONE_PORT
 
 _MTLS = {"STRICT": pb.STRICT, "PERMISSIVE": pb.PERMISSIVE}
 _MATCH = {"Exact": pb.StringMatch.EXACT, "PathPrefix": pb.StringMatch.PREFIX,

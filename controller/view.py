@@ -44,8 +44,8 @@ from mesh.config.annotations import (
     parse_port_list,
 )
 from mesh.config.core import PodSpec
+from mesh.ports import HBONE_PORT, METRICS_PORT
 
-HBONE_PORT = 15008
 Ref = tuple[str, str]
 _UID_NS = uuid.UUID("6f0c1d2e-8a53-4e1b-9a57-3d7c2f0b9e11")
 
@@ -199,7 +199,7 @@ def waypoint_pod(gateway: Gateway, controller_addr: str) -> DesiredPod:
             # AMBIENT_TOKEN_FILE: only the node knows how its pods reach the controller.
             "command": ["ambient-waypoint", "--name", name, "--namespace", ns],
             "ports": [{"name": "hbone", "containerPort": HBONE_PORT},
-                      {"name": "metrics", "containerPort": 15020}],
+                      {"name": "metrics", "containerPort": METRICS_PORT}],
         }],
     })
     return DesiredPod(

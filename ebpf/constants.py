@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-# Ports reserved inside every enrolled pod (DESIGN §2).
-OUTBOUND_PORT: Final = 15001
-"""Captured outbound connect()s are rewritten to 127.0.0.1 / [::1] on this port."""
-INBOUND_PORT: Final = 15006
-"""Plaintext inbound connections are steered to the pod's listener on this port."""
-HBONE_PORT: Final = 15008
-"""Mesh traffic (HBONE over mTLS): never captured, in either direction."""
-METRICS_PORT: Final = 15020
+# Ports reserved inside every enrolled pod (DESIGN §2): defined once in mesh.ports,
+# re-exported here so the layout renderer and the rest of ebpf/ read one namespace.
+from mesh.ports import HBONE_PORT as HBONE_PORT
+from mesh.ports import INBOUND_PORT as INBOUND_PORT
+from mesh.ports import METRICS_PORT as METRICS_PORT
+from mesh.ports import OUTBOUND_PORT as OUTBOUND_PORT
 
 PROXY_MARK: Final = 0x539
 """SO_MARK the proxy sets on every socket it opens; such sockets are never captured."""

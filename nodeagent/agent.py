@@ -38,6 +38,7 @@ from mesh.api import config_pb2 as pb
 from mesh.hbone import HboneClientPool, TunnelSettings
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.spiffe import SpiffeId
+from mesh.ports import METRICS_PORT
 from mesh.runtime import LocalRuntime, Node, Pod
 from mesh.runtime.builder import build_in_child
 from mesh.xds.pods import PodReporter
@@ -63,7 +64,6 @@ log = structlog.get_logger("nodeagent")
 POD_LOOP_INTERVAL = 0.25
 REPORT_EVERY = 5.0
 ENROLL_RETRY = 2.0
-METRICS_PORT = 15020
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from mesh.identity.ca_client import CertificateClient
 from mesh.identity.token_source import TokenFile
 from mesh.kube.kinds import NAMESPACES, PODS
 from mesh.kube.reflector import Reflector
+from mesh.ports import HEALTH_PORT
 from mesh.runtime import Pod
 from mesh.runtime.cgroups import cgroup2_root
 from mesh.xds.subscriber import ConfigSubscriber
@@ -62,7 +63,7 @@ class KubeAgentConfig:
     attach_cgroup: Path | None = None
     pin_name: str = "k8s"
     proc_root: Path = Path("/proc")
-    health_addr: str = "0.0.0.0:15021"
+    health_addr: str = f"0.0.0.0:{HEALTH_PORT}"
     resync: float = 2.0
     drain_seconds: float = 5.0
     watch_timeout: int = 300

@@ -10,6 +10,7 @@ import click
 
 from mesh.kube.errors import KubeError
 from mesh.logs import configure_logging, keep_console_renderers_out
+from mesh.ports import HEALTH_PORT
 from nodeagent.allocator import use_system_allocator
 
 
@@ -25,7 +26,7 @@ from nodeagent.allocator import use_system_allocator
 @click.option("--proc-root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/host/proc"), show_default=True,
               help="The host's /proc (mounted from the host; with hostPID /proc works too).")
-@click.option("--health-addr", default="0.0.0.0:15021", show_default=True)
+@click.option("--health-addr", default=f"0.0.0.0:{HEALTH_PORT}", show_default=True)
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--log-level", default="info", show_default=True)
 def main(node: str, controller: str, token_file: Path, kubeconfig: Path | None,

@@ -19,9 +19,10 @@ import enum
 from dataclasses import dataclass
 
 from mesh.api import config_pb2 as pb
+from mesh.ports import HBONE_PORT
 from nodeagent.balance import EndpointPicker, backends_for
 from nodeagent.errors import NoHealthyEndpoint, WaypointUnavailable
-from nodeagent.state import HBONE_PORT, ProxyState
+from nodeagent.state import ProxyState
 
 
 class Transport(enum.Enum):

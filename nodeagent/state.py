@@ -14,8 +14,6 @@ from mesh.api import config_pb2 as pb
 from mesh.authz import Policy, compile_policies
 from nodeagent.errors import SnapshotRejected
 
-HBONE_PORT = 15008
-
 
 def normalize_ip(address: str) -> str:
     """One spelling per address; v4-mapped v6 (::ffff:a.b.c.d) becomes plain v4."""

@@ -32,6 +32,7 @@ from mesh.identity.svid import load_pem_chain
 from mesh.identity.tls import client_context, server_context
 from mesh.identity.token_source import TokenFile, TokenFileError
 from mesh.logs import configure_logging
+from mesh.ports import HBONE_PORT, METRICS_PORT
 from mesh.xds import Backoff, ConfigSubscriber
 from waypoint.config import WaypointConfig, build, split_hostport
 from waypoint.errors import WaypointError
@@ -159,7 +160,7 @@ def _hbone_socket(addr: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port or 15008))
+    sock.bind((host, port or HBONE_PORT))
     sock.listen(1024)
     return sock
 
@@ -245,9 +246,9 @@ async def _run(opts: dict[str, object]) -> None:
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--listen", multiple=True,
               help="Plain HTTP listener HOST:PORT (tests, debugging); repeatable.")
-@click.option("--hbone-addr", default="0.0.0.0:15008", show_default=True,
+@click.option("--hbone-addr", default=f"0.0.0.0:{HBONE_PORT}", show_default=True,
               help="Where to terminate HBONE (with --controller).")
-@click.option("--metrics-addr", default="0.0.0.0:15020", show_default=True,
+@click.option("--metrics-addr", default=f"0.0.0.0:{METRICS_PORT}", show_default=True,
               help="Admin listener: /metrics, /healthz/ready, /config_dump ('' disables).")
 @click.option("--snapshot", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=None, help="Static snapshot JSON instead of the controller.")

@@ -23,6 +23,7 @@ import structlog
 from mesh.authz import AuthzCollector
 from mesh.hbone import HboneClientPool, HboneError, HboneRequest, HboneServer, TlsSource
 from mesh.identity import SpiffeId
+from mesh.ports import HBONE_PORT
 from waypoint.accesslog import AccessLog
 from waypoint.config import WaypointConfig
 from waypoint.errors import UpstreamConnectError
@@ -36,7 +37,6 @@ from waypoint.state import WaypointState
 from waypoint.upstream import Dialer, Endpoint, UpstreamPool, tcp_dial
 
 log = structlog.get_logger("waypoint.server")
-HBONE_PORT = 15008
 
 
 class HboneDialer:

@@ -10,8 +10,7 @@ from ambientctl.context import MeshContext
 from ambientctl.errors import AmbientctlError
 from ambientctl.options import output_option
 from ambientctl.output import emit
-
-HBONE_PORT = 15008
+from mesh.ports import HBONE_PORT
 
 
 @click.command("certs")
