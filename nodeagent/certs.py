@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import random
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from mesh.backoff import Backoff
 from mesh.hbone.client import StaticTls
 from mesh.identity import tls
 from mesh.identity.bundle import TrustBundle
@@ -109,19 +109,18 @@ class CertificateStatus:
 
 
 def renewal_delay(not_before: dt.datetime, not_after: dt.datetime, now: dt.datetime,
-                  failures: int, *, min_backoff: float, max_backoff: float,
-                  jitter: float = 0.0) -> float:
-    """Seconds until the next attempt: half-life when healthy, else exponential backoff
-    (with up to +`jitter` fraction, so many agents don't retry in lockstep), never past
-    the point where less than one backoff step of validity would remain."""
+                  failures: int, backoff: Backoff) -> float:
+    """Seconds until the next attempt: half-life when healthy, else `backoff`'s delay
+    for this many failures (jittered, so many agents don't retry in lockstep), never
+    past the point where less than one backoff step of validity would remain."""
     if failures <= 0:
         renew_at = not_before + (not_after - not_before) / 2
         return max(0.0, (renew_at - now).total_seconds())
-    backoff = min(max_backoff, min_backoff * 2 ** (failures - 1)) * (1.0 + jitter)
+    delay = backoff.delay(failures - 1)
     remaining = (not_after - now).total_seconds()
     if remaining > 0:
-        backoff = min(backoff, max(min_backoff, remaining / 4))
-    return max(0.0, backoff)
+        delay = min(delay, max(backoff.initial, remaining / 4))
+    return max(0.0, delay)
 
 
 def _utc_now() -> dt.datetime:
@@ -165,8 +164,8 @@ class CertificateManager:
         self._source = source
         self.trust_domain = trust_domain
         self._validity = validity
-        self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
+        # Up to 20% shorter than the base, so agents restarted together spread out.
+        self._backoff = Backoff(initial=min_backoff, maximum=max_backoff, jitter=0.2)
         self._clock = clock
         self._states: dict[SpiffeId, _IdentityState] = {}
         self._bundle: TrustBundle | None = None
@@ -325,15 +324,11 @@ class CertificateManager:
                 now = self._clock()
                 if material is None:
                     delay = renewal_delay(now, now, now, max(state.failures, 1),
-                                          min_backoff=self._min_backoff,
-                                          max_backoff=self._max_backoff,
-                                          jitter=random.random() * 0.2)
+                                          self._backoff)
                 else:
                     ck = material.certified_key
                     delay = renewal_delay(ck.not_before, ck.not_after, now, state.failures,
-                                          min_backoff=self._min_backoff,
-                                          max_backoff=self._max_backoff,
-                                          jitter=random.random() * 0.2)
+                                          self._backoff)
                 await anyio.sleep(delay)
                 try:
                     await self._issue(identity, state)

@@ -20,13 +20,16 @@ from typing import IO, Any
 import structlog
 
 from mesh.api import config_pb2 as pb
+from mesh.backoff import Backoff
 from mesh.config.annotations import GATEWAY_NAME_LABEL
 from mesh.runtime import LocalRuntime, Pod, PodNotFound
 from mesh.runtime.builder import build_in_child
 
 log = structlog.get_logger("nodeagent.pods")
 
-MAX_RESTART_BACKOFF = 30.0
+RESTART_BACKOFF = Backoff(initial=1.0, maximum=30.0, jitter=0.0)
+"""A crashed container restarts after 1, 2, 4 ... up to 30 s (as kubelet's CrashLoopBackOff:
+deterministic, one process at a time, nothing to spread out)."""
 
 
 @dataclass
@@ -111,7 +114,7 @@ class PodSupervisor:
                 if c.proc is not None and c.last_exit is None:
                     c.last_exit = c.proc.returncode
                     c.restarts += 1
-                    backoff = min(MAX_RESTART_BACKOFF, 0.5 * 2 ** min(c.restarts, 6))
+                    backoff = RESTART_BACKOFF.delay(c.restarts - 1)
                     c.next_start = now + backoff
                     log.warning("container exited", pod=running.key, container=c.name,
                                 code=c.last_exit, restart_in=backoff)
@@ -185,7 +188,7 @@ class PodSupervisor:
         except OSError as e:
             c.last_exit = None
             c.restarts += 1
-            c.next_start = time.monotonic() + min(MAX_RESTART_BACKOFF, 2.0 ** c.restarts)
+            c.next_start = time.monotonic() + RESTART_BACKOFF.delay(c.restarts - 1)
             log.error("container failed to start", pod=running.key, container=c.name,
                       error=str(e))
         else:

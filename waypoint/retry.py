@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from mesh.backoff import Backoff
 from waypoint.messages import IDEMPOTENT_METHODS
 
 # Gateway API leaves the retried codes to the user; with none listed we retry what
@@ -42,10 +43,12 @@ class RetryPolicy:
         return status is None or status in self.codes
 
     def backoff_ms(self, retry_number: int, rng: random.Random) -> float:
-        """Exponential backoff with full jitter: uniform in [0, min(max, base * 2^n)),
-        so synchronised clients spread out instead of retrying in lock step."""
-        ceiling = min(self.backoff_max_ms, self.backoff_base_ms * (2 ** max(0, retry_number - 1)))
-        return rng.uniform(0, ceiling)
+        """Before retry `retry_number` (1 = the first retry): the mesh's one backoff
+        schedule (mesh/backoff.py) with full jitter, uniform in [0, min(max, base *
+        2^(n-1))], so synchronised clients spread out instead of retrying in lock step."""
+        schedule = Backoff(initial=self.backoff_base_ms, maximum=self.backoff_max_ms,
+                           jitter=1.0, rng=rng)
+        return schedule.delay(retry_number - 1)
 
 
 class RetryBudget:

@@ -21,10 +21,10 @@ from kubernetes_asyncio import client as kclient
 from kubernetes_asyncio import watch as kwatch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from mesh.backoff import Backoff
 from mesh.kube.errors import KubeError, ResourceExpired
 from mesh.kube.kinds import WatchedKind
 from mesh.kube.store import KubeObject, ObjectCache
-from mesh.xds.backoff import Backoff
 
 _log = structlog.get_logger("mesh.kube.reflector")
 PAGE_SIZE = 500
@@ -62,7 +62,7 @@ class Reflector:
                     await self._list()
                     need_list = False
                 await self._watch()
-                self._backoff.attempt = 0
+                self._backoff.reset()
             except ResourceExpired as e:
                 _log.info("relist", kind=self.kind.kind, reason=str(e))
                 need_list = True

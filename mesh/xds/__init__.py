@@ -5,7 +5,7 @@ agents report their pods' IPs and phase).
 
 Knows the wire protocol only: what a snapshot means is the caller's business."""
 
-from mesh.xds.backoff import Backoff
+from mesh.backoff import Backoff
 from mesh.xds.errors import SubscriptionError
 from mesh.xds.pods import PodReporter
 from mesh.xds.subscriber import ConfigSubscriber

@@ -17,9 +17,9 @@ import structlog
 
 from mesh.api import config_pb2 as pb
 from mesh.api import config_pb2_grpc as pb_grpc
+from mesh.backoff import Backoff
 from mesh.identity.node_token import auth_metadata
 from mesh.identity.token_source import TokenFileError, TokenSource, token_source
-from mesh.xds.backoff import Backoff
 from mesh.xds.errors import SubscriptionError
 
 _log = structlog.get_logger("mesh.xds")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from pathlib import Path
 
 import anyio
 import pytest
 
+from mesh.backoff import Backoff
 from mesh.identity.errors import CertificateRefusedError
 from mesh.identity.spiffe import SpiffeId
 from nodeagent.certs import (
@@ -31,21 +33,23 @@ def anyio_backend() -> str:
 
 def test_renewal_at_half_life() -> None:
     nb, na = T0, T0 + dt.timedelta(hours=24)
-    assert renewal_delay(nb, na, T0 + dt.timedelta(hours=2), 0, min_backoff=1,
-                         max_backoff=60) == 10 * 3600
-    assert renewal_delay(nb, na, T0 + dt.timedelta(hours=13), 0, min_backoff=1,
-                         max_backoff=60) == 0
+    steady = Backoff(initial=1, maximum=60, jitter=0)
+    assert renewal_delay(nb, na, T0 + dt.timedelta(hours=2), 0, steady) == 10 * 3600
+    assert renewal_delay(nb, na, T0 + dt.timedelta(hours=13), 0, steady) == 0
 
 
 def test_backoff_grows_and_is_capped() -> None:
     nb, na = T0, T0 + dt.timedelta(hours=24)
     now = T0 + dt.timedelta(hours=12)
-    delays = [renewal_delay(nb, na, now, f, min_backoff=1, max_backoff=60) for f in range(1, 9)]
+    steady = Backoff(initial=1, maximum=60, jitter=0)
+    delays = [renewal_delay(nb, na, now, f, steady) for f in range(1, 9)]
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
     # close to expiry, never wait more than a quarter of what is left
     late = na - dt.timedelta(seconds=20)
-    assert renewal_delay(nb, na, late, 8, min_backoff=1, max_backoff=60) == 5
-    assert renewal_delay(nb, na, late, 1, min_backoff=1, max_backoff=60, jitter=0.5) == 1.5
+    assert renewal_delay(nb, na, late, 8, steady) == 5
+    # jitter only shortens (mesh/backoff.py): 1 s less up to half
+    jittered = Backoff(initial=1, maximum=60, jitter=0.5, rng=random.Random(1))
+    assert 0.5 <= renewal_delay(nb, na, late, 1, jittered) <= 1
 
 
 @pytest.mark.anyio

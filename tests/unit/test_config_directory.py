@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from controller.configdir import ConfigDirectory, keys_from_yaml
+from mesh.backoff import Backoff
 from mesh.config import ConfigError, ObjectKey
-from mesh.xds import Backoff
 
 SVC = ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: demo}\n"
        "spec: {ports: [{port: %d}]}\n")

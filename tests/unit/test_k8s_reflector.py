@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from mesh.backoff import Backoff
 from mesh.kube.kinds import PODS, WatchedKind
 from mesh.kube.reflector import Reflector
-from mesh.xds.backoff import Backoff
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client
 
