@@ -15,8 +15,9 @@ from mesh.hbone.framing import (
     PeerSettings,
     StreamAborted,
     StreamFinished,
-    _original_raw_data_repr,
+    _FrameBuffer,
     _raw_data_repr,
+    _ReceivedDataFrame,
 )
 from mesh.hbone.server import parse_authority
 from mesh.hbone.settings import MIB, TunnelSettings
@@ -110,8 +111,46 @@ def test_error_status_ends_stream() -> None:
 
 @given(st.binary(max_size=64))
 def test_cheap_frame_repr_is_identical(data: bytes) -> None:
-    assert _raw_data_repr(data) == _original_raw_data_repr(data)
-    assert hyperframe.frame._raw_data_repr is _raw_data_repr
+    assert _raw_data_repr(data) == hyperframe.frame._raw_data_repr(data)
+
+
+@given(st.binary(max_size=64), st.integers(0, 30), st.booleans())
+def test_received_data_frame_reprs_as_hyperframe_does(data: bytes, pad: int,
+                                                        end: bool) -> None:
+    flags = (["PADDED"] if pad else []) + (["END_STREAM"] if end else [])
+    theirs = hyperframe.frame.DataFrame(1, data, flags=flags, pad_length=pad)
+    ours = _ReceivedDataFrame(1, data, flags=flags, pad_length=pad)
+    assert repr(ours) == repr(theirs).replace("DataFrame", "_ReceivedDataFrame", 1)
+
+
+def test_hyperframe_is_left_alone() -> None:
+    """No monkeypatch: importing framing changes nothing in hyperframe or h2."""
+    import h2.frame_buffer
+
+    assert hyperframe.frame._raw_data_repr.__module__ == "hyperframe.frame"
+    assert hyperframe.frame.DataFrame._body_repr is hyperframe.frame.Frame._body_repr
+    assert h2.frame_buffer.FrameBuffer.__next__.__module__ == "h2.frame_buffer"
+
+
+def test_received_data_frames_take_the_cheap_repr_and_h2s_data_path() -> None:
+    """The connection parses DATA as _ReceivedDataFrame and h2 handles it as DATA, so
+    the cheap repr is the one h2 calls and flow control and events are unchanged."""
+    buffer = _FrameBuffer(server=False)
+    buffer.max_frame_size = 1 << 20
+    buffer.add_data(hyperframe.frame.DataFrame(1, b"x" * 100_000).serialize()
+                    + hyperframe.frame.PingFrame(0, b"12345678").serialize())
+    assert [type(f) for f in buffer] == [_ReceivedDataFrame, hyperframe.frame.PingFrame]
+
+    client, server = pair(TunnelSettings(max_frame_size=1 << 20))
+    assert isinstance(server._conn.incoming_buffer, _FrameBuffer)
+    sid = client.open_connect("10.0.0.5:80")
+    exchange(client, server)
+    server.answer(sid, 200, end_stream=False)
+    exchange(client, server)
+    assert client.send_data(sid, b"x" * 100_000, end_stream=True) == 100_000
+    _, at_server = exchange(client, server)
+    assert sum(len(e.data) for e in at_server if isinstance(e, DataArrived)) == 100_000
+    assert StreamFinished(sid) in at_server
 
 
 def test_parse_authority() -> None:
