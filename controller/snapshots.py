@@ -398,8 +398,9 @@ class SnapshotBuilder:
                         b = f.request_mirror.backend_ref
                         needed.add((b.namespace or r.namespace, b.name))
         services = [v.services[ref] for ref in sorted(needed) if ref in v.services]
-        uids = {e.workload_uid for s in services for e in s.endpoints if e.workload_uid}
-        workloads = [p for _, p in sorted(v.pods.items()) if p.uid in uids]
+        # Every workload, as nodes get them: the waypoint names its backends and, by the
+        # tunnel's source address, its callers (source_workload, mesh.telemetry).
+        workloads = [p for _, p in sorted(v.pods.items())]
         tps = sorted(
             (t for t in v.traffic_policies
              if any((t.namespace, ref.name) in served_set for ref in t.spec.target_refs)),

@@ -1,16 +1,17 @@
-"""One JSON line per proxied connection: who, to whom, how much, how it ended."""
+"""One JSON line per proxied connection: who, to whom, how much, how it ended.
+Written by the shared writer (mesh.telemetry.accesslog)."""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import TextIO
+from dataclasses import dataclass, field
+
+from mesh.telemetry.accesslog import AccessLog as _Writer
+from mesh.telemetry.accesslog import json_renderer
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionRecord:
     direction: str  # outbound | inbound | inbound_plaintext
     source_address: str
@@ -30,15 +31,17 @@ class ConnectionRecord:
     proxy_pid: int = field(default_factory=os.getpid)  # the agent or one of its workers
     duration_ms: float = 0.0
 
+    def to_json(self) -> str:
+        return _render(self)
 
-class AccessLog:
-    """Writes records to a stream (stdout by default); one instance per proxy."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out or sys.stdout
+_render = json_renderer(ConnectionRecord, prefix={"log": "access"})
 
-    def write(self, record: ConnectionRecord) -> None:
+
+class AccessLog(_Writer):
+    """The node proxy's log (stdout by default): a record's duration is taken when it
+    is written, as the connection ends."""
+
+    def write(self, record: ConnectionRecord) -> None:  # type: ignore[override]
         record.duration_ms = round((time.time() - record.started) * 1000, 3)
-        line = {"log": "access", **asdict(record)}
-        self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
-        self.out.flush()
+        super().write(record)

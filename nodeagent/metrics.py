@@ -13,30 +13,52 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal",
-    "destination_workload", "destination_workload_namespace", "destination_service",
-    "destination_principal", "request_protocol", "response_flags",
-    "connection_security_policy",
+from mesh.telemetry.labels import (
+    NO_SERVICE,
+    TCP_LABELS,
+    UNKNOWN,
+    Party,
+    ServiceRef,
+    peer_values,
+    tcp_label_values,
 )
+
+LABELS = TCP_LABELS
 
 
 @dataclass(frozen=True)
 class ConnectionLabels:
+    """What the node proxy knows of one connection; `values()` builds Istio's label
+    set from it in the one place both proxies use (mesh.telemetry.labels)."""
+
     reporter: str  # "source" (outbound side) or "destination" (inbound side)
-    source_workload: str = "unknown"
-    source_workload_namespace: str = "unknown"
-    source_principal: str = "unknown"
-    destination_workload: str = "unknown"
-    destination_workload_namespace: str = "unknown"
-    destination_service: str = "unknown"
-    destination_principal: str = "unknown"
+    source_workload: str = UNKNOWN
+    source_workload_namespace: str = UNKNOWN
+    source_principal: str = UNKNOWN
+    destination_workload: str = UNKNOWN
+    destination_workload_namespace: str = UNKNOWN
+    destination_service: str = UNKNOWN
+    destination_principal: str = UNKNOWN
     request_protocol: str = "tcp"
     response_flags: str = "-"
-    connection_security_policy: str = "unknown"  # mutual_tls | none
+    connection_security_policy: str = UNKNOWN  # mutual_tls | none
+    source_app: str = UNKNOWN
+    destination_app: str = UNKNOWN
 
     def values(self) -> tuple[str, ...]:
-        return tuple(getattr(self, name) for name in LABELS)
+        host = self.destination_service
+        name, _, rest = host.partition(".")
+        namespace = rest.partition(".")[0] if rest else ""
+        service = ServiceRef(host, name, namespace) if namespace else NO_SERVICE
+        return tcp_label_values(
+            self.reporter,
+            peer_values(
+                Party(self.source_workload, self.source_workload_namespace,
+                      self.source_principal or UNKNOWN, self.source_app),
+                Party(self.destination_workload, self.destination_workload_namespace,
+                      self.destination_principal or UNKNOWN, self.destination_app),
+                service),
+            self.response_flags, self.connection_security_policy)
 
 
 class ProxyMetrics:

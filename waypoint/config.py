@@ -8,6 +8,7 @@ field, so the subscriber NACKs it and the last good config stays in force."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from functools import cached_property
 
 from mesh.api import config_pb2 as pb
 from mesh.authz import Policy, applies_to_service, compile_policies
+from mesh.telemetry.labels import Party, party, workload_name
 from waypoint.errors import RouteConfigError
 from waypoint.faults import FaultConfig
 from waypoint.limits import LimitsConfig
@@ -37,7 +39,6 @@ from waypoint.routing import (
 )
 from waypoint.upstream import Endpoint
 
-DEPLOYMENT_LABELS = ("ambientmesh.io/deployment", "app.kubernetes.io/name", "app")
 H2_APP_PROTOCOLS = frozenset({"h2c", "http2", "grpc", "kubernetes.io/h2c"})
 _PATH_KIND = {pb.StringMatch.EXACT: "Exact", pb.StringMatch.PREFIX: "PathPrefix",
               pb.StringMatch.REGEX: "RegularExpression"}
@@ -115,6 +116,9 @@ class WaypointConfig:
     routes: dict[str, RouteTable] = field(default_factory=dict)
     traffic: dict[str, TrafficSettings] = field(default_factory=dict)
     authz: dict[str, tuple[Policy, ...]] = field(default_factory=dict)  # by service key
+    # Every workload of the snapshot by address, as metric labels name it: who a
+    # caller is (mesh.telemetry.labels.source_party) and what a backend's app is.
+    workloads_by_ip: dict[str, Party] = field(default_factory=dict)
     _by_host: dict[str, str] = field(default_factory=dict)
     _by_vip: dict[str, str] = field(default_factory=dict)
 
@@ -153,11 +157,17 @@ def split_hostport(value: str) -> tuple[str, int | None]:
 
 
 def _workload_names(snapshot: pb.Snapshot) -> dict[str, tuple[str, str]]:
-    names: dict[str, tuple[str, str]] = {}
+    return {w.uid: (workload_name(w.name, w.labels), w.namespace) for w in snapshot.workloads}
+
+
+def _workloads_by_ip(snapshot: pb.Snapshot) -> dict[str, Party]:
+    found: dict[str, Party] = {}
     for w in snapshot.workloads:
-        label = next((w.labels[k] for k in DEPLOYMENT_LABELS if k in w.labels), None)
-        names[w.uid] = (label or w.name, w.namespace)
-    return names
+        p = party(w.name, w.namespace, w.labels, w.identity)
+        for address in w.addresses:
+            with contextlib.suppress(ValueError):  # not an IP: no caller comes from it
+                found[str(ipaddress.ip_address(address))] = p
+    return found
 
 
 def _service(svc: pb.Service, workloads: dict[str, tuple[str, str]]) -> ServiceInfo:
@@ -337,6 +347,7 @@ def build(snapshot: pb.Snapshot) -> WaypointConfig:
         version=snapshot.version, trust_domain=snapshot.trust_domain or "cluster.local",
         name=snapshot.waypoint.name, namespace=snapshot.waypoint.namespace,
         identity=snapshot.waypoint.identity, services=services, served=served,
+        workloads_by_ip=_workloads_by_ip(snapshot),
     )
     for key in served:
         svc = services.get(key)

@@ -21,12 +21,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal",
-    "destination_workload", "destination_workload_namespace", "destination_service",
-    "destination_service_name", "destination_service_namespace", "destination_principal",
-    "request_protocol", "response_code", "response_flags", "connection_security_policy",
-)
+from mesh.telemetry.labels import HTTP_LABELS, http_label_values
+
+LABELS = HTTP_LABELS
 # Istio's default buckets for istio_request_duration_milliseconds.
 DURATION_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
                     300000, 600000, 1800000, 3600000)
@@ -34,24 +31,29 @@ DURATION_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
 
 class RequestLabels(NamedTuple):
     """The labels of one request (reporter is always "waypoint"). A tuple, so it is
-    built in C and serves as the series key as it is."""
+    built in C and serves as the series key as it is; `values()` renders it through
+    the builder both proxies share (mesh.telemetry.labels)."""
 
     source_workload: str
     source_workload_namespace: str
     source_principal: str
+    source_app: str
     destination_workload: str
     destination_workload_namespace: str
+    destination_principal: str
+    destination_app: str
     destination_service: str
     destination_service_name: str
     destination_service_namespace: str
-    destination_principal: str
     request_protocol: str  # "http" or "grpc"
     response_code: int
     response_flags: str
     connection_security_policy: str  # "mutual_tls" or "none"
 
     def values(self) -> tuple[str, ...]:
-        return ("waypoint", *self[:10], str(self.response_code), *self[11:])
+        return http_label_values("waypoint", self[:11], self.request_protocol,
+                                 self.response_code, self.response_flags,
+                                 self.connection_security_policy)
 
 
 class _Series:

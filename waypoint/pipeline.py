@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -21,8 +21,15 @@ import anyio
 import anyio.abc
 import structlog
 
-from mesh.authz import namespace_of
 from mesh.http_paths import RequestNormalizationError, normalize_request
+from mesh.telemetry.labels import (
+    UNKNOWN,
+    Party,
+    PeerValues,
+    ServiceRef,
+    peer_values,
+    source_party,
+)
 from waypoint.accesslog import AccessLog, AccessRecord, WallClock
 from waypoint.authz import RequestFacts, evaluate
 from waypoint.config import ServiceInfo, split_hostport
@@ -99,21 +106,24 @@ class Runtime:
     exporter: OtlpExporter | None = None
     mirrors_in_flight: int = 0
     clock: WallClock = field(default_factory=WallClock)
-    _peer_labels: dict[tuple[str | None, int, int, str], tuple[object, object, PeerLabels]] = \
-        field(default_factory=dict)
+    _peer_labels: dict[tuple[str | None, str, int, int, str],
+                       tuple[object, object, object, PeerLabels]] = field(default_factory=dict)
 
-    def peer_labels(self, principal: str | None, ep: Endpoint | None,
+    def peer_labels(self, principal: str | None, source_ip: str, ep: Endpoint | None,
                     dest: ServiceInfo | None, authority: str) -> PeerLabels:
-        """The first nine metric labels (who called whom), the same for every request
-        between one caller and one endpoint: computed once, then looked up."""
-        key = (principal, id(ep), id(dest), "" if dest else authority)
+        """The metric labels of who called whom, the same for every request between
+        one caller and one endpoint: computed once, then looked up (until the next
+        snapshot, whose workloads, endpoints and services are new objects)."""
+        workloads = self.state.config.workloads_by_ip
+        key = (principal, source_ip, id(ep), id(dest), "" if dest else authority)
         held = self._peer_labels.get(key)
-        if held is not None and held[0] is ep and held[1] is dest:
-            return held[2]
-        labels = peer_labels(principal, ep, dest, authority)
+        if held is not None and held[0] is ep and held[1] is dest and held[2] is workloads:
+            return held[3]
+        labels = peer_labels(principal, workloads.get(source_ip), ep, dest, authority,
+                             workloads)
         if len(self._peer_labels) >= PEER_LABELS_CACHE:
             self._peer_labels.clear()
-        self._peer_labels[key] = (ep, dest, labels)
+        self._peer_labels[key] = (ep, dest, workloads, labels)
         return labels
 
 
@@ -468,22 +478,32 @@ class _ObservedBody:
                         self._upstream_host)
 
 
-PeerLabels = tuple[str, str, str, str, str, str, str, str, str]
+PeerLabels = PeerValues  # mesh.telemetry.labels.PEER_LABELS, in order
 
 
-def peer_labels(principal: str | None, ep: Endpoint | None, dest: ServiceInfo | None,
-                authority: str) -> PeerLabels:
-    return (
-        "unknown",
-        namespace_of(principal) or "unknown",
-        principal or "unknown",
-        ep.workload if ep and ep.workload else "unknown",
-        ep.namespace if ep and ep.namespace else dest.namespace if dest else "unknown",
-        dest.fqdn if dest else (authority or "unknown"),
-        dest.name if dest else "unknown",
-        dest.namespace if dest else "unknown",
-        ep.identity if ep and ep.identity else "unknown",
-    )
+def peer_labels(principal: str | None, caller: Party | None, ep: Endpoint | None,
+                dest: ServiceInfo | None, authority: str,
+                workloads: Mapping[str, Party]) -> PeerLabels:
+    """Who called (the snapshot's workload at the tunnel's source address, when the
+    peer certificate proves it: mesh.telemetry.labels.source_party), which endpoint
+    answered and for which Service, as Istio labels them."""
+    source = source_party(caller, principal)
+    known = workloads.get(ep.address) if ep is not None else None
+    destination = Party(
+        ep.workload if ep and ep.workload else UNKNOWN,
+        ep.namespace if ep and ep.namespace else dest.namespace if dest else UNKNOWN,
+        ep.identity if ep and ep.identity else UNKNOWN,
+        known.app if known is not None else UNKNOWN)
+    service = ServiceRef(dest.fqdn, dest.name, dest.namespace) if dest else \
+        ServiceRef(authority or UNKNOWN)
+    return peer_values(source, destination, service)
+
+
+def _address(peer: str) -> str:
+    """The IP of a DownstreamInfo.peer ("ip:port"; an IPv4-mapped IPv6 as IPv4), as
+    the snapshot's workload addresses are written."""
+    ip = peer.rsplit(":", 1)[0]
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
 def _finish(rt: Runtime, ex: Exchange, rec: _Observed, status: int, flags: list[str],
@@ -493,7 +513,8 @@ def _finish(rt: Runtime, ex: Exchange, rec: _Observed, status: int, flags: list[
     backend = rt.state.config.services.get(ex.backend.service) if ex.backend else None
     dest = backend or ex.service
     flag_text = ",".join(dict.fromkeys(flags)) if flags else "-"
-    peer = rt.peer_labels(principal, ex.endpoint, dest, rec.authority)
+    source_ip = _address(ex.info.peer)
+    peer = rt.peer_labels(principal, source_ip, ex.endpoint, dest, rec.authority)
     labels = RequestLabels(*peer, "grpc" if ex.head.is_grpc else "http", status, flag_text,
                            "mutual_tls" if principal else "none")
     request_bytes = ex.body.size if ex.body.complete else 0
@@ -514,4 +535,4 @@ def _finish(rt: Runtime, ex: Exchange, rec: _Observed, status: int, flags: list[
             rec.start_wall, rec.method, rec.path, ex.head.protocol, status, flag_text,
             round(duration_ms, 3), request_bytes, response_bytes, rec.authority,
             ex.request_id, span.context.trace_id if span else "", principal or "",
-            peer[5], status_upstream, ex.route_name, ex.tries, rec.user_agent, ex.reason))
+            peer[8], status_upstream, ex.route_name, ex.tries, rec.user_agent, ex.reason))

@@ -28,6 +28,7 @@ from ebpf.errors import OriginalDestinationUnknown
 from mesh import hbone
 from mesh.api import config_pb2 as pb
 from mesh.authz import AuthzCollector
+from mesh.telemetry.labels import workload_name
 from nodeagent import admission, authz
 from nodeagent.accesslog import AccessLog, ConnectionRecord
 from nodeagent.balance import EndpointPicker
@@ -80,7 +81,9 @@ class ProxyContext:
 
 
 def _names(wl: pb.Workload | None) -> tuple[str, str]:
-    return (wl.name, wl.namespace) if wl is not None else ("unknown", "unknown")
+    """(workload, namespace) as the metric labels name them (mesh.telemetry.labels)."""
+    return (workload_name(wl.name, wl.labels), wl.namespace) if wl is not None else \
+        ("unknown", "unknown")
 
 
 def _service_host(service: str | None, trust_domain: str) -> str:

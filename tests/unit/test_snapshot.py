@@ -92,7 +92,8 @@ def test_waypoint_snapshot_contents() -> None:
     assert tp.rate_limit.unit_seconds == 1 and tp.fault_injection.delay_ms == 200
     assert tp.HasField("retry_budget") and tp.retry_budget.percent == 20
     assert [a.name for a in snap.authorizations] == ["catalog-no-delete"]
-    assert {w.name for w in snap.workloads} == {"catalog-0", "catalog-1"}
+    # Every workload: its backends, and its callers (source_workload by address).
+    assert {w.name for w in snap.workloads} == {"catalog-0", "catalog-1", "sleep", "waypoint"}
     # Unknown waypoint: an empty (but valid) snapshot.
     assert not b.waypoint("demo", "nope").message().services
 

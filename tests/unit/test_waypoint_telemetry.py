@@ -53,15 +53,16 @@ def test_access_log_lines_of_one_loop_turn_are_written_together() -> None:
 
 def test_request_metrics_exposition() -> None:
     m = WaypointMetrics()
-    labels = RequestLabels("unknown", "bench", "spiffe://x/ns/bench/sa/c", "server", "bench",
-                           "web.bench.svc.cluster.local", "web", "bench", "unknown", "http",
-                           200, "-", "mutual_tls")
+    labels = RequestLabels("client", "bench", "spiffe://x/ns/bench/sa/c", "curl", "server",
+                           "bench", "unknown", "web", "web.bench.svc.cluster.local", "web",
+                           "bench", "http", 200, "-", "mutual_tls")
     m.observe(labels, 3.0, 10, 20)
     m.observe(labels, 7.5, 0, 5)
     out = m.exposition().decode()
     line = next(x for x in out.splitlines() if x.startswith("istio_requests_total{"))
     assert line.endswith(" 2.0") and 'reporter="waypoint"' in line
     assert 'response_code="200"' in line and 'destination_service_name="web"' in line
+    assert 'source_workload="client"' in line and 'source_app="curl"' in line
     buckets = {x.split('le="')[1].split('"')[0]: float(x.rsplit(" ", 1)[1])
                for x in out.splitlines()
                if x.startswith("istio_request_duration_milliseconds_bucket{")}
