@@ -42,7 +42,7 @@ COMMANDS: dict[str, str] = {
     "check": "check", "up": "up", "down": "down", "status": "status", "get": "get",
     "apply": "apply", "delete": "delete", "exec": "exec_", "config": "config",
     "certs": "certs", "metrics": "metrics", "logs": "logs", "explain": "explain",
-    "install": "install", "completion": "completion",
+    "install": "install", "completion": "completion", "dashboard": "dashboard",
 }
 
 

@@ -11,6 +11,8 @@ from ambientctl.context import MeshContext
 from ambientctl.errors import AmbientctlError
 from ambientctl.layout import DEFAULT_ADMIN_PORT, DEFAULT_GRPC_PORT, DEFAULT_TRUST_DOMAIN
 from ambientctl.localmesh import LocalMesh, UpOptions, UpResult
+from ambientctl.observability import DEFAULT_GATEWAY_PORT, DEFAULT_PROMETHEUS_PORT
+from ambientctl.observability import start as start_observability
 from ambientctl.progress import StepPrinter
 
 NEXT_STEPS_DEMO = """
@@ -48,9 +50,18 @@ Try next:
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
 @click.option("--timeout", type=float, default=180.0, show_default=True,
               help="Seconds to wait for each readiness step.")
+@click.option("--observability", is_flag=True,
+              help="Also start Prometheus scraping every proxy (docs/observability.md).")
+@click.option("--prometheus-port", type=click.IntRange(1, 65535),
+              default=DEFAULT_PROMETHEUS_PORT, show_default=True,
+              help="Prometheus port on 127.0.0.1 (with --observability).")
+@click.option("--metrics-gateway-port", type=click.IntRange(1, 65535),
+              default=DEFAULT_GATEWAY_PORT, show_default=True,
+              help="Scrape gateway port on 127.0.0.1 (with --observability).")
 @click.pass_obj
 def command(mesh: MeshContext, nodes: int, manifests_dir: Path | None, grpc_port: int,
-            admin_port: int, trust_domain: str, timeout: float) -> None:
+            admin_port: int, trust_domain: str, timeout: float, observability: bool,
+            prometheus_port: int, metrics_gateway_port: int) -> None:
     """Start the local mesh: a controller, one node agent per local node (each node a
     network namespace) and the workloads of DIR or the built-in demo shop. Returns
     when every agent is connected, every pod runs and every waypoint is ready.
@@ -63,12 +74,19 @@ def command(mesh: MeshContext, nodes: int, manifests_dir: Path | None, grpc_port
       sudo ambientctl up
       sudo ambientctl up --nodes 3 -f examples/
       sudo ambientctl --cluster dev up --grpc-port 16012 --admin-port 16014
+      sudo ambientctl up --observability   # + Prometheus on 127.0.0.1:9090
     """
     printer = StepPrinter()
     opts = UpOptions(nodes=nodes, manifests_dir=manifests_dir, grpc_port=grpc_port,
                      admin_port=admin_port, trust_domain=trust_domain, timeout=timeout)
     try:
         result = LocalMesh(mesh).up(opts, printer)
+        if observability:
+            printer.step("Starting Prometheus")
+            url = start_observability(mesh, prometheus_port, metrics_gateway_port,
+                                      printer.update)
+            printer.done(f"Prometheus on {url}, scraping every proxy every 5 s; "
+                         "see `ambientctl dashboard`")
     except AmbientctlError:
         printer.fail()
         raise
