@@ -47,13 +47,6 @@ class ControllerRefused(AmbientctlError):
         super().__init__(message, hint)
 
 
-class AgentUnreachable(AmbientctlError):
-    def __init__(self, node: str, address: str, detail: str, log_file: str = "") -> None:
-        hint = f"see `ambientctl logs {node}`" + (f" ({log_file})" if log_file else "")
-        super().__init__(
-            f"cannot reach the node agent of {node} at {address}: {detail}", hint)
-
-
 class BadArgument(AmbientctlError):
     exit_code = 2
 

@@ -22,7 +22,7 @@ from controller.view import (
     desired_pods,
 )
 from controller.vips import DEFAULT_RANGE, allocate_vips
-from mesh.config import ObjectKey, Pod, Resource, Service
+from mesh.config import ObjectKey, Resource, Service
 from mesh.config.annotations import GATEWAY_NAME_LABEL
 from mesh.config.core import PodSpec
 
@@ -183,7 +183,3 @@ class Registry:
             specs = {id(d.spec) for d in desired}
             self._digests = {k: v for k, v in self._digests.items() if k in specs}
         return view
-
-    def written_pod(self, namespace: str, name: str) -> Pod | None:
-        obj = self._objects.get(ObjectKey("Pod", namespace, name))
-        return obj if isinstance(obj, Pod) else None

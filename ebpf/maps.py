@@ -118,11 +118,6 @@ class ListenerTable(PinnedMap):
         key = ListenerKey(netns_cookie=netns_cookie, family=family)
         return libbpf.map_delete(self.fd, key, "inbound listener")
 
-    def socket_cookie(self, netns_cookie: int, family: int) -> int | None:
-        key = ListenerKey(netns_cookie=netns_cookie, family=family)
-        value = ctypes.c_uint64()
-        return value.value if libbpf.map_lookup(self.fd, key, value) else None
-
 
 class MapSet:
     """Every map of one installation, opened together."""

@@ -42,7 +42,6 @@ from waypoint.messages import (
     UpgradedStream,
     end_to_end,
     header,
-    local_response,
 )
 
 log = structlog.get_logger("waypoint.http1")
@@ -649,7 +648,3 @@ class _Prefixed:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
-
-
-def bad_gateway(reason: str) -> Response:
-    return local_response(502, reason)

@@ -30,16 +30,6 @@ def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def set_header(headers: Headers, name: str, value: str) -> None:
-    """Replace every occurrence of a header with one value."""
-    headers[:] = [(k, v) for k, v in headers if k != name]
-    headers.append((name, value))
-
-
-def remove_header(headers: Headers, name: str) -> None:
-    headers[:] = [(k, v) for k, v in headers if k != name]
-
-
 def end_to_end(headers: Iterable[tuple[str, str]], keep_te_trailers: bool = False) -> Headers:
     """Drop hop-by-hop headers and those named in Connection: a proxy must not
     forward them (RFC 9110 §7.6.1)."""

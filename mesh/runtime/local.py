@@ -144,17 +144,6 @@ class LocalRuntime:
             host_ip=n4, cgroup_path=cgroup_path,
         )
 
-    def delete_node(self, name: str) -> None:
-        """Delete a node and every pod on it."""
-        node = self.get_node(name)
-        for pod in self.list_pods(node=name):
-            self.delete_pod(pod.namespace, pod.name)
-        plumbing.delete_netns(node.netns)
-        with contextlib.suppress(FileNotFoundError):
-            (self._records("nodes") / f"{name}.json").unlink()
-        cgroups.remove_tree(node.cgroup_path, self._reap)
-        log.info("node deleted", node=name)
-
     # ---- pods --------------------------------------------------------------------
     def list_pods(self, node: str | None = None) -> list[Pod]:
         pods = [Pod.from_json(d) for d in self._read_all("pods")]

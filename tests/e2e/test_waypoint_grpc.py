@@ -11,7 +11,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.e2e.test_waypoint_helpers import (
+from tests.e2e.waypoint_helpers import (
     Backend,
     BackendLoop,
     Waypoint,

@@ -19,7 +19,7 @@ from mesh.api import config_pb2 as pb
 from mesh.hbone import HboneClientPool, HboneRequest, HboneServer, StaticTls
 from mesh.identity import tls
 from mesh.identity.spiffe import SpiffeId
-from tests.e2e.test_waypoint_helpers import Backend, BackendLoop, answer_name, waypoint_snapshot
+from tests.e2e.waypoint_helpers import Backend, BackendLoop, answer_name, waypoint_snapshot
 from tests.hbone_helpers import listen, relay_handler
 from tests.identity_helpers import mint, new_ca
 from waypoint.config import build

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from mesh.api import config_pb2 as pb
-from tests.e2e.test_waypoint_helpers import (
+from tests.e2e.waypoint_helpers import (
     Backend,
     BackendLoop,
     Waypoint,

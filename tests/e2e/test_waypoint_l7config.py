@@ -19,7 +19,7 @@ from controller.registry import Registry
 from controller.snapshots import SnapshotBuilder
 from mesh.api import config_pb2 as pb
 from mesh.config import parse_documents
-from tests.e2e.test_waypoint_helpers import (
+from tests.e2e.waypoint_helpers import (
     Backend,
     BackendLoop,
     Waypoint,

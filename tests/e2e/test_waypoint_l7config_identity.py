@@ -27,7 +27,7 @@ from mesh.identity.spiffe import SpiffeId
 from mesh.identity.svid import CertifiedKey, load_pem_chain
 from mesh.xds import Backoff, ConfigSubscriber
 from tests.e2e.test_waypoint_hbone import http_get
-from tests.e2e.test_waypoint_helpers import WAYPOINT, Backend, BackendLoop, answer_name, free_port
+from tests.e2e.waypoint_helpers import WAYPOINT, Backend, BackendLoop, answer_name, free_port
 from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]

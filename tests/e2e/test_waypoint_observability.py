@@ -11,7 +11,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.e2e.test_waypoint_helpers import (
+from tests.e2e.waypoint_helpers import (
     Backend,
     BackendLoop,
     answer_name,

@@ -35,7 +35,8 @@ from mesh.hbone import HboneClientPool, HboneServer, StaticTls
 from mesh.identity import tls
 from mesh.identity.spiffe import SpiffeId
 from tests.e2e.test_waypoint_hbone import http_get
-from tests.e2e.test_waypoint_helpers import (
+from tests.e2e.test_waypoint_l7config import service_yaml, snapshot_from_yaml
+from tests.e2e.waypoint_helpers import (
     Backend,
     BackendLoop,
     Waypoint,
@@ -44,7 +45,6 @@ from tests.e2e.test_waypoint_helpers import (
     run_waypoint,
     waypoint_snapshot,
 )
-from tests.e2e.test_waypoint_l7config import service_yaml, snapshot_from_yaml
 from tests.hbone_helpers import listen
 from tests.identity_helpers import mint, new_ca
 from waypoint.config import build

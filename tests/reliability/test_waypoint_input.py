@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_waypoint_helpers import (
+from tests.e2e.waypoint_helpers import (
     Backend,
     BackendLoop,
     Waypoint,
