@@ -8,21 +8,7 @@
 Owns no metric registry and no stream: each proxy keeps its own and passes them in."""
 
 from mesh.telemetry.accesslog import AccessLog, WallClock, json_renderer
-from mesh.telemetry.labels import (
-    HTTP_LABELS,
-    TCP_LABELS,
-    UNKNOWN,
-    Party,
-    ServiceRef,
-    http_label_values,
-    party,
-    peer_values,
-    source_party,
-    tcp_label_values,
-)
+from mesh.telemetry.labels import Party, ServiceRef, party, source_party
 
-__all__ = [
-    "HTTP_LABELS", "TCP_LABELS", "UNKNOWN", "AccessLog", "Party", "ServiceRef", "WallClock",
-    "http_label_values", "json_renderer", "party", "peer_values", "source_party",
-    "tcp_label_values",
-]
+__all__ = ["AccessLog", "Party", "ServiceRef", "WallClock", "json_renderer", "party",
+           "source_party"]
