@@ -13,13 +13,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from mesh.api import config_pb2 as pb
 from mesh.telemetry.labels import (
     NO_SERVICE,
     TCP_LABELS,
     UNKNOWN,
     Party,
     ServiceRef,
+    party,
     peer_values,
+    source_party,
     tcp_label_values,
 )
 
@@ -59,6 +62,15 @@ class ConnectionLabels:
                       self.destination_principal or UNKNOWN, self.destination_app),
                 service),
             self.response_flags, self.connection_security_policy)
+
+
+def caller(workload: pb.Workload | None, principal: str | None) -> Party:
+    """Who a connection comes from, as the waypoint names it too: the workload at its
+    source address (None: not in the snapshot), trusted for a verified peer only when
+    the certificate proves it (mesh.telemetry.labels.source_party)."""
+    at = party(workload.name, workload.namespace, workload.labels, workload.identity) \
+        if workload is not None else None
+    return source_party(at, principal)
 
 
 class ProxyMetrics:

@@ -33,7 +33,7 @@ from nodeagent import admission, authz
 from nodeagent.accesslog import AccessLog, ConnectionRecord
 from nodeagent.balance import EndpointPicker
 from nodeagent.errors import ConnectionRefusedByMesh, NoHealthyEndpoint, WaypointUnavailable
-from nodeagent.metrics import ConnectionLabels, ProxyMetrics
+from nodeagent.metrics import ConnectionLabels, ProxyMetrics, caller
 from nodeagent.outbound_plan import Hop, Transport, plan
 from nodeagent.proxy import delivery
 from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
@@ -260,11 +260,12 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
             await request.reject(UPSTREAM_REFUSED)
             return
         stream = await request.accept()
-        src_name, src_ns = _names(ctx.state.workload_at(request.peer_address[0]))
+        src = caller(ctx.state.workload_at(request.peer_address[0]), peer)
+        src_name, src_ns = src.workload, src.namespace
         dst_name, dst_ns = _names(wl)
         labels = ConnectionLabels(
             reporter="destination", source_workload=src_name, source_workload_namespace=src_ns,
-            source_principal=peer, destination_workload=dst_name,
+            source_principal=peer, source_app=src.app, destination_workload=dst_name,
             destination_workload_namespace=dst_ns, destination_principal=pod.identity,
             connection_security_policy="mutual_tls")
         await _splice(ctx, app, stream, labels, record, downstream_is_client=False)

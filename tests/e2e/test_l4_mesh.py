@@ -272,6 +272,16 @@ def test_metrics_count_the_bytes_and_connections(mesh: LocalMesh) -> None:
     assert bodies < got_req <= bodies + 3 * 1024
     assert got_resp == sent_resp
     assert opened == 3
+    # The destination side names the same caller the same way (mesh.telemetry.labels):
+    # the workload at the tunnel's source, proven by its certificate; the server by its
+    # deployment (its app label), not its pod name.
+    inbound = {"reporter": "destination", "source_workload": "meter",
+               "source_workload_namespace": "demo",
+               "source_principal": "spiffe://cluster.local/ns/demo/sa/meter",
+               "destination_workload": "server", "connection_security_policy": "mutual_tls"}
+    wait_for("the destination side counts the caller's connections", lambda: sum(
+        metric_sum(mesh.metrics(n), "istio_tcp_connections_closed_total", **inbound)
+        for n in ("node-1", "node-2")) >= 4)
 
 
 def test_namespace_enrollment_follows_the_label_live(mesh: LocalMesh) -> None:

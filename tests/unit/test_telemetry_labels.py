@@ -168,3 +168,16 @@ def test_the_waypoint_keeps_a_callers_labels_only_until_the_next_snapshot() -> N
     snap.workloads[0].labels["ambientmesh.io/deployment"] = "buyer-v2"
     rt.state.update(build(snap))
     assert rt.peer_labels(BUYER, "10.1.0.5", None, None, "catalog.shop")[0] == "buyer-v2"
+
+
+def test_the_node_proxy_names_an_inbound_caller_by_the_same_rule() -> None:
+    """The destination-side node proxy (reporter="destination") uses source_party too:
+    the workload at the tunnel's source address only when the certificate proves it."""
+    from nodeagent.metrics import caller
+
+    buyer = _snapshot().workloads[0]
+    assert caller(buyer, BUYER) == BUYER_WL
+    assert caller(buyer, OTHER) == Party(UNKNOWN, "ops", OTHER, UNKNOWN)
+    assert caller(None, BUYER) == Party(UNKNOWN, "shop", BUYER, UNKNOWN)
+    assert caller(buyer, None) == BUYER_WL  # plaintext: by address, as Istio
+    assert caller(None, None) == NOBODY
