@@ -27,7 +27,14 @@ from mesh.identity.spiffe import SpiffeId
 from mesh.identity.svid import CertifiedKey, load_pem_chain
 from mesh.xds import Backoff, ConfigSubscriber
 from tests.e2e.test_waypoint_hbone import http_get
-from tests.e2e.waypoint_helpers import WAYPOINT, Backend, BackendLoop, answer_name, free_port
+from tests.e2e.waypoint_helpers import (
+    WAYPOINT,
+    Backend,
+    BackendLoop,
+    answer_name,
+    free_port,
+    stop_process,
+)
 from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -202,10 +209,5 @@ async def test_each_caller_identity_has_its_own_bucket(controller: Controller,
     finally:
         await pool.aclose()
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         backends.close()

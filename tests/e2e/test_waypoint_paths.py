@@ -43,6 +43,7 @@ from tests.e2e.waypoint_helpers import (
     free_port,
     host,
     run_waypoint,
+    stop_process,
     waypoint_snapshot,
 )
 from tests.hbone_helpers import listen
@@ -387,12 +388,7 @@ def envoy_normalizing(backend_port: int, tmp: Path) -> Iterator[int]:
                 time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         stderr.close()
 
 

@@ -103,6 +103,17 @@ class Waypoint:
         return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; always reaped (no zombie, no leak
+    into the next test)."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def run_waypoint(snapshot: pb.Snapshot, tmp: Path, extra: list[str] | None = None
                  ) -> Iterator[Waypoint]:
@@ -132,12 +143,7 @@ def run_waypoint(snapshot: pb.Snapshot, tmp: Path, extra: list[str] | None = Non
             time.sleep(0.05)
         yield Waypoint(port, admin, log, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         stderr.close()
 
 
