@@ -75,3 +75,19 @@ def test_a_field_it_cannot_render_is_refused_when_the_record_is_defined() -> Non
 
     with pytest.raises(TypeError, match=r"Bad\.tags: an access-log field must be str, int or"):
         json_renderer(Bad)
+
+
+def test_a_line_written_as_the_loop_ends_is_not_lost() -> None:
+    """The node agent and its workers end with asyncio.run / uvloop.run returning: a
+    record written in the last turn (a connection closed by the shutdown) still goes
+    out, without the owner calling flush()."""
+    import asyncio
+
+    sink = io.StringIO()
+    log = AccessLog(sink)
+
+    async def main() -> None:
+        log.write(ConnectionRecord("outbound", "10.0.0.1", "10.0.0.2:80", outcome="error"))
+
+    asyncio.run(main())
+    assert json.loads(sink.getvalue())["outcome"] == "error"
