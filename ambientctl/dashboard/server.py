@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from ambientctl.context import MeshContext
 from ambientctl.dashboard import denials, graph
 from ambientctl.dashboard.sources import DirectSource, PrometheusSource, Reading
 from ambientctl.errors import AmbientctlError
+from mesh.telemetry.labels import workload_name
 
 STATIC = Path(__file__).parent / "static"
 REFRESH = 3.0
@@ -64,15 +66,31 @@ class Dashboard:
         return health.evaluate(gather(self.mesh)).as_dict()
 
     def _denials(self) -> list[graph.Denial]:
+        """Denied connections, named as the metrics name workloads (deployment, else
+        pod: mesh.telemetry.labels), so a denial lands on the same graph node."""
         settings = self.mesh.require_settings()
         runtime = self.mesh.runtime("dashboard")
-        by_ip = {str(p.ip): p.key for p in runtime.list_pods()}
-        by_ip.update({str(p.ip6): p.key for p in runtime.list_pods()})
+        try:
+            with self.mesh.admin(timeout=3) as admin:
+                objects = admin.list_objects("Pod")
+        except AmbientctlError:
+            objects = []
+        workload = {}
+        for o in objects:
+            meta = o.get("metadata", {})
+            ns, name = meta.get("namespace", ""), meta.get("name", "")
+            workload[f"{ns}/{name}"] = f"{ns}/{workload_name(name, meta.get('labels') or {})}"
+        by_ip: dict[str, str] = {}
+        for p in runtime.list_pods():
+            by_ip[str(p.ip)] = by_ip[str(p.ip6)] = workload.get(p.key, p.key)
 
         def who(address: str) -> str:
             return by_ip.get(address) or by_ip.get(address.rsplit(":", 1)[0], "")
 
-        return denials.from_logs([self.mesh.layout.log_file(n) for n in settings.nodes], who)
+        found = denials.from_logs([self.mesh.layout.log_file(n) for n in settings.nodes], who)
+        return [dataclasses.replace(d, source=workload.get(d.source, d.source),
+                                    target=workload.get(d.target, d.target))
+                for d in found]
 
     # ---- one refresh ------------------------------------------------------------------
     async def refresh(self, session: aiohttp.ClientSession) -> None:

@@ -51,11 +51,11 @@ function drawGraph(state) {
     cy = cytoscape({
       container: box,
       style: [
-        { selector: "node", style: { label: "data(label)", "font-size": 11, "text-valign": "bottom", "background-color": "#4a7bd0", width: 22, height: 22 } },
+        { selector: "node", style: { label: "data(label)", "font-size": 14, "text-valign": "bottom", "background-color": "#4a7bd0", width: 22, height: 22 } },
         { selector: "node.service", style: { shape: "diamond", "background-color": "#7a5bd0" } },
         { selector: "node.waypoint", style: { shape: "hexagon", "background-color": "#d08a2a" } },
         { selector: ".namespace", style: { "background-color": "#eef2f8", "border-color": "#9ab", "border-width": 1, "text-valign": "top", "font-weight": "bold", "font-size": 13 } },
-        { selector: "edge", style: { label: "data(label)", "font-size": 10, "curve-style": "bezier", "target-arrow-shape": "triangle", width: 2, "line-color": "#8a8", "target-arrow-color": "#8a8", "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 2 } },
+        { selector: "edge", style: { label: "data(label)", "font-size": 13, "curve-style": "bezier", "target-arrow-shape": "triangle", width: 2, "line-color": "#8a8", "target-arrow-color": "#8a8", "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 2 } },
         { selector: "edge.plain", style: { "line-style": "dashed", "line-color": "#aaa", "target-arrow-color": "#aaa" } },
         { selector: "edge.denied", style: { "line-color": "#d00", "target-arrow-color": "#d00", color: "#c00", "line-style": "solid" } },
       ],
@@ -65,7 +65,7 @@ function drawGraph(state) {
   if (key !== layoutKey) {
     cy.elements().remove();
     cy.add(els);
-    cy.layout({ name: "cose", animate: false, padding: 20, nodeRepulsion: () => 400000, idealEdgeLength: () => 140 }).run();
+    cy.layout({ name: "cose", animate: false, padding: 30, randomize: false, componentSpacing: 120, nodeRepulsion: () => 2000000, idealEdgeLength: () => 120, nestingFactor: 0.8, gravity: 40, numIter: 3000 }).run();
     layoutKey = key;
   } else {
     for (const e of els) cy.getElementById(e.data.id).data("label", e.data.label);
