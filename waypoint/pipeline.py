@@ -119,8 +119,14 @@ class Runtime:
         held = self._peer_labels.get(key)
         if held is not None and held[0] is ep and held[1] is dest and held[2] is workloads:
             return held[3]
-        labels = peer_labels(principal, workloads.get(source_ip), ep, dest, authority,
-                             workloads)
+        caller = workloads.get(source_ip)
+        if principal and caller is not None and caller.principal != principal:
+            # Once per (caller, endpoint) while cached: a stale snapshot or a forged source.
+            log.warning("caller address belongs to another identity: labelled by its "
+                        "certificate only", address=source_ip, principal=principal,
+                        workload=f"{caller.namespace}/{caller.workload}",
+                        workload_identity=caller.principal)
+        labels = peer_labels(principal, caller, ep, dest, authority, workloads)
         if len(self._peer_labels) >= PEER_LABELS_CACHE:
             self._peer_labels.clear()
         self._peer_labels[key] = (ep, dest, workloads, labels)

@@ -181,3 +181,23 @@ def test_the_node_proxy_names_an_inbound_caller_by_the_same_rule() -> None:
     assert caller(None, BUYER) == Party(UNKNOWN, "shop", BUYER, UNKNOWN)
     assert caller(buyer, None) == BUYER_WL  # plaintext: by address, as Istio
     assert caller(None, None) == NOBODY
+
+
+def test_the_waypoint_logs_an_address_that_names_another_identity_once() -> None:
+    from typing import Any, cast
+
+    from structlog.testing import capture_logs
+
+    from waypoint.accesslog import AccessLog
+    from waypoint.metrics import WaypointMetrics
+    from waypoint.pipeline import Runtime
+    from waypoint.state import WaypointState
+
+    none = cast(Any, None)
+    rt = Runtime(WaypointState(build(_snapshot())), none, none, WaypointMetrics(), AccessLog(None))
+    with capture_logs() as logs:
+        for _ in range(3):
+            got = rt.peer_labels(OTHER, "10.1.0.5", None, None, "catalog.shop")
+            assert got[:3] == (UNKNOWN, "ops", OTHER)
+    (entry,) = [e for e in logs if e["event"].startswith("caller address belongs")]
+    assert entry["workload"] == "shop/buyer-deploy" and entry["workload_identity"] == BUYER
