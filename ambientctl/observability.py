@@ -44,8 +44,8 @@ from ambientctl.context import MeshContext
 from ambientctl.errors import AmbientctlError
 from ambientctl.layout import AGENT_PORT, MeshLayout
 
-DEFAULT_PROMETHEUS_PORT = 9090
-DEFAULT_GATEWAY_PORT = 15090
+DEFAULT_PROMETHEUS_PORT = 15090  # not 9090: Debian starts its own prometheus.service there
+DEFAULT_GATEWAY_PORT = 15091
 SCRAPE_INTERVAL = "5s"
 PROMETHEUS = "prometheus"
 GATEWAY = "metrics-gateway"

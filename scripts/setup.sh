@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# prometheus: `ambientctl up --observability`; chromium: the dashboard's browser test.
 APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 iproute2 curl wrk
-              openssl tcpdump socat procps kmod nftables)
+              openssl tcpdump socat procps kmod nftables prometheus chromium)
 VENV=.venv
 PY=${PYTHON:-python3}
 STAMPS=.setup-stamps

@@ -74,7 +74,7 @@ def command(mesh: MeshContext, nodes: int, manifests_dir: Path | None, grpc_port
       sudo ambientctl up
       sudo ambientctl up --nodes 3 -f examples/
       sudo ambientctl --cluster dev up --grpc-port 16012 --admin-port 16014
-      sudo ambientctl up --observability   # + Prometheus on 127.0.0.1:9090
+      sudo ambientctl up --observability   # + Prometheus on 127.0.0.1:15090
     """
     printer = StepPrinter()
     opts = UpOptions(nodes=nodes, manifests_dir=manifests_dir, grpc_port=grpc_port,
