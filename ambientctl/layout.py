@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh.ports import METRICS_PORT
+from mesh.ports import CONTROLLER_ADMIN_PORT, CONTROLLER_GRPC_PORT, METRICS_PORT
 
 DEFAULT_ROOT = Path("/run/ambientmesh")
 DEFAULT_CLUSTER = "amesh"
-DEFAULT_GRPC_PORT = 15012
-DEFAULT_ADMIN_PORT = 15014
+DEFAULT_GRPC_PORT = CONTROLLER_GRPC_PORT
+DEFAULT_ADMIN_PORT = CONTROLLER_ADMIN_PORT
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 AGENT_PORT = METRICS_PORT
 """The node agent's and the waypoint's metrics / status port, where ambientctl scrapes."""

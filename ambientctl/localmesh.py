@@ -28,6 +28,7 @@ from ambientctl.processes import ProcessTable, is_alive
 from ambientctl.scrape import agent_reports
 from ambientctl.traces import Traces, find
 from mesh.identity.node_token import derive_node_token, load_or_create_secret
+from mesh.ports import CONTROLLER_ADMIN_PORT, CONTROLLER_GRPC_PORT
 from mesh.runtime import LocalRuntime
 
 
@@ -42,8 +43,8 @@ class Progress(Protocol):
 class UpOptions:
     nodes: int = 2
     manifests_dir: Path | None = None
-    grpc_port: int = 15012
-    admin_port: int = 15014
+    grpc_port: int = CONTROLLER_GRPC_PORT
+    admin_port: int = CONTROLLER_ADMIN_PORT
     trust_domain: str = "cluster.local"
     timeout: float = 180.0
     log_level: str = "info"

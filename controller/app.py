@@ -27,6 +27,7 @@ from controller.registry import Registry
 from controller.state import StateDir
 from mesh.api import config_pb2 as pb
 from mesh.config import ConfigError, ObjectKey
+from mesh.ports import CONTROLLER_ADMIN_PORT, CONTROLLER_GRPC_PORT
 
 _log = structlog.get_logger("controller")
 
@@ -35,8 +36,8 @@ _log = structlog.get_logger("controller")
 class ControllerSettings:
     config_dir: Path
     state_dir: Path
-    grpc_addr: str = "127.0.0.1:15012"
-    admin_addr: str = "127.0.0.1:15014"
+    grpc_addr: str = f"127.0.0.1:{CONTROLLER_GRPC_PORT}"
+    admin_addr: str = f"127.0.0.1:{CONTROLLER_ADMIN_PORT}"
     trust_domain: str = "cluster.local"
     # Address written into waypoint pods' command line; defaults to grpc_addr.
     advertise_addr: str = ""

@@ -15,6 +15,7 @@ from controller.kube.errors import KubeError
 from controller.state import StateError
 from mesh.logs import LogLevelError
 from mesh.logs import configure_logging as shared_configure_logging
+from mesh.ports import CONTROLLER_ADMIN_PORT, CONTROLLER_GRPC_PORT
 
 
 def configure_logging(level: str) -> None:
@@ -48,9 +49,9 @@ async def _serve(settings: ControllerSettings) -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/run/ambientmesh/controller"), show_default=True,
               help="Secrets (node-token secret, admin token), CA and runtime state.")
-@click.option("--grpc-addr", default="127.0.0.1:15012", show_default=True,
+@click.option("--grpc-addr", default=f"127.0.0.1:{CONTROLLER_GRPC_PORT}", show_default=True,
               help="Config push, node service and CA (gRPC).")
-@click.option("--admin-addr", default="127.0.0.1:15014", show_default=True,
+@click.option("--admin-addr", default=f"127.0.0.1:{CONTROLLER_ADMIN_PORT}", show_default=True,
               help="Admin API (HTTP JSON) and /metrics.")
 @click.option("--advertise-addr", default="",
               help="Controller address given to waypoint pods (default: --grpc-addr).")

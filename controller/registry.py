@@ -25,6 +25,7 @@ from controller.vips import DEFAULT_RANGE, allocate_vips
 from mesh.config import ObjectKey, Resource, Service
 from mesh.config.annotations import GATEWAY_NAME_LABEL
 from mesh.config.core import PodSpec
+from mesh.ports import CONTROLLER_GRPC_PORT
 
 _log = structlog.get_logger("controller.registry")
 
@@ -34,7 +35,7 @@ class Registry:
         self,
         *,
         trust_domain: str = "cluster.local",
-        controller_addr: str = "127.0.0.1:15012",
+        controller_addr: str = f"127.0.0.1:{CONTROLLER_GRPC_PORT}",
         state: StateDir | None = None,
         service_cidr: str = DEFAULT_RANGE,
         schedule: bool = True,

@@ -1,4 +1,5 @@
-"""The ports the mesh reserves, defined once (DESIGN §2).
+"""The ports the mesh reserves in pods (DESIGN §2) and the controller listens on,
+defined once.
 
 Every component imports these names rather than writing the number: the eBPF side
 renders them into the C programs (`ebpf.constants` re-exports them), the node proxy
@@ -22,3 +23,9 @@ METRICS_PORT: Final = 15020
 HEALTH_PORT: Final = 15021
 """The Kubernetes node agent's health endpoint (liveness / readiness probes)."""
 
+
+CONTROLLER_GRPC_PORT: Final = 15012
+"""The controller's gRPC API (config snapshots, pod reports, certificate signing), as
+istiod's 15012."""
+CONTROLLER_ADMIN_PORT: Final = 15014
+"""The controller's admin HTTP API and metrics (what ambientctl talks to)."""

@@ -10,14 +10,15 @@ import click
 
 from mesh.kube.errors import KubeError
 from mesh.logs import configure_logging, keep_console_renderers_out
-from mesh.ports import HEALTH_PORT
+from mesh.ports import CONTROLLER_GRPC_PORT, HEALTH_PORT
 from nodeagent.allocator import use_system_allocator
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--node", envvar="NODE_NAME", required=True,
               help="This node's name (the DaemonSet passes spec.nodeName).")
-@click.option("--controller", default="ambient-controller.ambient-system.svc:15012",
+@click.option("--controller",
+              default=f"ambient-controller.ambient-system.svc:{CONTROLLER_GRPC_PORT}",
               show_default=True, help="Controller gRPC address.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Projected service-account token (audience ambient-mesh).")

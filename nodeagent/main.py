@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mesh.logs import configure_logging, keep_console_renderers_out
+from mesh.ports import CONTROLLER_GRPC_PORT
 from nodeagent.allocator import use_system_allocator
 
 
@@ -18,7 +19,7 @@ from nodeagent.allocator import use_system_allocator
 @click.option("--node", required=True, help="Name of the node this agent serves.")
 @click.option("--cluster", default="amesh", show_default=True,
               help="Local cluster prefix (names of netns, cgroups, pins).")
-@click.option("--controller", default="127.0.0.1:15012", show_default=True,
+@click.option("--controller", default=f"127.0.0.1:{CONTROLLER_GRPC_PORT}", show_default=True,
               help="Controller gRPC address (config push + CA).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="This node's bootstrap token (from the controller).")
