@@ -174,7 +174,10 @@ def cluster_status(kubeconfig: Path, fmt: str) -> bool:
                    "(what `status --kubeconfig` shows); exit 0 only when healthy.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]),
               default="table", show_default=True, help="Output format (with --status).")
-def command(base: Path | None, kubeconfig: Path | None, fmt: str) -> None:
+@click.option("--observability", is_flag=True,
+              help="Also render Prometheus (daemonset/observability: pod discovery, RBAC; "
+                   "docs/observability.md).")
+def command(base: Path | None, kubeconfig: Path | None, fmt: str, observability: bool) -> None:
     """Render the Kubernetes manifests of ambient-mesh (CRDs, RBAC, controller,
     node agent DaemonSet) to stdout, for `kubectl apply -f -`.
 
@@ -185,11 +188,13 @@ def command(base: Path | None, kubeconfig: Path | None, fmt: str) -> None:
     Examples:
       ambientctl install | kubectl apply -f -
       ambientctl install > ambient-mesh.yaml
+      ambientctl install --observability | kubectl apply -f -
       ambientctl install --status ~/.kube/config
     """
     if kubeconfig is not None:
         raise SystemExit(0 if cluster_status(kubeconfig, fmt) else 1)
-    base = base or default_base()
+    base = base or (default_base().parent / "observability" if observability
+                    else default_base())
     if not base.is_dir():
         raise AmbientctlError(f"no kustomize base at {base}", "give one with --base DIR")
     for tool in (["kubectl", "kustomize"], ["kustomize", "build"]):
