@@ -42,6 +42,7 @@ from waypoint.pipeline import (
     apply_filters,
     authorize,
     balance,
+    build_pipeline,
     forward,
     inject_faults,
     normalize,
@@ -611,3 +612,31 @@ async def test_forward_passes_the_services_connection_limits() -> None:
     await forward(rt, balanced(rt, exchange()))
     assert pool.calls[0][1] is rt.state.limits("shop/web") and pool.calls[0][1] is not None
 
+
+
+# -- the assembled pipeline ---------------------------------------------------------------
+
+
+async def test_the_assembled_pipeline_runs_the_stages_in_their_documented_order() -> None:
+    """normalize -> resolve -> authorize -> route -> rate limit -> ... -> forward: a
+    request refused early never reaches a later stage (a denied one spends no token)."""
+    one_token = pb.TrafficPolicy(namespace="shop", name="tp", rate_limit=pb.RateLimit(
+        requests_per_unit=1, unit_seconds=3600, burst=1))
+    pool = Upstream()
+    rt = runtime(config(policies=[deny_delete()], traffic=one_token), pool=pool)
+    handle = build_pipeline(rt)
+    info = DownstreamInfo(SLEEP, f"{WEB_VIP}:80", "10.0.9.9:40000")
+
+    async def call(method: str, target: str) -> int:
+        resp = await handle(RequestHead(method, target, "web", []), EmptyBody(), info)
+        await resp.body.aclose()  # the end of the response is when it is observed
+        return resp.status
+
+    assert await call("DELETE", "/cart") == 403  # authorize, before the rate limit
+    assert await call("GET", "/a%2Fb") == 400  # normalize, before everything
+    assert await call("GET", "/x/../cart") == 200  # the one token
+    assert await call("GET", "/cart") == 429
+    assert [(c[0], c[4].target) for c in pool.calls] == [("shop/web", "/cart")]
+    exposition = rt.metrics.exposition().decode()
+    for code in ("400", "403", "200", "429"):
+        assert f'response_code="{code}"' in exposition
