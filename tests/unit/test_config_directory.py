@@ -1,15 +1,13 @@
 """The file source (controller.configdir): homes of objects, refusal of bad files with
-the last good content kept, delete by YAML; plus the subscriber's Backoff."""
+the last good content kept, delete by YAML (the backoff schedule is tested in test_backoff.py)."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
 from controller.configdir import ConfigDirectory, keys_from_yaml
-from mesh.backoff import Backoff
 from mesh.config import ConfigError, ObjectKey
 
 SVC = ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: demo}\n"
@@ -75,15 +73,3 @@ def test_delete(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown kind 'Thing'"):
         keys_from_yaml("kind: Thing\nmetadata: {name: x}\n", "t.yaml")
 
-
-def test_backoff_grows_caps_jitters_and_resets() -> None:
-    b = Backoff(initial=0.1, maximum=1.0, multiplier=2, jitter=0.5, rng=random.Random(7))
-    delays = [b.next_delay() for _ in range(8)]
-    bases = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
-    for d, base in zip(delays, bases, strict=True):
-        assert base * 0.5 <= d <= base
-    assert len({round(d, 6) for d in delays[4:]}) > 1, "jitter must spread retries"
-    b.reset()
-    assert b.next_delay() <= 0.1
-    with pytest.raises(ValueError):
-        Backoff(jitter=2)
