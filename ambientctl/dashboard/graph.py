@@ -158,9 +158,12 @@ def build(reading: Reading, waypoints: list[str], denials: list[Denial]
             src, dst = workload_id(lab, "source"), workload_id(lab, "destination")
             service = lab.get("destination_service", "")
             first = short_service(service) if known(service) else dst
-            into = edges.get(EdgeStats(src, first, lab.get("request_protocol", "http")).id)
-            if into is not None:
-                into.bytes_per_s += rate
+            proto = lab.get("request_protocol", "http")
+            hop_ids = {EdgeStats(src, first, proto).id, EdgeStats(first, dst, proto).id}
+            for hop_id in hop_ids:
+                into = edges.get(hop_id)
+                if into is not None:
+                    into.bytes_per_s += rate
     for k, rate in reading.rates.get("istio_request_duration_milliseconds_bucket", {}).items():
         lab = dict(k)
         if lab.get("reporter") != "waypoint":

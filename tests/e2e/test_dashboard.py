@@ -147,3 +147,15 @@ def test_browser_screenshot(live: DashboardProcess, tmp_path: Path) -> None:
     keep = os.environ.get("AMBIENT_DASHBOARD_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+def test_unreachable_prometheus_falls_back_to_scraping_and_says_so(mesh: DemoMesh) -> None:
+    from tests.e2e.test_cli_support import free_port
+
+    gone = f"http://127.0.0.1:{free_port()}"
+    with dashboard(mesh, "--prometheus", gone) as d:
+        state = wait_for("a dashboard state", lambda: d.state().get("graph") and d.state())
+        assert state["source"] == "direct scrape of every proxy"
+        assert any(p.startswith(f"Prometheus {gone}") for p in state["problems"]), state
+        assert "falling back to scraping the proxies" in state["problems"]
+        assert state["graph"]["edges"]  # the graph is still drawn, from the proxies

@@ -125,3 +125,11 @@ def test_denials_grouped_by_policy_named_by_source_address_and_old_ones_dropped(
                               {"10.0.0.4": "legacy/client"}.get, now=now)  # type: ignore[arg-type]
     assert found == [graph.Denial("legacy/client", "demo/inventory-0", "demo/p", "RBAC", 2,
                                   now - 1)]
+
+
+def test_http_bytes_count_on_both_hops_through_the_service() -> None:
+    r = demo_reading()
+    r.rates["istio_response_bytes_total"] = {key(http("200")): 300.0}
+    ids = edges_by_id(graph.build(r, ["demo/waypoint"], []))
+    assert ids["demo/frontend-0->svc:demo/catalog-v1:http"]["bytes_per_s"] == 300.0
+    assert ids["svc:demo/catalog-v1->demo/catalog-v1:http"]["bytes_per_s"] == 300.0

@@ -16,16 +16,18 @@ let sortDir = 1;
 let lastState = null;
 
 function edgeLabel(e) {
-  const parts = [];
-  if (e.mtls) parts.push("mTLS");
-  if (e.waypoint) parts.push("via waypoint");
-  if (e.denied) parts.push(`✖ ${e.denied} denied`);
+  // Two lines: how it travels, then what flows.
+  const how = [];
+  if (e.mtls) how.push("mTLS");
+  if (e.waypoint) how.push("via waypoint");
+  if (e.denied) how.push(`✖ ${e.denied} denied`);
+  const what = [];
   if (e.requests) {
-    parts.push(`${fmt.rate(e.rps)}/s`);
-    if (e.protocol !== "tcp") parts.push(fmt.pct(e.success), `p99 ${fmt.ms(e.p99_ms)}ms`);
-    parts.push(`${fmt.bytes(e.bytes_per_s)}/s`);
+    what.push(`${fmt.rate(e.rps)}/s`);
+    if (e.protocol !== "tcp") what.push(fmt.pct(e.success), `p99 ${fmt.ms(e.p99_ms)}ms`);
+    what.push(`${fmt.bytes(e.bytes_per_s)}/s`);
   }
-  return parts.join(" ");
+  return [how.join(" · "), what.join(" · ")].filter((l) => l).join("\n");
 }
 
 function elements(state) {
@@ -43,6 +45,27 @@ function elements(state) {
   return els;
 }
 
+// One cytoscape breadthfirst layout per namespace, each in its own box, side by side
+// (cose on compound nodes let namespaces overlap).
+function layoutNamespaces() {
+  let x = 0;
+  // Callers first: namespaces that receive the least traffic from others go left.
+  const inbound = (ns) => ns.children().incomers("edge").filter((e) => e.source().parent().id() !== ns.id()).length;
+  const order = cy.nodes(".namespace").sort((a, b) => inbound(a) - inbound(b) || a.id().localeCompare(b.id()));
+  for (const ns of order) {
+    const members = ns.children();
+    const height = members.length > 1 ? 520 : 60;
+    const width = 220 * Math.max(1, Math.ceil(Math.sqrt(members.length)));
+    const roots = members.filter((n) => n.incomers("node").intersection(members).empty());
+    members.union(members.edgesWith(members)).layout({
+      name: "breadthfirst", directed: true, roots, spacingFactor: 1.1, avoidOverlap: true,
+      boundingBox: { x1: x, y1: 0, w: width, h: height },
+    }).run();
+    x += width + 160;
+  }
+  cy.fit(undefined, 30);
+}
+
 function drawGraph(state) {
   const els = elements(state);
   const key = els.map((e) => e.data.id).sort().join("|");
@@ -55,7 +78,7 @@ function drawGraph(state) {
         { selector: "node.service", style: { shape: "diamond", "background-color": "#7a5bd0" } },
         { selector: "node.waypoint", style: { shape: "hexagon", "background-color": "#d08a2a" } },
         { selector: ".namespace", style: { "background-color": "#eef2f8", "border-color": "#9ab", "border-width": 1, "text-valign": "top", "font-weight": "bold", "font-size": 13 } },
-        { selector: "edge", style: { label: "data(label)", "font-size": 13, "curve-style": "bezier", "target-arrow-shape": "triangle", width: 2, "line-color": "#8a8", "target-arrow-color": "#8a8", "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 2 } },
+        { selector: "edge", style: { label: "data(label)", "font-size": 13, "curve-style": "bezier", "target-arrow-shape": "triangle", width: 2, "line-color": "#8a8", "target-arrow-color": "#8a8", "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 2, "text-wrap": "wrap" } },
         { selector: "edge.plain", style: { "line-style": "dashed", "line-color": "#aaa", "target-arrow-color": "#aaa" } },
         { selector: "edge.denied", style: { "line-color": "#d00", "target-arrow-color": "#d00", color: "#c00", "line-style": "solid" } },
       ],
@@ -65,7 +88,7 @@ function drawGraph(state) {
   if (key !== layoutKey) {
     cy.elements().remove();
     cy.add(els);
-    cy.layout({ name: "cose", animate: false, padding: 30, randomize: false, componentSpacing: 120, nodeRepulsion: () => 2000000, idealEdgeLength: () => 120, nestingFactor: 0.8, gravity: 40, numIter: 3000 }).run();
+    layoutNamespaces();
     layoutKey = key;
   } else {
     for (const e of els) cy.getElementById(e.data.id).data("label", e.data.label);
