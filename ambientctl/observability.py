@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 import yaml
 from aiohttp import web
 
-from ambientctl.agents import Endpoint, NetnsHTTPError, get_text
+from ambientctl.agents import Endpoint, get_text
 from ambientctl.context import MeshContext
 from ambientctl.errors import AmbientctlError
 from ambientctl.layout import AGENT_PORT, MeshLayout
@@ -82,38 +83,56 @@ def render_config(gateway_port: int) -> dict[str, Any]:
 
 
 # ---- the gateway -------------------------------------------------------------------
+log = structlog.get_logger("ambientctl.observability")
+
+
+class UnknownTarget(Exception):
+    """A scrape of something that is not one of this mesh's proxies."""
+
+
 class ScrapeGateway:
     """Forwards scrapes from the root namespace into the proxies' namespaces."""
 
     def __init__(self, mesh: MeshContext, port: int) -> None:
         self.mesh = mesh
         self.port = port
+        self.refused = 0  # scrapes of targets that are not this mesh's proxies
+
+    def _waypoints(self) -> list[str]:
+        try:
+            with self.mesh.admin(timeout=3) as admin:
+                return [str(w["name"]) for w in admin.status().get("waypoints", [])]
+        except AmbientctlError:
+            return []  # the controller is down: its own target reports that
 
     def targets(self) -> list[dict[str, Any]]:
         settings = self.mesh.require_settings()
         here = f"127.0.0.1:{self.port}"
         out = [_target(here, "/scrape/controller", "controller", "controller")]
         out += [_target(here, f"/scrape/node/{n}", n, "nodeagent") for n in settings.nodes]
-        try:
-            with self.mesh.admin(timeout=3) as admin:
-                waypoints = [w["name"] for w in admin.status().get("waypoints", [])]
-        except AmbientctlError:
-            waypoints = []  # the controller is down: its own target reports that
         out += [_target(here, f"/scrape/waypoint/{w}", f"waypoint/{w}", "waypoint")
-                for w in waypoints]
+                for w in self._waypoints()]
         return out
 
     def scrape(self, kind: str, name: str) -> str:
-        """The target's exposition; NetnsHTTPError/AmbientctlError when unreachable."""
+        """The target's exposition; NetnsHTTPError/AmbientctlError when unreachable.
+
+        Only the mesh's own proxies are reachable through here: a node of this mesh,
+        or a waypoint the controller lists. The gateway runs as root and can enter
+        any namespace; without this check any local user could reach port 15020 of
+        any pod (outside the mesh it is just an app port) through it."""
         if kind == "controller":
             with self.mesh.admin(timeout=4) as admin:
                 return admin.metrics()
+        settings = self.mesh.require_settings()
         runtime = self.mesh.runtime("metrics-gateway")
         if kind == "node":
             node = next((n for n in runtime.list_nodes() if n.name == name), None)
-            if node is None:
-                raise NetnsHTTPError(f"node {name} does not exist")
+            if name not in settings.nodes or node is None:
+                raise UnknownTarget(f"node {name} is not a node of mesh {self.mesh.cluster}")
             return get_text(self.mesh.agent_endpoint(node), "/metrics", 4)
+        if name not in self._waypoints():
+            raise UnknownTarget(f"{name} is not a waypoint the controller knows")
         ns, _, wp = name.partition("/")
         pod = runtime.get_pod(ns, wp)
         return get_text(Endpoint(pod.netns, str(pod.ip), AGENT_PORT), "/metrics", 4)
@@ -139,6 +158,11 @@ class ScrapeGateway:
         name = "/".join(path[3:])
         try:
             text = await asyncio.to_thread(self.scrape, kind, name)
+        except UnknownTarget as e:
+            self.refused += 1
+            log.warning("scrape refused", target=f"{kind}/{name}", reason=str(e),
+                        refused_total=self.refused)
+            return web.Response(status=404, text=f"{e}\n")
         except Exception as e:  # a scrape failure is Prometheus' `up == 0`, not a crash
             return web.Response(status=502, text=f"{kind} {name}: "
                                 f"{getattr(e, 'message', None) or e}\n")

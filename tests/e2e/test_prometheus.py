@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +106,33 @@ def test_dashboard_reads_this_prometheus(mesh: DemoMesh) -> None:
         e = edges["demo/frontend->svc:demo/catalog-v1:http"]
         assert e["rps"] > 0 and e["mtls"] and e["waypoint"] == "demo/waypoint"
         assert e["p99_ms"] is not None and e["p99_ms"] > 0
+
+
+def gateway_url(mesh: DemoMesh) -> str:
+    settings = json.loads((Path("/run/ambientmesh") / mesh.cluster / "mesh.json").read_text())
+    return f"http://127.0.0.1:{settings['extra']['metricsGateway']}"
+
+
+def test_prometheus_and_gateway_listen_on_loopback_only(mesh: DemoMesh) -> None:
+    for url in (mesh.prometheus, gateway_url(mesh)):
+        port = url.rsplit(":", 1)[1]
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                             text=True)
+        assert [line.split()[3] for line in out.stdout.splitlines()] == [f"127.0.0.1:{port}"]
+
+
+def test_gateway_reaches_only_this_meshs_proxies(mesh: DemoMesh) -> None:
+    gateway = gateway_url(mesh)
+    assert "istio_requests_total" in urllib.request.urlopen(
+        f"{gateway}/scrape/waypoint/demo/waypoint", timeout=5).read().decode()
+    # A pod that is not a waypoint (its :15020 is just an app port), a node of no mesh.
+    for path in ("/scrape/waypoint/legacy/client", "/scrape/waypoint/demo/frontend-0",
+                 "/scrape/node/node-9"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(gateway + path, timeout=5)
+        assert refused.value.code == 404, path
+    log = (Path("/run/ambientmesh") / mesh.cluster / "logs" / "metrics-gateway.log").read_text()
+    assert "scrape refused" in log and "legacy/client is not a waypoint" in log
 
 
 def test_down_stops_prometheus_and_removes_its_data(mesh: DemoMesh) -> None:
