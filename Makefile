@@ -35,6 +35,7 @@ demo: setup
 	@echo "  $(VENV)/bin/ambientctl explain demo/frontend-0 catalog.demo:80/items"
 	@echo "  $(VENV)/bin/ambientctl explain legacy/client demo/inventory-0:9000"
 	@echo "  $(VENV)/bin/ambientctl metrics --summary"
+	@echo "  $(VENV)/bin/ambientctl dashboard        # live graph: open the URL it prints (docs/observability.md)"
 	@echo "  $(VENV)/bin/ambientctl exec demo/frontend-0 -- $(PY) -m ambientctl.demo.client http://catalog.demo/items"
 	@echo "Stop it and remove every trace: $(VENV)/bin/ambientctl down   (or: make down)"
 

@@ -24,6 +24,7 @@ Try next:
   ambientctl explain legacy/client demo/inventory-0:9000       # a denied connection
   ambientctl exec demo/frontend-0 -- {py} -m ambientctl.demo.client http://catalog.demo/items
   ambientctl metrics --summary                       # who talked to whom, mTLS or not
+  ambientctl dashboard                               # live service graph in a browser
   ambientctl logs node-1                             # a node agent's log
   ambientctl down                                    # remove every trace
 """
@@ -33,6 +34,7 @@ Try next:
   ambientctl status                # is everything healthy?
   ambientctl get pods -A           # your pods, their nodes and IPs
   ambientctl metrics --summary     # who talked to whom, mTLS or not
+  ambientctl dashboard             # live service graph in a browser
   ambientctl down                  # remove every trace
 """
 
