@@ -44,6 +44,17 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0,
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the Prometheus samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 class LocalMesh:
     def __init__(self, cluster: str, nodes: int = 2, agent_args: tuple[str, ...] = (),
                  controller_args: tuple[str, ...] = ()) -> None:
@@ -148,6 +159,11 @@ class LocalMesh:
         if b" 200 " not in head.split(b"\r\n")[0]:
             raise AssertionError(f"GET {path} on {node}: {head[:100]!r}")
         return body
+
+    def access_records(self, node: str) -> list[dict[str, Any]]:
+        """The node proxy's access-log records so far (one JSON object per line)."""
+        return [json.loads(line) for line in self.logs(node).splitlines()
+                if line.startswith('{"log":"access"')]
 
     def agent_status(self, node: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.node_http(node, "/status"))

@@ -3,73 +3,33 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
+from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum, wait_for
+from tests.topologies import (
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+    service,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
-HELLO = str(Path(__file__).parent / "apps" / "hello.py")
-PY = sys.executable
-
-
-def pod(name: str, ns: str, node: str, command: list[str], sa: str = "default",
-        labels: str = "") -> str:
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {ns}
-  labels: {{{labels}}}
-spec:
-  nodeName: {node}
-  serviceAccountName: {sa}
-  containers:
-  - name: main
-    command: {command!r}
-"""
-
-
-TOPOLOGY = "\n---\n".join([
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: demo
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: legacy
-""",
-    pod("server-1", "demo", "node-1", [PY, HELLO, "8080"], "server", "app: server"),
-    pod("server-2", "demo", "node-2", [PY, HELLO, "8080"], "server", "app: server"),
-    pod("client", "demo", "node-1", ["sleep", "infinity"], "client"),
-    pod("outsider", "legacy", "node-2", ["sleep", "infinity"]),
-    """
-apiVersion: v1
-kind: Service
-metadata:
-  name: server
-  namespace: demo
-spec:
-  selector:
-    app: server
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-""",
-])
+TOPOLOGY = documents(
+    namespace("demo"),
+    namespace("legacy", ambient=False),
+    pod("server-1", "demo", "node-1", SERVE, "server", "app: server"),
+    pod("server-2", "demo", "node-2", SERVE, "server", "app: server"),
+    pod("client", "demo", "node-1", SLEEP, "client"),
+    pod("outsider", "legacy", "node-2", SLEEP),
+    service("server", "demo", "app: server"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +66,6 @@ def test_service_reached_over_mtls_on_both_nodes(mesh: LocalMesh) -> None:
 def apply_ok(mesh: LocalMesh, text: str) -> None:
     result = mesh.apply(text)
     assert result, result
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_only_tls_crosses_the_node_link(mesh: LocalMesh) -> None:

@@ -8,8 +8,8 @@ import secrets
 
 import pytest
 
-from tests.e2e.mesh_harness import local_mesh, wait_for
-from tests.e2e.test_l4_mesh import TOPOLOGY, metric_sum
+from tests.e2e.mesh_harness import local_mesh, metric_sum, wait_for
+from tests.e2e.test_l4_mesh import TOPOLOGY
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

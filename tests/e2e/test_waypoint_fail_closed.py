@@ -20,69 +20,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
-from tests.e2e.test_l4_mesh import PY, pod
+from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum, wait_for
+from tests.topologies import (
+    PY,
+    SLEEP,
+    deny_methods,
+    documents,
+    namespace,
+    pod,
+    service,
+    waypoint,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
 NS = "shop"
 APP = str(Path(__file__).parent / "apps" / "method_log.py")
-CONFIG = "\n---\n".join([
-    f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
+CONFIG = documents(
+    namespace(NS),
     pod("catalog-0", NS, "node-2", [PY, APP, "8080"], "catalog", "app: catalog"),
-    pod("client", NS, "node-1", ["sleep", "infinity"], "client"),
-    f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: {NS}
-spec:
-  gatewayClassName: ambient-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-""",
-    f"""
-apiVersion: v1
-kind: Service
-metadata:
-  name: catalog
-  namespace: {NS}
-  labels:
-    ambientmesh.io/use-waypoint: waypoint
-spec:
-  selector: {{app: catalog}}
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-""",
-    f"""
-apiVersion: ambientmesh.io/v1alpha1
-kind: AuthorizationPolicy
-metadata:
-  name: catalog-no-delete
-  namespace: {NS}
-spec:
-  targetRefs:
-  - kind: Service
-    group: ""
-    name: catalog
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        methods: ["DELETE"]
-"""])
+    pod("client", NS, "node-1", SLEEP, "client"),
+    waypoint(NS),
+    service("catalog", NS, "app: catalog", use_waypoint="waypoint"),
+    deny_methods("catalog-no-delete", NS, "catalog", ["DELETE"]),
+)
 
 # Runs in the client pod: one request per connection, as fast as possible, for
 # argv[1] seconds; four DELETEs for each GET. Prints the outcome counts as JSON.
@@ -115,14 +76,6 @@ def waypoint_pids(mesh: LocalMesh) -> set[int]:
     wp = mesh.runtime.get_pod(NS, "waypoint")
     procs = (wp.cgroup_path / "cgroup.procs").read_text().split()
     return {int(p) for p in procs}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_deletes_never_reach_the_app_across_a_waypoint_kill_and_restart() -> None:
@@ -187,13 +140,13 @@ def test_deletes_never_reach_the_app_across_a_waypoint_kill_and_restart() -> Non
                              r"unavailable \(", line) for line in named), named[:3]
         print(f"{len(named)} refusals logged; first: {named[0]}")
         text = mesh.metrics("node-1")
-        assert metric(text, "ambient_waypoint_unavailable_total",
-                      waypoint=f"{NS}/waypoint") > 0, text[-3000:]
-        assert metric(text, "ambient_connections_refused_total",
-                      cause="waypoint_unavailable", direction="outbound") > 0
+        assert metric_sum(text, "ambient_waypoint_unavailable_total",
+                          waypoint=f"{NS}/waypoint") > 0, text[-3000:]
+        assert metric_sum(text, "ambient_connections_refused_total",
+                          cause="waypoint_unavailable", direction="outbound") > 0
 
 
-GATEWAY = CONFIG.split("\n---\n")[3]
+GATEWAY = waypoint(NS)
 
 
 def test_a_deleted_waypoint_gateway_still_binds_its_service() -> None:
@@ -222,5 +175,5 @@ def test_a_deleted_waypoint_gateway_still_binds_its_service() -> None:
         assert all(code != 0 for code, _ in outcomes), outcomes  # reset: curl fails
         assert app_requests(mesh, "DELETE") == 0 and app_requests(mesh, "GET") == 0
         text = mesh.metrics("node-1")
-        assert metric(text, "ambient_waypoint_unavailable_total", waypoint=f"{NS}/waypoint") > 0
+        assert metric_sum(text, "ambient_waypoint_unavailable_total", waypoint=f"{NS}/waypoint") > 0
         assert "no waypoint Gateway of that name exists" in mesh.logs("node-1")

@@ -9,51 +9,29 @@ from collections import Counter
 import pytest
 
 from tests.e2e.mesh_harness import local_mesh, wait_for
-from tests.e2e.test_l4_mesh import HELLO, PY, pod
+from tests.topologies import (
+    PY,
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+    service,
+    waypoint,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
-CONFIG = "\n---\n".join([
+CONFIG = documents(
+    namespace("shop"),
+    pod("v1", "shop", "node-1", SERVE, "catalog", "app: catalog, version: v1"),
+    pod("v2", "shop", "node-2", SERVE, "catalog", "app: catalog, version: v2"),
+    pod("client", "shop", "node-1", SLEEP, "client"),
+    waypoint("shop"),
+    service("catalog", "shop", "app: catalog", use_waypoint="waypoint"),
+    service("catalog-v1", "shop", "version: v1", use_waypoint="waypoint"),
+    service("catalog-v2", "shop", "version: v2", use_waypoint="waypoint"),
     """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    pod("v1", "shop", "node-1", [PY, HELLO, "8080"], "catalog", "app: catalog, version: v1"),
-    pod("v2", "shop", "node-2", [PY, HELLO, "8080"], "catalog", "app: catalog, version: v2"),
-    pod("client", "shop", "node-1", ["sleep", "infinity"], "client"),
-    """
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: shop
-spec:
-  gatewayClassName: ambient-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-""",
-] + [f"""
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: shop
-  labels:
-    ambientmesh.io/use-waypoint: waypoint
-spec:
-  selector: {{{selector}}}
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-""" for name, selector in (("catalog", "app: catalog"), ("catalog-v1", "version: v1"),
-                           ("catalog-v2", "version: v2"))] + ["""
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
@@ -80,7 +58,8 @@ spec:
     - name: catalog-v2
       port: 80
       weight: 20
-"""])
+""",
+)
 
 
 CLOSE_CLIENT = """

@@ -15,8 +15,7 @@ from aiohttp import web
 
 from ambientctl.agents import Endpoint, get_text
 from ambientctl.layout import AGENT_PORT
-from tests.e2e.mesh_harness import local_mesh, wait_for
-from tests.e2e.test_l4_mesh import metric_sum, pod
+from tests.e2e.mesh_harness import local_mesh, metric_sum, wait_for
 from tests.e2e.test_waypoint_mesh import CONFIG as WAYPOINT_MESH
 from tests.e2e.waypoint_helpers import (
     Backend,
@@ -27,6 +26,7 @@ from tests.e2e.waypoint_helpers import (
     service,
     waypoint_snapshot,
 )
+from tests.topologies import pod
 
 pytestmark = pytest.mark.e2e
 

@@ -23,6 +23,8 @@ from tests.e2e.mesh_harness import LocalMesh, wait_for
 
 APPS = Path(__file__).parent / "apps"
 LOADGEN = str(APPS / "loadgen.py")
+PROBE = str(APPS / "portprobe.py")
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 PY = sys.executable
 SOAK = os.environ.get("AMBIENT_SOAK") == "1"
 
@@ -163,3 +165,13 @@ def wait_serving(mesh: LocalMesh, pod: Pod, url: str, expect: str = "hello from"
                 return False
         return True
     wait_for(f"{url} serving", ok, timeout=timeout, interval=0.3)
+
+
+def probe(mesh: LocalMesh, src: Pod, host: str, ports: list[int], payload: bytes = HTTP_GET,
+          timeout: float = 60) -> list[dict[str, Any]]:
+    """Knock from inside `src` on each of `host`'s `ports` with `payload` (portprobe.py):
+    one record per port of what a raw client saw (refused, reset, closed, data...)."""
+    out = mesh.exec(src, [PY, PROBE, payload.hex(), host, *map(str, ports)], timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    result: list[dict[str, Any]] = json.loads(out.stdout)
+    return result

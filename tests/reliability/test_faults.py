@@ -17,7 +17,6 @@ import pytest
 
 from mesh.runtime import Pod
 from tests.e2e.mesh_harness import wait_for
-from tests.e2e.test_l4_mesh import HELLO, PY, pod
 from tests.reliability.harness import (
     SOAK,
     Load,
@@ -26,69 +25,31 @@ from tests.reliability.harness import (
     reliability_mesh,
     wait_serving,
 )
+from tests.topologies import (
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+    service,
+    waypoint,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
 NS = "rel"
 
-TOPOLOGY = "\n---\n".join([
-    f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    pod("server-1", NS, "node-1", [PY, HELLO, "8080"], "server", "app: server"),
-    pod("server-2", NS, "node-2", [PY, HELLO, "8080"], "server", "app: server"),
-    pod("web-1", NS, "node-1", [PY, HELLO, "8080"], "web", "app: web"),
-    pod("web-2", NS, "node-2", [PY, HELLO, "8080"], "web", "app: web"),
-    pod("web-3", NS, "node-2", [PY, HELLO, "8080"], "web", "app: web"),
-    pod("client", NS, "node-1", ["sleep", "infinity"], "client"),
-    f"""
-apiVersion: v1
-kind: Service
-metadata:
-  name: server
-  namespace: {NS}
-spec:
-  selector:
-    app: server
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-""",
-    f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: {NS}
-spec:
-  gatewayClassName: ambient-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-""",
-    f"""
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: {NS}
-  labels:
-    ambientmesh.io/use-waypoint: waypoint
-spec:
-  selector:
-    app: web
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-""",
+TOPOLOGY = documents(
+    namespace(NS),
+    pod("server-1", NS, "node-1", SERVE, "server", "app: server"),
+    pod("server-2", NS, "node-2", SERVE, "server", "app: server"),
+    pod("web-1", NS, "node-1", SERVE, "web", "app: web"),
+    pod("web-2", NS, "node-2", SERVE, "web", "app: web"),
+    pod("web-3", NS, "node-2", SERVE, "web", "app: web"),
+    pod("client", NS, "node-1", SLEEP, "client"),
+    service("server", NS, "app: server"),
+    waypoint(NS),
+    service("web", NS, "app: web", use_waypoint="waypoint"),
     f"""
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -128,7 +89,7 @@ spec:
     baseEjectionTime: 10s
     maxEjectionPercent: 50
 """,
-])
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,43 +10,35 @@ Issue 18, findings 1, 3, 4, 7 and issue 19 item 3:
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from mesh.runtime import Pod
-from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
-from tests.e2e.test_l4_mesh import HELLO, PY, pod
-from tests.reliability.harness import APPS, wait_serving
+from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum, wait_for
+from tests.reliability.harness import probe, wait_serving
+from tests.topologies import (
+    HELLO,
+    PY,
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
-PROBE = str(APPS / "portprobe.py")
-HTTP_GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+PROBE_TIMEOUT = 180  # thousands of connections on a loaded 2-core machine
 LOOPBACK_ONLY = f"{PY} -m http.server 7777 --bind 127.0.0.1"
 FRONTEND_CMD = ["sh", "-c", f"{PY} {HELLO} 8080 & exec {LOOPBACK_ONLY}"]
 
-TOPOLOGY = "\n---\n".join([
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: legacy
-""",
+TOPOLOGY = documents(
+    namespace("shop"),
+    namespace("legacy", ambient=False),
     """
 apiVersion: ambientmesh.io/v1alpha1
 kind: AuthorizationPolicy
@@ -63,12 +55,12 @@ spec:
     - source:
         principals: ["cluster.local/ns/shop/sa/frontend"]
 """,
-    pod("inventory", "shop", "node-2", [PY, HELLO, "8080"], "inventory", "app: inventory"),
+    pod("inventory", "shop", "node-2", SERVE, "inventory", "app: inventory"),
     pod("frontend", "shop", "node-1", FRONTEND_CMD, "frontend", "app: frontend"),
-    pod("frontend-b", "shop", "node-1", ["sleep", "infinity"], "frontend", "app: frontend"),
-    pod("peer", "shop", "node-2", ["sleep", "infinity"], "peer"),
-    pod("outsider", "legacy", "node-1", ["sleep", "infinity"]),
-])
+    pod("frontend-b", "shop", "node-1", SLEEP, "frontend", "app: frontend"),
+    pod("peer", "shop", "node-2", SLEEP, "peer"),
+    pod("outsider", "legacy", "node-1", SLEEP),
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,32 +79,8 @@ def mesh() -> Iterator[LocalMesh]:
         yield m
 
 
-def probe(mesh: LocalMesh, src: Pod, host: str, ports: list[int],
-          payload: bytes = HTTP_GET, timeout: float = 180) -> list[dict[str, Any]]:
-    out = mesh.exec(src, [PY, PROBE, payload.hex(), host, *map(str, ports)], timeout=timeout)
-    assert out.returncode == 0, out.stderr
-    result: list[dict[str, Any]] = json.loads(out.stdout)
-    return result
-
-
-def access_records(mesh: LocalMesh, node: str) -> list[dict[str, Any]]:
-    records = []
-    for line in mesh.logs(node).splitlines():
-        if line.startswith('{"log":"access"'):
-            records.append(json.loads(line))
-    return records
-
-
 def agent_fds(mesh: LocalMesh, node: str) -> int:
     return len(os.listdir(f"/proc/{mesh.procs[node].pid}/fd"))
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_each_pod_of_one_service_account_keeps_its_own_source_address(
@@ -121,11 +89,11 @@ def test_each_pod_of_one_service_account_keeps_its_own_source_address(
     the destination sees each one's own address (pool per source pod)."""
     inventory = mesh.runtime.get_pod("shop", "inventory")
     pods = [mesh.runtime.get_pod("shop", name) for name in ("frontend", "frontend-b")]
-    mark = len(access_records(mesh, "node-2"))
+    mark = len(mesh.access_records("node-2"))
     for p in pods + pods:
         out = mesh.exec(p, ["curl", "-sS", "-m", "5", f"http://{inventory.ip}:8080/"])
         assert out.returncode == 0 and "hello from inventory" in out.stdout, out.stderr
-    seen = {r["source_address"] for r in access_records(mesh, "node-2")[mark:]
+    seen = {r["source_address"] for r in mesh.access_records("node-2")[mark:]
             if r["direction"] == "inbound"}
     assert seen == {str(p.ip) for p in pods}, f"inventory saw {seen}"
 
@@ -139,28 +107,29 @@ def test_no_impersonation_through_the_outbound_port(mesh: LocalMesh) -> None:
     outsider = mesh.runtime.get_pod("legacy", "outsider")
     peer = mesh.runtime.get_pod("shop", "peer")
     # The control: inventory refuses others than frontend, and answers frontend.
-    denied = probe(mesh, outsider, str(inventory.ip), [8080])[0]
+    denied = probe(mesh, outsider, str(inventory.ip), [8080], timeout=PROBE_TIMEOUT)[0]
     assert "hello from" not in denied["data"], denied
-    warm = probe(mesh, frontend, str(inventory.ip), [8080] * 3000)
+    warm = probe(mesh, frontend, str(inventory.ip), [8080] * 3000, timeout=PROBE_TIMEOUT)
     answered = sum("hello from inventory" in r["data"] for r in warm)
     assert answered >= 2900, Counter(r["outcome"] for r in warm)
 
     replies: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     for attacker in (outsider, peer):
-        for r in probe(mesh, attacker, str(frontend.ip), [15001] * 2000):
+        for r in probe(mesh, attacker, str(frontend.ip), [15001] * 2000,
+                       timeout=PROBE_TIMEOUT):
             outcomes[f"{attacker.name}:{r['outcome']}"] += 1
             if r["data"]:
                 replies[r["data"][:40]] += 1
     print(f"4000 connections to {frontend.ip}:15001 after 3000 captured ones: "
           f"{dict(outcomes)}; replies {dict(replies)}")
     assert not replies, f"someone answered through the victim's 15001: {dict(replies)}"
-    records = [r for r in access_records(mesh, "node-1")
+    records = [r for r in mesh.access_records("node-1")
                if r["destination_address"] == f"{frontend.ip}:15001"]
     assert records and all(r["outcome"] == "refused" for r in records), records[:3]
     assert "15001" in records[0]["reason"], records[0]
-    assert metric_total(mesh.metrics("node-1"), "ambient_connections_refused_total",
-                        cause="self_call") >= len(records)
+    assert metric_sum(mesh.metrics("node-1"), "ambient_connections_refused_total",
+                      cause="self_call") >= len(records)
 
 
 @pytest.mark.parametrize("port", [15006, 15001, 15008, 15020])
@@ -173,16 +142,17 @@ def test_one_connection_to_a_proxy_port_is_refused_once(mesh: LocalMesh,
     outsider = mesh.runtime.get_pod("legacy", "outsider")
     peer = mesh.runtime.get_pod("shop", "peer")
     target = f"{frontend.ip}:{port}"
-    before_records = len([r for r in access_records(mesh, "node-1")
+    before_records = len([r for r in mesh.access_records("node-1")
                           if r["destination_address"] == target])
     before_fds = agent_fds(mesh, "node-1")
     attackers = [peer] if port == 15008 else [outsider, peer]  # 15008 plaintext: HBONE's own
     for attacker in attackers:
-        [r] = probe(mesh, attacker, str(frontend.ip), [port], payload=b"x")
+        [r] = probe(mesh, attacker, str(frontend.ip), [port], payload=b"x",
+                    timeout=PROBE_TIMEOUT)
         assert not r["data"], r
     time.sleep(3)  # a loop would run away by now: 55 -> 19,862 fds in 8 s before the fix
     after_fds = agent_fds(mesh, "node-1")
-    records = [r for r in access_records(mesh, "node-1")
+    records = [r for r in mesh.access_records("node-1")
                if r["destination_address"] == target][before_records:]
     print(f"{target}: fds {before_fds} -> {after_fds}, records {records}")
     assert after_fds <= before_fds + 8, f"agent fds grew {before_fds} -> {after_fds}"
@@ -209,7 +179,7 @@ def test_a_loopback_only_server_is_not_reachable_from_another_pod(
         out = mesh.exec(attacker, ["curl", "-sS", "-m", "5", f"http://{frontend.ip}:7777/"])
         assert out.returncode != 0 and "Directory listing" not in out.stdout, (
             f"{attacker.name} reached frontend's loopback-only server: {out.stdout[:200]}")
-    records = [r for r in access_records(mesh, "node-1")
+    records = [r for r in mesh.access_records("node-1")
                if r["destination_address"] == f"{frontend.ip}:7777"]
     assert {r["direction"] for r in records} == {"inbound", "inbound_plaintext"}, records
     assert all(r["outcome"] != "ok" for r in records), records
@@ -230,15 +200,15 @@ def test_a_capture_miss_is_reset_and_logged_as_an_error(mesh: LocalMesh) -> None
     """19.3: a connection to 15001 that was not captured has no record: RST, outcome
     error, counted."""
     frontend = mesh.runtime.get_pod("shop", "frontend")
-    before = metric_total(mesh.metrics("node-1"), "ambient_connections_refused_total",
-                          cause="capture_miss")
-    mark = len(access_records(mesh, "node-1"))
+    before = metric_sum(mesh.metrics("node-1"), "ambient_connections_refused_total",
+                        cause="capture_miss")
+    mark = len(mesh.access_records("node-1"))
     out = mesh.exec(frontend, [PY, "-c", CAPTURE_MISS])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "reset", out.stdout
     misses = wait_for("the access record", lambda: [
-        r for r in access_records(mesh, "node-1")[mark:]
+        r for r in mesh.access_records("node-1")[mark:]
         if r["direction"] == "outbound" and "no capture record" in r["reason"]])
     assert [r["outcome"] for r in misses] == ["error"], misses
-    assert metric_total(mesh.metrics("node-1"), "ambient_connections_refused_total",
-                        cause="capture_miss") == before + 1
+    assert metric_sum(mesh.metrics("node-1"), "ambient_connections_refused_total",
+                      cause="capture_miss") == before + 1

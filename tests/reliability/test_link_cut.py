@@ -19,9 +19,15 @@ from typing import Any
 import pytest
 
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
-from tests.e2e.test_l4_mesh import HELLO, PY, pod
 from tests.reliability.harness import Load, wait_serving
 from tests.reliability.test_faults import link_up, static_routes
+from tests.topologies import (
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -37,18 +43,11 @@ FAIL_BOUND_MS = 1000 * (max(CONNECT_TIMEOUT, KEEPALIVE_INTERVAL + KEEPALIVE_TIME
 CUT = 5.0
 RECOVERY_BOUND = 3.0
 
-TOPOLOGY = "\n---\n".join([
-    f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    pod("server", NS, "node-2", [PY, HELLO, "8080"], "server", "app: server"),
-    pod("client", NS, "node-1", ["sleep", "infinity"], "client"),
-])
+TOPOLOGY = documents(
+    namespace(NS),
+    pod("server", NS, "node-2", SERVE, "server", "app: server"),
+    pod("client", NS, "node-1", SLEEP, "client"),
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ proxy, instead of reaching the app around the proxy with nothing logged."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import time
@@ -17,41 +16,27 @@ import pytest
 
 from mesh.runtime import Pod
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
-from tests.e2e.test_l4_mesh import HELLO, PY, pod
 from tests.reliability.harness import wait_serving
+from tests.topologies import (
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+    strict,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
-TOPOLOGY = "\n---\n".join([
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: sec
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: legacy
-""",
-    """
-apiVersion: ambientmesh.io/v1alpha1
-kind: PeerAuthentication
-metadata:
-  name: strict
-  namespace: sec
-spec:
-  mtls:
-    mode: STRICT
-""",
-    pod("vault", "sec", "node-1", [PY, HELLO, "8080"], "vault", "app: vault"),
-    pod("client", "sec", "node-2", ["sleep", "infinity"], "client"),
-    pod("outsider", "legacy", "node-1", ["sleep", "infinity"]),
-    pod("neighbor", "sec", "node-1", ["sleep", "infinity"], "neighbor"),
-])
+TOPOLOGY = documents(
+    namespace("sec"),
+    namespace("legacy", ambient=False),
+    strict("sec"),
+    pod("vault", "sec", "node-1", SERVE, "vault", "app: vault"),
+    pod("client", "sec", "node-2", SLEEP, "client"),
+    pod("outsider", "legacy", "node-1", SLEEP),
+    pod("neighbor", "sec", "node-1", SLEEP, "neighbor"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +49,6 @@ def mesh() -> Iterator[LocalMesh]:
         m.pod("sec", "neighbor", enrolled=True)
         wait_serving(m, client, f"http://{vault.ip}:8080/")
         yield m
-
-
-def access_records(mesh: LocalMesh, node: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in mesh.logs(node).splitlines()
-            if line.startswith('{"log":"access"')]
 
 
 def link_local(pod: Pod, timeout: float = 10.0) -> str:
@@ -89,7 +69,7 @@ def curl(mesh: LocalMesh, src: Pod, url: str) -> subprocess.CompletedProcess[str
 
 
 def strict_denials(mesh: LocalMesh, node: str, since: int, address: str) -> list[dict[str, Any]]:
-    return [r for r in access_records(mesh, node)[since:]
+    return [r for r in mesh.access_records(node)[since:]
             if r["direction"] == "inbound_plaintext" and r["outcome"] == "denied"
             and "STRICT" in r["reason"] and r["destination_address"].startswith(address)]
 
@@ -98,7 +78,7 @@ def test_link_local_connection_to_strict_pod_is_refused_and_logged(mesh: LocalMe
     vault = mesh.runtime.get_pod("sec", "vault")
     outsider = mesh.runtime.get_pod("legacy", "outsider")
     ll = link_local(vault)
-    since = len(access_records(mesh, "node-1"))
+    since = len(mesh.access_records("node-1"))
     # curl and socat: the real clients of the report (`socat - TCP6:[fe80::..%eth0]:9000`).
     web = curl(mesh, outsider, f"http://[{ll}%25eth0]:8080/")
     raw = mesh.exec(outsider, ["sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | socat -T 5 - "
@@ -128,7 +108,7 @@ def test_address_added_after_enrollment_is_captured(mesh: LocalMesh) -> None:
     for args in (["addr", "add", f"{extra4}/24", "dev", "eth0"],
                  ["-6", "addr", "add", f"{extra6}/64", "dev", "eth0", "nodad"]):
         subprocess.run(["ip", "-n", vault.netns, *args], check=True, timeout=10)
-    since = len(access_records(mesh, "node-1"))
+    since = len(mesh.access_records("node-1"))
     for url in (f"http://{extra4}:8080/", f"http://[{extra6}]:8080/"):
         done = curl(mesh, outsider, url)
         assert "hello from" not in done.stdout, f"{url}: the STRICT app answered plaintext"
@@ -146,9 +126,9 @@ def test_link_local_from_an_enrolled_pod_never_reaches_the_app(mesh: LocalMesh) 
     vault = mesh.runtime.get_pod("sec", "vault")
     neighbor = mesh.runtime.get_pod("sec", "neighbor")
     ll = link_local(vault)
-    since = len(access_records(mesh, "node-1"))
+    since = len(mesh.access_records("node-1"))
     done = curl(mesh, neighbor, f"http://[{ll}%25eth0]:8080/")
     assert "hello from" not in done.stdout and done.returncode != 0, done
     wait_for("the node proxy logs the attempt", lambda: [
-        r for r in access_records(mesh, "node-1")[since:]
+        r for r in mesh.access_records("node-1")[since:]
         if ll in r["destination_address"] and r["outcome"] != "ok"])

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.mesh_harness import wait_for
-from tests.e2e.test_l4_mesh import PY, pod
 from tests.reliability.harness import APPS, ReliabilityMesh, pick, reliability_mesh
+from tests.topologies import PY, pod
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

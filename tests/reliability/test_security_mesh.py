@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
@@ -16,7 +15,6 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -27,54 +25,30 @@ from mesh.identity.csr import build_csr, generate_key
 from mesh.identity.errors import CertificateRefusedError
 from mesh.identity.node_token import derive_node_token
 from mesh.identity.spiffe import SpiffeId
-from mesh.runtime import Pod
 from tests.e2e.mesh_harness import wait_for
-from tests.e2e.test_l4_mesh import HELLO, PY, pod
-from tests.reliability.harness import APPS, ReliabilityMesh, reliability_mesh, wait_serving
+from tests.reliability.harness import ReliabilityMesh, probe, reliability_mesh, wait_serving
+from tests.topologies import (
+    PY,
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+    strict,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
-PROBE = str(APPS / "portprobe.py")
-HTTP_GET = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-
-TOPOLOGY = "\n---\n".join([
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: sec
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: perm
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: legacy
-""",
-    """
-apiVersion: ambientmesh.io/v1alpha1
-kind: PeerAuthentication
-metadata:
-  name: strict
-  namespace: sec
-spec:
-  mtls:
-    mode: STRICT
-""",
-    pod("vault", "sec", "node-2", [PY, HELLO, "8080"], "vault", "app: vault"),
-    pod("client", "sec", "node-1", ["sleep", "infinity"], "client"),
-    pod("open", "perm", "node-2", [PY, HELLO, "8080"], "open", "app: open"),
-    pod("outsider", "legacy", "node-1", ["sleep", "infinity"]),
-])
+TOPOLOGY = documents(
+    namespace("sec"),
+    namespace("perm"),
+    namespace("legacy", ambient=False),
+    strict("sec"),
+    pod("vault", "sec", "node-2", SERVE, "vault", "app: vault"),
+    pod("client", "sec", "node-1", SLEEP, "client"),
+    pod("open", "perm", "node-2", SERVE, "open", "app: open"),
+    pod("outsider", "legacy", "node-1", SLEEP),
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +61,6 @@ def mesh() -> Iterator[ReliabilityMesh]:
         m.pod("legacy", "outsider", enrolled=False)
         wait_serving(m, client, f"http://{vault.ip}:8080/")
         yield m
-
-
-def probe(mesh: ReliabilityMesh, src: Pod, host: str, ports: list[int],
-          payload: bytes = HTTP_GET) -> list[dict[str, Any]]:
-    out = mesh.exec(src, [PY, PROBE, payload.hex(), host, *map(str, ports)], timeout=60)
-    assert out.returncode == 0, out.stderr
-    result: list[dict[str, Any]] = json.loads(out.stdout)
-    return result
 
 
 def test_strict_refuses_plaintext_on_every_pod_port(mesh: ReliabilityMesh) -> None:

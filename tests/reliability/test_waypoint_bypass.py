@@ -28,100 +28,40 @@ import pytest
 
 from mesh.runtime import Pod
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
-from tests.e2e.test_l4_mesh import PY, pod
-from tests.reliability.harness import APPS
+from tests.reliability.harness import probe
+from tests.topologies import (
+    PY,
+    SLEEP,
+    deny_methods,
+    documents,
+    namespace,
+    pod,
+    service,
+    waypoint,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
 NS = "shop"
 APP = str(Path(__file__).parents[1] / "e2e" / "apps" / "method_log.py")
-PROBE = str(APPS / "portprobe.py")
 WAYPOINT_ID = f"spiffe://cluster.local/ns/{NS}/sa/waypoint"
 BOUND = "app: catalog, ambientmesh.io/use-waypoint: waypoint"
 
-CONFIG = "\n---\n".join([
-    f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: other
-  labels:
-    ambientmesh.io/dataplane-mode: ambient
-""",
-    """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: legacy
-""",
+CONFIG = documents(
+    namespace(NS),
+    namespace("other"),
+    namespace("legacy", ambient=False),
     pod("catalog-0", NS, "node-2", [PY, APP, "8080"], "catalog", BOUND),
-    pod("client", NS, "node-1", ["sleep", "infinity"], "client"),
-    pod("intruder", "other", "node-1", ["sleep", "infinity"], "intruder"),
-    pod("outsider", "legacy", "node-1", ["sleep", "infinity"]),
-    f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: {NS}
-spec:
-  gatewayClassName: ambient-waypoint
-""",
-    f"""
-apiVersion: v1
-kind: Service
-metadata:
-  name: catalog
-  namespace: {NS}
-  labels:
-    ambientmesh.io/use-waypoint: waypoint
-spec:
-  selector: {{app: catalog}}
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-""",
+    pod("client", NS, "node-1", SLEEP, "client"),
+    pod("intruder", "other", "node-1", SLEEP, "intruder"),
+    pod("outsider", "legacy", "node-1", SLEEP),
+    waypoint(NS, hbone_listener=False),
+    service("catalog", NS, "app: catalog", use_waypoint="waypoint"),
     # Anyone who may create a Service in the namespace can select the pod with one
     # that has no waypoint: the source's node proxy then goes straight to the pod.
-    f"""
-apiVersion: v1
-kind: Service
-metadata:
-  name: catalog-direct
-  namespace: {NS}
-spec:
-  selector: {{app: catalog}}
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-""",
-    f"""
-apiVersion: ambientmesh.io/v1alpha1
-kind: AuthorizationPolicy
-metadata:
-  name: catalog-no-delete
-  namespace: {NS}
-spec:
-  targetRefs:
-  - kind: Service
-    group: ""
-    name: catalog
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        methods: ["DELETE"]
-"""])
+    service("catalog-direct", NS, "app: catalog"),
+    deny_methods("catalog-no-delete", NS, "catalog", ["DELETE"]),
+)
 
 
 def delete(path: str) -> bytes:
@@ -149,14 +89,6 @@ def curl(mesh: LocalMesh, src: Pod, method: str, url: str) -> str:
     out = mesh.exec(src, ["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
                           "-X", method, url])
     return out.stdout.strip() if out.returncode == 0 else f"curl {out.returncode}"
-
-
-def probe(mesh: LocalMesh, src: Pod, host: str, ports: list[int], payload: bytes
-          ) -> list[dict[str, Any]]:
-    out = mesh.exec(src, [PY, PROBE, payload.hex(), host, *map(str, ports)], timeout=60)
-    assert out.returncode == 0, out.stderr
-    result: list[dict[str, Any]] = json.loads(out.stdout)
-    return result
 
 
 def app_requests(mesh: LocalMesh) -> Counter[str]:
