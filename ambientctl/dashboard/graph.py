@@ -135,9 +135,13 @@ def build(reading: Reading, waypoints: list[str], denials: list[Denial]
         svc = short_service(service) if known(service) else ""
         rate = _rate(reading, "istio_requests_total", k)
         code = lab.get("response_code", "")
-        hops = [(src, svc), (svc, dst)] if svc else [(src, dst)]
+        # A request refused at the waypoint (403 by policy, 503 with no backend) never
+        # reached a workload: it ends at the service.
+        reached = known(lab.get("destination_workload"))
+        hops = [(src, svc)] + ([(svc, dst)] if reached else []) if svc else [(src, dst)]
         node(src, "workload")
-        node(dst, "workload")
+        if reached or not svc:
+            node(dst, "workload")
         if svc:
             node(svc, "service")
         for a, b in hops:
@@ -242,8 +246,11 @@ def build(reading: Reading, waypoints: list[str], denials: list[Denial]
         node(w, "waypoint")
     for d in denials:
         node(d.source, "workload")
-        node(d.target, "workload")
-        e = edge(d.source, d.target, "tcp")
+        node(d.target, "service" if d.target.startswith(SERVICE) else "workload")
+        # On the edge the denied traffic took: HTTP when a waypoint refused it.
+        same = sorted((x for x in edges.values() if (x.source, x.target) == (d.source, d.target)),
+                      key=lambda x: x.protocol == "tcp")
+        e = same[0] if same else edge(d.source, d.target, "tcp")
         e.denied += d.count
         e.denied_policy = d.policy
         e.denied_reason = d.reason

@@ -65,7 +65,7 @@ class Dashboard:
 
         return health.evaluate(gather(self.mesh)).as_dict()
 
-    def _denials(self) -> list[graph.Denial]:
+    def _denials(self, waypoints: list[str]) -> list[graph.Denial]:
         """Denied connections, named as the metrics name workloads (deployment, else
         pod: mesh.telemetry.labels), so a denial lands on the same graph node."""
         settings = self.mesh.require_settings()
@@ -75,19 +75,32 @@ class Dashboard:
                 objects = admin.list_objects("Pod")
         except AmbientctlError:
             objects = []
-        workload = {}
+        workload: dict[str, str] = {}
+        by_account: dict[str, set[str]] = {}
         for o in objects:
             meta = o.get("metadata", {})
             ns, name = meta.get("namespace", ""), meta.get("name", "")
-            workload[f"{ns}/{name}"] = f"{ns}/{workload_name(name, meta.get('labels') or {})}"
+            ref = f"{ns}/{workload_name(name, meta.get('labels') or {})}"
+            workload[f"{ns}/{name}"] = ref
+            account = (o.get("spec") or {}).get("serviceAccountName") or "default"
+            by_account.setdefault(f"/ns/{ns}/sa/{account}", set()).add(ref)
         by_ip: dict[str, str] = {}
         for p in runtime.list_pods():
             by_ip[str(p.ip)] = by_ip[str(p.ip6)] = workload.get(p.key, p.key)
 
         def who(address: str) -> str:
+            """A source address or SPIFFE principal -> ns/workload ("" unknown); a
+            principal names its workload when one workload runs as that account."""
+            if address.startswith("spiffe://"):
+                refs = by_account.get("/ns/" + address.partition("/ns/")[2], set())
+                return next(iter(refs)) if len(refs) == 1 else ""
             return by_ip.get(address) or by_ip.get(address.rsplit(":", 1)[0], "")
 
-        found = denials.from_logs([self.mesh.layout.log_file(n) for n in settings.nodes], who)
+        logs = [self.mesh.layout.log_file(n) for n in settings.nodes]
+        for ref in waypoints:  # a waypoint pod's log, kept by its node agent
+            ns, _, name = ref.partition("/")
+            logs += sorted(self.mesh.layout.base.glob(f"nodes/*/logs/{ns}.{name}.*.log"))
+        found = denials.from_logs(logs, who)
         return [dataclasses.replace(d, source=workload.get(d.source, d.source),
                                     target=workload.get(d.target, d.target))
                 for d in found]
@@ -105,9 +118,9 @@ class Dashboard:
         if reading is None:
             reading = await self.direct.read()
             problems += [f"no metrics from {p}" for p in reading.problems]
-        waypoints, report, denied = await asyncio.gather(
-            asyncio.to_thread(self._waypoints), asyncio.to_thread(self._health),
-            asyncio.to_thread(self._denials))
+        waypoints, report = await asyncio.gather(
+            asyncio.to_thread(self._waypoints), asyncio.to_thread(self._health))
+        denied = await asyncio.to_thread(self._denials, waypoints)
         built = graph.build(reading, waypoints, denied)
         self.refreshes += 1
         self.state = {

@@ -47,6 +47,13 @@ class DemoMesh:
         assert out.returncode == 0, out.stdout + out.stderr
 
 
+    def delete_items(self, count: int = 2) -> None:
+        out = self.ctl("exec", "demo/frontend-0", "--", sys.executable, "-m",
+                       "ambientctl.demo.client", "http://catalog.demo/items", "--method",
+                       "DELETE", "--count", str(count))
+        assert f'"403": {count}' in out.stdout, out.stdout + out.stderr
+
+
 @contextmanager
 def demo_mesh(observability: bool) -> Iterator[DemoMesh]:
     cluster = "amo" + secrets.token_hex(3)

@@ -54,7 +54,8 @@ def edges_live(d: DashboardProcess) -> dict[str, Any] | None:
     http = edges.get("demo/frontend->svc:demo/catalog:tcp")
     denied = edges.get("legacy/client->demo/inventory:tcp")
     spark = max((len(w["spark"]) for w in state["workloads"]), default=0)
-    if http and http["rps"] > 0 and denied and denied["denied"] > 0 and spark >= 3:
+    l7 = edges.get("demo/frontend->svc:demo/catalog:http", {}).get("denied", 0) > 0
+    if http and http["rps"] > 0 and denied and denied["denied"] > 0 and l7 and spark >= 3:
         return state
     return None
 
@@ -69,6 +70,7 @@ def mesh() -> Iterator[DemoMesh]:
 def live(mesh: DemoMesh) -> Iterator[DashboardProcess]:
     with dashboard(mesh) as d:
         mesh.traffic()  # after the dashboard's first scrape: its rates see all of it
+        mesh.delete_items()  # refused by the waypoint's L7 policy catalog-no-delete
         wait_for("live rates and the denial in the dashboard", lambda: edges_live(d))
         yield d
 
@@ -105,9 +107,11 @@ def test_browser_shows_the_demo_graph(live: DashboardProcess, tmp_path: Path) ->
         return found[0]
 
     # frontend -> catalog via the waypoint, mTLS, live; and on to the canary versions.
-    to_catalog = edge("demo/frontend", "svc:demo/catalog")
-    assert to_catalog["data-waypoint"] == "demo/waypoint"
-    assert to_catalog["data-mtls"] == "true" and float(to_catalog["data-rps"]) > 0
+    to_catalog = [e for e in edges if (e["data-source"], e["data-destination"]) == (
+        "demo/frontend", "svc:demo/catalog")]
+    assert to_catalog and all(e["data-waypoint"] == "demo/waypoint" and e["data-mtls"] == "true"
+                              for e in to_catalog), to_catalog
+    assert any(float(e["data-rps"]) > 0 for e in to_catalog if e["data-protocol"] == "tcp")
     for version in ("catalog-v1", "catalog-v2"):
         http = [e for e in edges if e["data-destination"] == f"svc:demo/{version}"]
         assert http and all(e["data-waypoint"] == "demo/waypoint" and e["data-mtls"] == "true"
@@ -122,7 +126,14 @@ def test_browser_shows_the_demo_graph(live: DashboardProcess, tmp_path: Path) ->
     denied = edge("legacy/client", "demo/inventory")
     assert "denied" in denied["class"].split() and int(denied["data-denied"]) >= 2
     assert denied["data-policy"] == "demo/inventory-frontend-only"
-    assert [d["data-policy"] for d in dom.rows("denial")] == ["demo/inventory-frontend-only"]
+    # frontend -> catalog DELETE: denied at the waypoint (L7), naming its policy.
+    refused = [e for e in to_catalog if "denied" in e["class"].split()]
+    assert [(e["data-protocol"], e["data-policy"]) for e in refused] == [
+        ("http", "demo/catalog-no-delete")], to_catalog
+    assert sorted((d["data-source"], d["data-destination"], d["data-policy"])
+                  for d in dom.rows("denial")) == [
+        ("demo/frontend", "svc:demo/catalog", "demo/catalog-no-delete"),
+        ("legacy/client", "demo/inventory", "demo/inventory-frontend-only")]
     # Source workload, namespace and principal are right on every mesh (mTLS) edge.
     for e in edges:
         if e["data-mtls"] == "true" and not e["data-source"].startswith("svc:"):

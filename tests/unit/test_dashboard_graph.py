@@ -133,3 +133,33 @@ def test_http_bytes_count_on_both_hops_through_the_service() -> None:
     ids = edges_by_id(graph.build(r, ["demo/waypoint"], []))
     assert ids["demo/frontend-0->svc:demo/catalog-v1:http"]["bytes_per_s"] == 300.0
     assert ids["svc:demo/catalog-v1->demo/catalog-v1:http"]["bytes_per_s"] == 300.0
+
+
+def test_waypoint_rbac_denial_names_policy_service_and_caller() -> None:
+    line = ('{"start_time":"2026-12-04T19:55:05.686+00:00","method":"DELETE","path":"/items",'
+            '"response_code":403,"response_flags":"RBAC","source_principal":'
+            '"spiffe://cluster.local/ns/demo/sa/frontend","destination_service":'
+            '"catalog.demo.svc.cluster.local","reason":"RBAC: access denied by DENY policy '
+            'demo/catalog-no-delete"}')
+    ok = line.replace('"RBAC"', '"-"').replace("403", "200")
+    records = denials.denied_records([line, ok])
+    assert len(records) == 1
+    who = {"spiffe://cluster.local/ns/demo/sa/frontend": "demo/frontend"}.get
+    found = denials.summarize(records, who, now=records[0]["started"] + 1)  # type: ignore[arg-type]
+    assert [(d.source, d.target, d.policy, d.count) for d in found] == [
+        ("demo/frontend", "svc:demo/catalog", "demo/catalog-no-delete", 1)]
+
+
+def test_request_refused_at_the_waypoint_ends_at_the_service_and_carries_the_denial() -> None:
+    r = demo_reading()
+    refused = http("403", destination_workload="unknown",
+                   destination_service="catalog.demo.svc.cluster.local")
+    r.totals["istio_requests_total"][key(refused)] = 2.0
+    d = graph.Denial("demo/frontend-0", "svc:demo/catalog", "demo/catalog-no-delete",
+                     "RBAC", 2, 0.0)
+    built = graph.build(r, ["demo/waypoint"], [d])
+    ids = edges_by_id(built)
+    assert "demo/unknown" not in {n["id"] for n in built["nodes"]}
+    assert not [i for i in ids if i.startswith("svc:demo/catalog->")]
+    assert ids["demo/frontend-0->svc:demo/catalog:http"]["denied"] == 2
+    assert ids["demo/frontend-0->svc:demo/catalog:tcp"]["denied"] == 0
