@@ -46,6 +46,7 @@ class Dashboard:
         self.direct = DirectSource(self._scrape)
         self.state: dict[str, Any] = {"updated": None, "problems": ["collecting..."]}
         self.refreshes = 0
+        self.failures = 0
 
     # ---- blocking collection (threads) ------------------------------------------------
     def _scrape(self) -> tuple[list[tuple[str, str]], list[str]]:
@@ -133,18 +134,27 @@ class Dashboard:
             "denials": [asdict(d) for d in denied],
             "health": report,
             "problems": problems,
+            "stale": False,
         }
+
+    async def tick(self, session: aiohttp.ClientSession) -> None:
+        """One refresh. On failure the last graph stays (marked stale, with why), but
+        health does not: a page that cannot tell must not keep saying healthy."""
+        try:
+            await self.refresh(session)
+        except Exception as e:
+            self.failures += 1
+            why = f"refresh failed: {getattr(e, 'message', None) or e}"
+            log.warning("dashboard refresh failed", error=why, failures=self.failures)
+            self.state = {**self.state, "stale": True, "problems": [why],
+                          "health": {"healthy": False, "checks": [], "certificates": [],
+                                     "problems": [f"health unknown: {why}"]}}
 
     async def loop(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
                 started = time.monotonic()
-                try:
-                    await self.refresh(session)
-                except Exception as e:  # keep serving the last state, say why it is old
-                    log.warning("dashboard refresh failed", error=str(e))
-                    self.state = {**self.state, "problems": [
-                        f"refresh failed: {getattr(e, 'message', None) or e}"]}
+                await self.tick(session)
                 await asyncio.sleep(max(0.2, REFRESH - (time.monotonic() - started)))
 
     # ---- web --------------------------------------------------------------------------

@@ -208,7 +208,7 @@ function draw(state) {
   lastState = state;
   document.getElementById("cluster").textContent = state.cluster ? `· ${state.cluster}` : "";
   document.getElementById("source").textContent = state.source || "-";
-  document.getElementById("updated").textContent = state.updated || "never";
+  document.getElementById("updated").textContent = (state.updated || "never") + (state.stale ? " (stale: the last refresh failed)" : "");
   document.getElementById("refresh").textContent = state.refreshSeconds || 3;
   const problems = document.getElementById("problems");
   problems.replaceChildren(...(state.problems || []).map((p) => Object.assign(document.createElement("li"), { textContent: p })));
