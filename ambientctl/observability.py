@@ -18,7 +18,7 @@ Debian's `prometheus` then scrapes the gateway every 5 s with the generated conf
 below; its data lives under the mesh's state directory, so `ambientctl down` stops
 both processes (they are in the mesh's process table) and removes the data.
 
-Run the gateway alone: `python -m ambientctl.observability --cluster NAME --port P`.
+Run the gateway alone: `python -m ambientctl.observability --state /run/ambientmesh/NAME --port P`.
 """
 
 from __future__ import annotations
@@ -215,8 +215,8 @@ def start(mesh: MeshContext, prometheus_port: int, gateway_port: int,
                                   "pick another with --metrics-gateway-port")
         step(f"scrape gateway on 127.0.0.1:{gateway_port}")
         procs.start(GATEWAY, [sys.executable, "-m", "ambientctl.observability",
-                              "--cluster", mesh.cluster, "--root", str(mesh.layout.root),
-                              "--port", str(gateway_port)], process_env())
+                              "--state", f"{mesh.layout.base}/", "--port", str(gateway_port)],
+                    process_env())
     if not procs.alive(PROMETHEUS):
         if not port_free(prometheus_port):
             raise AmbientctlError(f"port 127.0.0.1:{prometheus_port} is already in use",
@@ -268,11 +268,13 @@ def wait_scraped(url: str, timeout: float = 30.0) -> None:
 
 
 @click.command()
-@click.option("--cluster", required=True)
-@click.option("--root", type=click.Path(path_type=Path), required=True)
+@click.option("--state", type=click.Path(path_type=Path), required=True,
+              help="The mesh's state directory, /run/ambientmesh/CLUSTER: on the command "
+                   "line so `down` finds this process even without its pid file.")
 @click.option("--port", type=int, default=DEFAULT_GATEWAY_PORT)
-def main(cluster: str, root: Path, port: int) -> None:
+def main(state: Path, port: int) -> None:
     """Run the scrape gateway of one local mesh (started by `up --observability`)."""
+    cluster, root = state.name, state.parent
     from ambientctl.cli import quiet_logging
 
     quiet_logging()

@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from ambientctl.layout import MeshLayout
 from ambientctl.processes import ProcessRecord, is_alive
+from ambientctl.traces import find
 from tests.e2e.observability_support import DemoMesh, dashboard, demo_mesh, get_json, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
@@ -141,6 +143,9 @@ def test_down_stops_prometheus_and_removes_its_data(mesh: DemoMesh) -> None:
                for c in ("prometheus", "metrics-gateway")]
     assert all(is_alive(r) for r in records)
     assert (base / "prometheus" / "data").is_dir()
+    # Found by the state directory on their command line too: a crashed `up` that
+    # lost their pid files still has them removed by `down`.
+    assert {r.pid for r in records} <= set(find(MeshLayout(mesh.cluster)).processes)
     out = mesh.ctl("down")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not any(is_alive(r) for r in records)
