@@ -128,8 +128,9 @@ def test_demo_traffic_and_mtls_metrics(mesh: Mesh) -> None:
     assert "refused, as it should be" in out.stdout
     summary = mesh.json("metrics", "--summary")["traffic"]
     flows = {(r["source"], r["destination"], r["security"]) for r in summary}
-    assert ("demo/frontend-0", "demo/inventory-0", "mutual_tls") in flows
-    assert ("legacy/client", "demo/frontend-0", "none") in flows
+    # Workloads are named as Istio names them: by their deployment (app), not the pod.
+    assert ("demo/frontend", "demo/inventory", "mutual_tls") in flows
+    assert ("legacy/client", "demo/frontend", "none") in flows
     text = mesh.ctl("metrics").stdout
     assert 'connection_security_policy="mutual_tls"' in text and 'instance="node-1"' in text
 
