@@ -103,7 +103,7 @@ class LocalMesh:
         for node in self.node_names:
             self.start_agent(node, *self.agent_args)
         for node in self.node_names:
-            wait_for(f"agent {node} ready", lambda n=node: self.agent_status(n)["connected"])
+            wait_for(f"agent {node} ready", lambda: self.agent_status(node)["connected"])  # noqa: B023
         return self
 
     def stop_process(self, name: str, sig: int = 15, timeout: float = 10.0) -> None:
@@ -183,6 +183,16 @@ class LocalMesh:
             return pod
         result: Pod = wait_for(f"pod {namespace}/{name}", ready)
         return result
+
+    def wait_pods(self, enrolled: tuple[str, ...] = (), outside: tuple[str, ...] = ()
+                  ) -> dict[str, Pod]:
+        """Wait until each `namespace/name` of `enrolled` runs captured and each of
+        `outside` runs uncaptured; the pods by `namespace/name`."""
+        pods: dict[str, Pod] = {}
+        for key, captured in [(k, True) for k in enrolled] + [(k, False) for k in outside]:
+            namespace, name = key.split("/", 1)
+            pods[key] = self.pod(namespace, name, enrolled=captured)
+        return pods
 
     def exec(self, pod: Pod, argv: list[str], timeout: float = 30.0
              ) -> subprocess.CompletedProcess[str]:

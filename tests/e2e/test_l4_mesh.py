@@ -10,14 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum, wait_for
-from tests.topologies import (
-    SERVE,
-    SLEEP,
-    documents,
-    namespace,
-    pod,
-    service,
-)
+from tests.topologies import SERVE, SLEEP, documents, namespace, pod, service
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

@@ -21,16 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum, wait_for
-from tests.topologies import (
-    PY,
-    SLEEP,
-    deny_methods,
-    documents,
-    namespace,
-    pod,
-    service,
-    waypoint,
-)
+from tests.topologies import PY, SLEEP, deny_methods, documents, namespace, pod, service, waypoint
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

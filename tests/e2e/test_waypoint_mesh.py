@@ -9,16 +9,7 @@ from collections import Counter
 import pytest
 
 from tests.e2e.mesh_harness import local_mesh, wait_for
-from tests.topologies import (
-    PY,
-    SERVE,
-    SLEEP,
-    documents,
-    namespace,
-    pod,
-    service,
-    waypoint,
-)
+from tests.topologies import PY, SERVE, SLEEP, documents, namespace, pod, service, waypoint
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

@@ -25,15 +25,7 @@ from tests.reliability.harness import (
     reliability_mesh,
     wait_serving,
 )
-from tests.topologies import (
-    SERVE,
-    SLEEP,
-    documents,
-    namespace,
-    pod,
-    service,
-    waypoint,
-)
+from tests.topologies import SERVE, SLEEP, documents, namespace, pod, service, waypoint
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

@@ -20,15 +20,7 @@ import pytest
 
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum, wait_for
 from tests.reliability.harness import probe, wait_serving
-from tests.topologies import (
-    HELLO,
-    PY,
-    SERVE,
-    SLEEP,
-    documents,
-    namespace,
-    pod,
-)
+from tests.topologies import HELLO, PY, SERVE, SLEEP, documents, namespace, pod
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

@@ -21,13 +21,7 @@ import pytest
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
 from tests.reliability.harness import Load, wait_serving
 from tests.reliability.test_faults import link_up, static_routes
-from tests.topologies import (
-    SERVE,
-    SLEEP,
-    documents,
-    namespace,
-    pod,
-)
+from tests.topologies import SERVE, SLEEP, documents, namespace, pod
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 

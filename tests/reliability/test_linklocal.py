@@ -17,14 +17,7 @@ import pytest
 from mesh.runtime import Pod
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
 from tests.reliability.harness import wait_serving
-from tests.topologies import (
-    SERVE,
-    SLEEP,
-    documents,
-    namespace,
-    pod,
-    strict,
-)
+from tests.topologies import SERVE, SLEEP, documents, namespace, pod, strict
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -43,11 +36,9 @@ TOPOLOGY = documents(
 def mesh() -> Iterator[LocalMesh]:
     with local_mesh("aml" + secrets.token_hex(2)) as m:
         m.apply(TOPOLOGY)
-        client = m.pod("sec", "client", enrolled=True)
-        vault = m.pod("sec", "vault", enrolled=True)
-        m.pod("legacy", "outsider", enrolled=False)
-        m.pod("sec", "neighbor", enrolled=True)
-        wait_serving(m, client, f"http://{vault.ip}:8080/")
+        pods = m.wait_pods(enrolled=("sec/client", "sec/vault", "sec/neighbor"),
+                           outside=("legacy/outsider",))
+        wait_serving(m, pods["sec/client"], f"http://{pods['sec/vault'].ip}:8080/")
         yield m
 
 

@@ -27,15 +27,7 @@ from mesh.identity.node_token import derive_node_token
 from mesh.identity.spiffe import SpiffeId
 from tests.e2e.mesh_harness import wait_for
 from tests.reliability.harness import ReliabilityMesh, probe, reliability_mesh, wait_serving
-from tests.topologies import (
-    PY,
-    SERVE,
-    SLEEP,
-    documents,
-    namespace,
-    pod,
-    strict,
-)
+from tests.topologies import PY, SERVE, SLEEP, documents, namespace, pod, strict
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -55,11 +47,9 @@ TOPOLOGY = documents(
 def mesh() -> Iterator[ReliabilityMesh]:
     with reliability_mesh("ams" + secrets.token_hex(2)) as m:
         m.apply(TOPOLOGY)
-        client = m.pod("sec", "client", enrolled=True)
-        vault = m.pod("sec", "vault", enrolled=True)
-        m.pod("perm", "open", enrolled=True)
-        m.pod("legacy", "outsider", enrolled=False)
-        wait_serving(m, client, f"http://{vault.ip}:8080/")
+        pods = m.wait_pods(enrolled=("sec/client", "sec/vault", "perm/open"),
+                           outside=("legacy/outsider",))
+        wait_serving(m, pods["sec/client"], f"http://{pods['sec/vault'].ip}:8080/")
         yield m
 
 

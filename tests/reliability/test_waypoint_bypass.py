@@ -29,16 +29,7 @@ import pytest
 from mesh.runtime import Pod
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, wait_for
 from tests.reliability.harness import probe
-from tests.topologies import (
-    PY,
-    SLEEP,
-    deny_methods,
-    documents,
-    namespace,
-    pod,
-    service,
-    waypoint,
-)
+from tests.topologies import PY, SLEEP, deny_methods, documents, namespace, pod, service, waypoint
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
