@@ -228,3 +228,29 @@ def enrolled(pod: Any, **kw: Any) -> Any:
 
     return EnrolledPod(name=f"{pod.namespace}/{pod.name}", netns=pod.netns,
                        cgroup_path=pod.cgroup_path, ips=(str(pod.ip), str(pod.ip6)), **kw)
+
+
+@contextlib.contextmanager
+def capture_node(rt: Any, pod_names: tuple[str, ...], enroll: tuple[str, ...] = ("client",)
+                 ) -> Iterator[dict[str, Any]]:
+    """The capture tests' world: node n1 with capture loaded, the pods `pod_names` in
+    namespace demo, those in `enroll` enrolled; keys rt, node, redirector and each pod
+    by name. Pins and attachments are removed afterwards (node_redirector)."""
+    node = rt.create_node("n1")
+    pods = {name: rt.create_pod("n1", "demo", name) for name in pod_names}
+    with node_redirector(rt, node) as redirector:
+        for name in enroll:
+            redirector.enroll(enrolled(pods[name]))
+        yield {"rt": rt, "node": node, "redirector": redirector, **pods}
+
+
+def pin_old_map(pins: Any, name: str, key: str, value: str) -> None:
+    """Pin a hash map `name` (`key` -> `value`, C types) where the pin layout `pins`
+    keeps its maps, as another or an earlier version of the programs left it."""
+    from bcc import BPF
+
+    old = BPF(text=(
+        f'BPF_TABLE_PINNED("hash", {key}, {value}, {name}, 16, "'
+        f'{pins.map(name)}");\nint f(void *ctx) {{ return 0; }}'
+    ).encode())
+    old.cleanup()

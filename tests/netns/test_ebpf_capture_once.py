@@ -14,25 +14,15 @@ import pytest
 from ebpf import Redirector
 from ebpf.errors import OriginalDestinationUnknown
 from mesh.runtime import LocalRuntime
-from tests.netns.ebpf_helpers import (
-    CaptureListener,
-    enrolled,
-    fmt_hostport,
-    node_redirector,
-    run_json,
-    serving,
-)
+from tests.netns.ebpf_helpers import CaptureListener, capture_node, fmt_hostport, run_json, serving
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
 def world(runtime: LocalRuntime) -> Iterator[dict[str, Any]]:
-    node = runtime.create_node("n1")
-    pods = {name: runtime.create_pod("n1", "demo", name) for name in ("client", "srv")}
-    with node_redirector(runtime, node) as redirector:
-        redirector.enroll(enrolled(pods["client"]))
-        yield {"rt": runtime, "redirector": redirector, **pods}
+    with capture_node(runtime, ("client", "srv")) as w:
+        yield w
 
 
 def _read_twice(redirector: Redirector) -> Any:

@@ -19,7 +19,7 @@ from ebpf import AttachmentConflict, MapLayoutMismatch, NotCgroupV2, Redirector,
 from ebpf import constants as C
 from ebpf.pins import PinLayout
 from mesh.runtime import LocalRuntime
-from tests.netns.ebpf_helpers import CaptureListener, enrolled, run_json, serving
+from tests.netns.ebpf_helpers import CaptureListener, enrolled, pin_old_map, run_json, serving
 
 pytestmark = pytest.mark.netns
 REPO = Path(__file__).resolve().parents[2]
@@ -185,16 +185,10 @@ def test_refuses_wrong_cgroup_and_foreign_map_layouts(
     node = runtime.create_node("n1")
     with pytest.raises(NotCgroupV2, match="cgroup v2"):
         Redirector.load(f"{runtime.cluster}-x", tmp_path)
-    from bcc import BPF
-
     pins = PinLayout(f"{runtime.cluster}-n1")
     pins.create()
     try:
-        old = BPF(text=(
-            'BPF_TABLE_PINNED("hash", u32, u32, am_pods, 16, "'
-            f'{pins.map("am_pods")}");\nint f(void *ctx) {{ return 0; }}'
-        ).encode())
-        old.cleanup()
+        pin_old_map(pins, "am_pods", "u32", "u32")
         with pytest.raises(MapLayoutMismatch, match="uninstall --pin-name"):
             Redirector.load(pins.name, node.cgroup_path)
     finally:
@@ -204,17 +198,11 @@ def test_refuses_wrong_cgroup_and_foreign_map_layouts(
 def test_load_unpins_a_map_an_earlier_version_left(runtime: LocalRuntime) -> None:
     """am_inbound_ips is no longer read by any program: a node upgraded from a version
     that pinned it has it removed at load, not kept (and shown) forever."""
-    from bcc import BPF
-
     node = runtime.create_node("n1")
     pins = PinLayout(f"{runtime.cluster}-n1")
     pins.create()
     try:
-        old = BPF(text=(
-            'BPF_TABLE_PINNED("hash", u64, u64, am_inbound_ips, 16, "'
-            f'{pins.map("am_inbound_ips")}");\nint f(void *ctx) {{ return 0; }}'
-        ).encode())
-        old.cleanup()
+        pin_old_map(pins, "am_inbound_ips", "u64", "u64")
         assert pins.map("am_inbound_ips").exists()
         redirector = Redirector.load(pins.name, node.cgroup_path)
         try:

@@ -17,9 +17,9 @@ from mesh.runtime.netns import in_netns
 from tests.netns.ebpf_helpers import (
     HELPER,
     CaptureListener,
+    capture_node,
     enrolled,
     fmt_hostport,
-    node_redirector,
     run_json,
     serving,
 )
@@ -30,12 +30,8 @@ pytestmark = pytest.mark.netns
 @pytest.fixture
 def world(runtime: LocalRuntime) -> Iterator[dict[str, Any]]:
     """One node with capture loaded; an enrolled client, a plain client, two servers."""
-    node = runtime.create_node("n1")
-    pods = {name: runtime.create_pod("n1", "demo", name)
-            for name in ("client", "plain", "srv1", "srv2")}
-    with node_redirector(runtime, node) as redirector:
-        redirector.enroll(enrolled(pods["client"]))
-        yield {"rt": runtime, "node": node, "redirector": redirector, **pods}
+    with capture_node(runtime, ("client", "plain", "srv1", "srv2")) as w:
+        yield w
 
 
 def _origin_answer(redirector: Redirector) -> Any:

@@ -4,7 +4,7 @@ pod is captured anyway and refused both ways until its certificate arrives
 its inbound skipped the namespace's STRICT PeerAuthentication.
 
 Real parts: the fake API server (real client, real wire protocol), real local pods
-dressed as kubelet-run ones (tests/netns/test_k8s_nodeagent.py), the controller in
+dressed as kubelet-run ones (tests/netns/kubelet.py), the controller in
 Kubernetes mode and a node agent with real eBPF capture. The controller is stopped
 and started again on the same port and state (same CA root)."""
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,61 +21,19 @@ import pytest
 
 from controller.app import ControllerSettings
 from controller.kube.serve import KubeSettings, kubernetes_controller
-from mesh.runtime import LocalRuntime
-from mesh.runtime import cgroups as cg
 from nodeagent.k8s_agent import KubeAgentConfig, KubeNodeAgent
 from tests.e2e.mesh_harness import free_port
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client
-from tests.netns.test_k8s_nodeagent import Kubelet, call, until
+from tests.netns.kubelet import Kubelet, agent_token, call, until
 
 pytestmark = [pytest.mark.netns, pytest.mark.anyio]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def kubelet(runtime: LocalRuntime, cluster_name: str) -> Iterator[Kubelet]:
-    runtime.create_node("n1")
-    kubepods = cg.cgroup2_root() / f"{cluster_name}-kubepods"
-    kubepods.mkdir()
-    k = Kubelet(runtime, kubepods)
-    try:
-        yield k
-    finally:
-        k.stop_all()
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeApiServer]:
-    s = FakeApiServer(bookmark_interval=0.2)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 def refusals(agent: KubeNodeAgent, cause: str) -> float:
     return sum(s.value for m in agent.metrics.registry.collect()
                if m.name == "ambient_connections_refused" for s in m.samples
                if s.name.endswith("_total") and s.labels.get("cause") == cause)
-
-
-def agent_token(server: FakeApiServer, tmp: Path) -> Path:
-    server.create({"kind": "Namespace", "metadata": {"name": "ambient-system"}})
-    agent_pod = server.create({"kind": "Pod", "metadata": {
-        "name": "ambient-nodeagent-x", "namespace": "ambient-system"},
-        "spec": {"nodeName": "n1", "serviceAccountName": "ambient-nodeagent", "hostNetwork": True,
-                 "containers": [{"name": "agent", "image": "ambient-mesh"}]},
-        "status": {"phase": "Running", "podIP": "192.0.2.1"}})
-    server.add_pod_token("agent-token", agent_pod)  # name and uid, as projected tokens
-    token = tmp / "token"
-    token.write_text("agent-token\n")
-    return token
 
 
 @contextlib.asynccontextmanager
