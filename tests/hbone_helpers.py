@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,31 @@ def relay_handler(seen: list[HboneRequest] | None = None,
     return handle
 
 
+def mtls_pair(ca: CertificateAuthority, server_id: SpiffeId = SERVER_ID,
+              client_id: SpiffeId = CLIENT_ID) -> tuple[ssl.SSLContext, StaticTls]:
+    """The two ends of one mutual-TLS tunnel, certificates from `ca`: the server's TLS
+    context as `server_id` and the client's TLS source as `client_id`."""
+    server_ck, bundle = mint(ca, server_id)
+    client_ck, _ = mint(ca, client_id)
+    return (tls.server_context(server_ck, bundle),
+            StaticTls(str(client_id), tls.client_context(client_ck, bundle)))
+
+
+@contextlib.asynccontextmanager
+async def hbone_serving(server: HboneServer) -> AsyncIterator[int]:
+    """`server` serving on a loopback port (yielded) until the block ends; then the
+    serving task is cancelled and awaited and the socket closed."""
+    lsock = listen()
+    task = asyncio.ensure_future(server.serve(lsock))
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        lsock.close()
+
+
 @dataclass
 class Mesh:
     ca: CertificateAuthority
@@ -86,21 +112,11 @@ async def hbone_mesh(tmp: Path, *, settings: TunnelSettings | None = None,
                      allow: Callable[[HboneRequest], bool] | None = None,
                      ca: CertificateAuthority | None = None) -> AsyncIterator[Mesh]:
     ca = ca or new_ca(tmp / "ca")
-    server_ck, bundle = mint(ca, SERVER_ID)
-    client_ck, _ = mint(ca, CLIENT_ID)
-    server_ctx = tls.server_context(server_ck, bundle)
-    client = StaticTls(str(CLIENT_ID), tls.client_context(client_ck, bundle))
+    server_ctx, client = mtls_pair(ca)
     seen: list[HboneRequest] = []
     server = HboneServer(lambda: server_ctx, relay_handler(seen, allow), settings=settings)
-    lsock = listen()
-    task = asyncio.ensure_future(server.serve(lsock))
-    try:
-        yield Mesh(ca, client, lsock.getsockname()[1], server, seen)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        lsock.close()
+    async with hbone_serving(server) as port:
+        yield Mesh(ca, client, port, server, seen)
 
 
 @contextlib.asynccontextmanager

@@ -6,8 +6,9 @@ proxy's inbound role), which relays to the app."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import pytest
 from mesh.api import config_pb2 as pb
 from mesh.hbone import HboneClientPool, HboneRequest, HboneServer, StaticTls
 from mesh.identity import tls
+from mesh.identity.bundle import TrustBundle
 from mesh.identity.spiffe import SpiffeId
+from mesh.identity.svid import CertifiedKey
 from tests.e2e.waypoint_helpers import Backend, BackendLoop, answer_name, waypoint_snapshot
 from tests.hbone_helpers import listen, relay_handler
 from tests.identity_helpers import mint, new_ca
@@ -90,71 +93,99 @@ def backend_port() -> Iterator[int]:
         loop.close()
 
 
+Certs = dict[SpiffeId, tuple[CertifiedKey, TrustBundle]]
+
+
+def workload_tls(certs: Certs, sid: SpiffeId) -> StaticTls:
+    """The client side of mutual TLS as workload `sid` (its certificate from `certs`)."""
+    ck, bundle = certs[sid]
+    return StaticTls(str(sid), tls.client_context(ck, bundle))
+
+
+@dataclass
+class HboneWaypoint:
+    """A waypoint reached through real HBONE tunnels: `connect` opens a tunnel from a
+    workload identity to the service VIP, as the source node proxy does."""
+
+    server: WaypointServer
+    address: tuple[str, int]
+    pool: HboneClientPool
+    certs: Certs
+
+    async def connect(self, sid: SpiffeId, expected_peer: SpiffeId | None = None
+                      ) -> anyio.abc.ByteStream:
+        return await self.pool.connect(workload_tls(self.certs, sid), self.address, f"{VIP}:80",
+                                       expected_peer=expected_peer)
+
+
+@contextlib.asynccontextmanager
+async def hbone_waypoint(tmp: Path, state: WaypointState,
+                         seen: list[HboneRequest] | None = None
+                         ) -> AsyncIterator[HboneWaypoint]:
+    """The waypoint serving `state` behind HBONE (its own certificate from a fresh CA),
+    forwarding over HBONE to a destination HBONE server (the node proxy's inbound
+    role, recording each request in `seen`) that relays to the app."""
+    ca = new_ca(tmp / "ca")
+    certs = {sid: mint(ca, sid) for sid in (SLEEP, OTHER, WAYPOINT, WEB)}
+
+    def server_ctx(sid: SpiffeId) -> Callable[[], ssl.SSLContext]:
+        ck, bundle = certs[sid]
+        ctx = tls.server_context(ck, bundle)
+        return lambda: ctx
+
+    dest = HboneServer(server_ctx(WEB), relay_handler(seen))
+    dest_sock = listen()
+    out_pool, in_pool = HboneClientPool(), HboneClientPool()
+    server = WaypointServer(state, dial=HboneDialer(out_pool, workload_tls(certs, WAYPOINT),
+                                                    port=dest_sock.getsockname()[1]))
+    wp_sock = listen()
+    wp = HboneWaypoint(server, ("127.0.0.1", wp_sock.getsockname()[1]), in_pool, certs)
+    hbone = HboneListen(wp_sock, HboneServer(server_ctx(WAYPOINT), server.handle_hbone))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dest.serve, dest_sock)
+            tg.start_soon(lambda: server.run(hbone=hbone))
+            await server.ready.wait()
+            yield wp
+            tg.cancel_scope.cancel()
+    finally:
+        await in_pool.aclose()
+        await out_pool.aclose()
+        for s in (dest_sock, wp_sock):
+            s.close()
+
+
 def test_request_through_hbone_both_ways(tmp_path: Path, backend_port: int) -> None:
     async def main() -> None:
-        ca = new_ca(tmp_path / "ca")
-        certs = {sid: mint(ca, sid) for sid in (SLEEP, OTHER, WAYPOINT, WEB)}
-
-        def client_tls(sid: SpiffeId) -> StaticTls:
-            ck, bundle = certs[sid]
-            return StaticTls(str(sid), tls.client_context(ck, bundle))
-
-        def server_ctx(sid: SpiffeId) -> Callable[[], ssl.SSLContext]:
-            ck, bundle = certs[sid]
-            ctx = tls.server_context(ck, bundle)
-            return lambda: ctx
-
-        # Destination node proxy: HBONE in, relay to the app.
+        # Destination node proxy: HBONE in, relay to the app (each request seen).
         seen: list[HboneRequest] = []
-        dest = HboneServer(server_ctx(WEB), relay_handler(seen))
-        dest_sock = listen()
-        # The waypoint.
-        out_pool = HboneClientPool()
         state = WaypointState(build(snapshot(backend_port)))
-        server = WaypointServer(state, dial=HboneDialer(out_pool, client_tls(WAYPOINT),
-                                                        port=dest_sock.getsockname()[1]))
-        wp_sock = listen()
-        hbone = HboneListen(wp_sock, HboneServer(server_ctx(WAYPOINT), server.handle_hbone))
-        in_pool = HboneClientPool()
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(dest.serve, dest_sock)
-                tg.start_soon(lambda: server.run(hbone=hbone))
-                await server.ready.wait()
-                wp_addr = ("127.0.0.1", wp_sock.getsockname()[1])
+        async with hbone_waypoint(tmp_path, state, seen) as wp:
+            # The allowed caller: two requests on one tunnel (keep-alive).
+            stream = await wp.connect(SLEEP, expected_peer=WAYPOINT)
+            assert await http_get(stream, "/one") == Response(200, b"web")
+            assert await http_get(stream, "/two") == Response(200, b"web")
+            await stream.aclose()
+            # The destination saw the waypoint's identity, addressed to the pod.
+            assert seen and all(r.peer_identity == WAYPOINT for r in seen)
+            assert seen[0].authority == f"127.0.0.1:{backend_port}"
 
-                # The allowed caller: two requests on one tunnel (keep-alive).
-                stream = await in_pool.connect(client_tls(SLEEP), wp_addr, f"{VIP}:80",
-                                               expected_peer=WAYPOINT)
-                assert await http_get(stream, "/one") == Response(200, b"web")
-                assert await http_get(stream, "/two") == Response(200, b"web")
-                await stream.aclose()
-                # The destination saw the waypoint's identity, addressed to the pod.
-                assert seen and all(r.peer_identity == WAYPOINT for r in seen)
-                assert seen[0].authority == f"127.0.0.1:{backend_port}"
+            # Another identity is refused by the L7 policy at the waypoint.
+            other = await wp.connect(OTHER)
+            denied = await http_get(other, "/one")
+            assert denied.status == 403 and b"RBAC" in denied.body
+            await other.aclose()
 
-                # Another identity is refused by the L7 policy at the waypoint.
-                other = await in_pool.connect(client_tls(OTHER), wp_addr, f"{VIP}:80")
-                denied = await http_get(other, "/one")
-                assert denied.status == 403 and b"RBAC" in denied.body
-                await other.aclose()
-
-                metrics = server.metrics.exposition().decode()
-                ok = next(line for line in metrics.splitlines()
-                          if line.startswith("istio_requests_total{")
-                          and 'response_code="200"' in line)
-                assert f'source_principal="{SLEEP.uri}"' in ok
-                assert 'source_workload_namespace="default"' in ok
-                assert 'connection_security_policy="mutual_tls"' in ok
-                assert f'destination_principal="{WEB.uri}"' in ok
-                assert 'destination_workload="web"' in ok
-                assert f'source_principal="{OTHER.uri}"' in metrics
-                tg.cancel_scope.cancel()
-        finally:
-            await in_pool.aclose()
-            await out_pool.aclose()
-            for s in (dest_sock, wp_sock):
-                s.close()
+            metrics = wp.server.metrics.exposition().decode()
+            ok = next(line for line in metrics.splitlines()
+                      if line.startswith("istio_requests_total{")
+                      and 'response_code="200"' in line)
+            assert f'source_principal="{SLEEP.uri}"' in ok
+            assert 'source_workload_namespace="default"' in ok
+            assert 'connection_security_policy="mutual_tls"' in ok
+            assert f'destination_principal="{WEB.uri}"' in ok
+            assert 'destination_workload="web"' in ok
+            assert f'source_principal="{OTHER.uri}"' in metrics
 
     anyio.run(main)
 

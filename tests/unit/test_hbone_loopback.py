@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import socket
@@ -155,15 +154,10 @@ async def test_a_peer_resetting_streams_is_no_error_and_logs_no_traceback(
     from structlog.testing import capture_logs
 
     from mesh.hbone import HboneRequest, HboneServer
-    from mesh.identity import tls
-    from tests.hbone_helpers import StaticTls, listen
-    from tests.identity_helpers import mint, new_ca
+    from tests.hbone_helpers import hbone_serving, mtls_pair
+    from tests.identity_helpers import new_ca
 
-    ca = new_ca(tmp_path / "ca")
-    server_ck, bundle = mint(ca, SERVER_ID)
-    client_ck, _ = mint(ca, CLIENT_ID)
-    server_ctx = tls.server_context(server_ck, bundle)
-    client = StaticTls(str(CLIENT_ID), tls.client_context(client_ck, bundle))
+    server_ctx, client = mtls_pair(new_ca(tmp_path / "ca"))
     ended = asyncio.Event()
 
     async def read_until_reset(request: HboneRequest) -> None:
@@ -175,25 +169,19 @@ async def test_a_peer_resetting_streams_is_no_error_and_logs_no_traceback(
             ended.set()
 
     server = HboneServer(lambda: server_ctx, read_until_reset)
-    lsock = listen()
-    task = asyncio.ensure_future(server.serve(lsock))
-    pool = HboneClientPool()
-    try:
-        with capture_logs() as logs:
-            for _ in range(20):
-                ended.clear()
-                stream = await pool.connect(client, ("127.0.0.1", lsock.getsockname()[1]),
-                                            "127.0.0.1:9")
-                await stream.send(b"x" * 100)
-                stream.reset()
-                await asyncio.wait_for(ended.wait(), 5)
-            await asyncio.sleep(0.05)
-        events = [entry["event"] for entry in logs]
-        assert "hbone.handler_failed" not in events
-        assert events.count("hbone.stream_ended_by_peer") == 20
-    finally:
-        await pool.aclose()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        lsock.close()
+    async with hbone_serving(server) as port:
+        pool = HboneClientPool()
+        try:
+            with capture_logs() as logs:
+                for _ in range(20):
+                    ended.clear()
+                    stream = await pool.connect(client, ("127.0.0.1", port), "127.0.0.1:9")
+                    await stream.send(b"x" * 100)
+                    stream.reset()
+                    await asyncio.wait_for(ended.wait(), 5)
+                await asyncio.sleep(0.05)
+            events = [entry["event"] for entry in logs]
+            assert "hbone.handler_failed" not in events
+            assert events.count("hbone.stream_ended_by_peer") == 20
+        finally:
+            await pool.aclose()

@@ -28,7 +28,6 @@ from ambientctl.explain import Explainer, ExplainRequest, Explanation
 from ambientctl.refs import parse_destination
 from mesh.api import config_pb2 as pb
 from mesh.hbone import HboneClientPool, HboneConnectError, HboneServer, StaticTls
-from mesh.identity import tls
 from mesh.identity.spiffe import SpiffeId
 from nodeagent.accesslog import AccessLog
 from nodeagent.metrics import ProxyMetrics
@@ -37,8 +36,8 @@ from nodeagent.proxy.handlers import ProxyContext, handle_hbone, handle_inbound_
 from nodeagent.proxy.pod_listeners import PodEndpoint
 from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
-from tests.hbone_helpers import listen
-from tests.identity_helpers import mint, new_ca
+from tests.hbone_helpers import hbone_serving, mtls_pair
+from tests.identity_helpers import new_ca
 from tests.unit.test_ambientctl_explain import WAYPOINT_REF, WORKLOADS, snapshots
 
 POD_IP = "127.0.0.2"  # a loopback address of our own netns: the "pod" the app runs in
@@ -197,21 +196,15 @@ async def hbone_once(wl: pb.Workload, tmp: Path, client_id: SpiffeId
                      ) -> tuple[dict[str, str], list[bytes], str, dict[str, float]]:
     """One CONNECT to the pod's app port through a real HBONE server whose handler is
     the node proxy's handle_hbone, from a client presenting `client_id`."""
-    ca = new_ca(tmp / "ca")
-    server_ck, bundle = mint(ca, POD_ID)
-    client_ck, _ = mint(ca, client_id)
-    server_ctx = tls.server_context(server_ck, bundle)
-    source = StaticTls(str(client_id), tls.client_context(client_ck, bundle))
+    server_ctx, source = mtls_pair(new_ca(tmp / "ca"), POD_ID, client_id)
     out = io.StringIO()
     async with app_server() as (app_port, received):
         ctx = context(state_with(wl), out, app_port)
         server = HboneServer(lambda: server_ctx, lambda req: handle_hbone(ctx, POD, req))
-        lsock = listen()
-        task = asyncio.ensure_future(server.serve(lsock))
-        pool = HboneClientPool()
-        try:
+        async with hbone_serving(server) as port:
+            pool = HboneClientPool()
             try:
-                stream = await pool.connect(source, ("127.0.0.1", lsock.getsockname()[1]),
+                stream = await pool.connect(source, ("127.0.0.1", port),
                                             f"{POD_IP}:{app_port}", expected_peer=POD_ID)
             except HboneConnectError as e:
                 answer = f"refused {e.status}"
@@ -219,12 +212,8 @@ async def hbone_once(wl: pb.Workload, tmp: Path, client_id: SpiffeId
                 await stream.send(b"DELETE /items/1 HTTP/1.1\r\n\r\n")
                 answer = (await stream.receive()).decode()
                 await stream.aclose()
-        finally:
-            await pool.aclose()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            lsock.close()
+            finally:
+                await pool.aclose()
         await asyncio.sleep(0.05)
     record: dict[str, str] = json.loads(out.getvalue().splitlines()[-1])
     return record, received, answer, refusals(ctx)
