@@ -5,7 +5,6 @@ Holds no tests: shared by tests/e2e/test_cli_*.py."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.e2e.mesh_harness import free_port
+from tests.e2e.waypoint_helpers import stop_process
+
 BIN = Path(sys.executable).parent
 AMBIENTCTL = str(BIN / "ambientctl")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ctl(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
@@ -65,10 +61,5 @@ def controller_alone(tmp: Path) -> Iterator[Controller]:
             time.sleep(0.1)
         yield Controller(admin, state / "admin.token")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=10)
         log.close()

@@ -21,6 +21,7 @@ import structlog
 
 from mesh.kube.client import KubeconfigTokenError, api_client, read_token_file
 from mesh.kube.errors import KubeError
+from tests.e2e.waypoint_helpers import stop_process
 from tests.fakes.kube_apiserver import FakeApiServer
 
 pytestmark = pytest.mark.anyio
@@ -70,15 +71,6 @@ async def run_controller(cfg: Path, state: Path, log: Path) -> subprocess.Popen[
              "--admin-addr", "127.0.0.1:0"], stdout=err, stderr=subprocess.STDOUT)
 
 
-async def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        await asyncio.to_thread(proc.wait, 10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def test_token_file_ending_with_a_newline_works(server: FakeApiServer,
                                                       tmp_path: Path) -> None:
     token = tmp_path / "token"
@@ -99,7 +91,7 @@ async def test_token_file_ending_with_a_newline_works(server: FakeApiServer,
         # It really talked to the API server with the token (lists and watches).
         assert any(path == "/api/v1/pods" for _, path, _ in server.requests)
     finally:
-        await stop(proc)
+        await asyncio.to_thread(stop_process, proc, 10)
 
 
 @pytest.mark.parametrize("content", ["ab\ncd\n", "abc\x07def"])
@@ -114,7 +106,7 @@ async def test_token_with_an_inner_control_character_is_refused_naming_the_file(
         code = await asyncio.to_thread(proc.wait, 20)
     finally:
         if proc.poll() is None:
-            await stop(proc)
+            await asyncio.to_thread(stop_process, proc, 10)
     text = log.read_text()
     assert code != 0
     assert str(token) in text and "control character" in text, text

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from mesh.api import config_pb2 as pb
 from mesh.identity.node_token import derive_node_token
 from mesh.xds import Backoff, ConfigSubscriber
+from tests.e2e.mesh_harness import free_port
 from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ControllerProcess:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -21,25 +20,17 @@ import pytest
 from controller.app import ControllerSettings
 from controller.kube.serve import KubeSettings, kubernetes_controller
 from tests.e2e import test_k8s_controller as k8s
+from tests.e2e.mesh_harness import free_port
 from tests.e2e.test_k8s_controller import kube_controller, pod, until
+from tests.e2e.waypoint_helpers import stop_process
 from tests.fakes.kube_apiserver import FakeApiServer
 from tests.fakes.kube_client import api_client
 from tests.grpc_loop import quiet_stale_grpc_callbacks  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.anyio
 WAYPOINT = str(Path(sys.executable).with_name("ambient-waypoint"))
-server = k8s.server  # the fixture: a fake API server with a populated cluster
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The fixtures: a fake API server with a populated cluster, on asyncio.
+server, anyio_backend = k8s.server, k8s.anyio_backend
 
 
 def ready(port: int, path: str = "/healthz/ready") -> tuple[int, str]:
@@ -64,24 +55,36 @@ def refusals(log: str) -> list[dict[str, object]]:
     return out
 
 
-async def test_refused_first_certificate_is_retried_without_a_traceback(
-        server: FakeApiServer, tmp_path: Path) -> None:
+def waypoint_token(server: FakeApiServer, tmp: Path) -> Path:
+    """The waypoint's pod (on n2, service account `waypoint`) and a token bound to it."""
     wp = server.create(pod("waypoint-6c-q", "demo", "n2", "10.244.2.50",
                            {"ambientmesh.io/waypoint": "waypoint"}, sa="waypoint"))
-    token = tmp_path / "token"
+    token = tmp / "token"
     token.write_text(server.add_pod_token("wp-token", wp) + "\n")
+    return token
+
+
+def start_waypoint(grpc_port: int, token: Path, metrics: int, stderr: Path
+                   ) -> subprocess.Popen[bytes]:
+    """A real waypoint process for Gateway demo/waypoint, logging into `stderr`."""
+    with open(stderr, "wb") as err:
+        return subprocess.Popen(
+            [WAYPOINT, "--name", "waypoint", "--namespace", "demo", "--node", "n2",
+             "--controller", f"127.0.0.1:{grpc_port}", "--token-file", str(token),
+             "--hbone-addr", f"127.0.0.1:{free_port()}",
+             "--metrics-addr", f"127.0.0.1:{metrics}", "--access-log", "none"],
+            stdout=err, stderr=subprocess.STDOUT)
+
+
+async def test_refused_first_certificate_is_retried_without_a_traceback(
+        server: FakeApiServer, tmp_path: Path) -> None:
+    token = waypoint_token(server, tmp_path)
     metrics = free_port()
     stderr = tmp_path / "waypoint.stderr"
     proc: subprocess.Popen[bytes] | None = None
     async with kube_controller(server, tmp_path / "c", manage_waypoints=False) as (c, _):
         try:
-            with open(stderr, "wb") as err:
-                proc = subprocess.Popen(
-                    [WAYPOINT, "--name", "waypoint", "--namespace", "demo", "--node", "n2",
-                     "--controller", f"127.0.0.1:{c.grpc_port}", "--token-file", str(token),
-                     "--hbone-addr", f"127.0.0.1:{free_port()}",
-                     "--metrics-addr", f"127.0.0.1:{metrics}", "--access-log", "none"],
-                    stdout=err, stderr=subprocess.STDOUT)
+            proc = start_waypoint(c.grpc_port, token, metrics, stderr)
             running = proc
 
             # No Gateway "waypoint" yet: every request is refused, and the process stays.
@@ -118,12 +121,7 @@ async def test_refused_first_certificate_is_retried_without_a_traceback(
                 "every log line is one structured (JSON) event"
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    await asyncio.to_thread(proc.wait, 5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                await asyncio.to_thread(stop_process, proc)
 
 
 async def test_expired_certificate_whose_renewal_is_refused_makes_it_not_ready(
@@ -135,10 +133,7 @@ async def test_expired_certificate_whose_renewal_is_refused_makes_it_not_ready(
                "metadata": {"name": "waypoint", "namespace": "demo"},
                "spec": {"gatewayClassName": "ambient-waypoint"}}
     server.create(gateway)
-    wp = server.create(pod("waypoint-6c-q", "demo", "n2", "10.244.2.50",
-                           {"ambientmesh.io/waypoint": "waypoint"}, sa="waypoint"))
-    token = tmp_path / "token"
-    token.write_text(server.add_pod_token("wp-token", wp) + "\n")
+    token = waypoint_token(server, tmp_path)
     metrics = free_port()
     stderr = tmp_path / "waypoint.stderr"
     proc: subprocess.Popen[bytes] | None = None
@@ -149,13 +144,7 @@ async def test_expired_certificate_whose_renewal_is_refused_makes_it_not_ready(
     try:
         async with kubernetes_controller(settings, KubeSettings(
                 manage_waypoints=False, token_cache_seconds=0), api=api) as (c, _):
-            with open(stderr, "wb") as err:
-                proc = subprocess.Popen(
-                    [WAYPOINT, "--name", "waypoint", "--namespace", "demo", "--node", "n2",
-                     "--controller", f"127.0.0.1:{c.grpc_port}", "--token-file", str(token),
-                     "--hbone-addr", f"127.0.0.1:{free_port()}",
-                     "--metrics-addr", f"127.0.0.1:{metrics}", "--access-log", "none"],
-                    stdout=err, stderr=subprocess.STDOUT)
+            proc = start_waypoint(c.grpc_port, token, metrics, stderr)
             running = proc
 
             async def status() -> tuple[int, str]:
@@ -183,10 +172,5 @@ async def test_expired_certificate_whose_renewal_is_refused_makes_it_not_ready(
             assert "Traceback" not in log, log
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, 5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            await asyncio.to_thread(stop_process, proc)
         await api.close()

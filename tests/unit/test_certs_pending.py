@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mesh.identity.spiffe import SpiffeId
-from nodeagent.certs import CertificateManager, PodRef, obtain_all
+from nodeagent.certs import CertificateManager, obtain_all
 from tests.identity_helpers import InProcessCa, new_ca
-
-CART1 = PodRef("shop", "cart-1", "cart")
-CART2 = PodRef("shop", "cart-2", "cart")
-CART_ID = SpiffeId.for_workload("shop", "cart")
+from tests.unit.test_certs_manager import CART1, CART2, CART_ID
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from mesh.identity.errors import CertificateError
 from mesh.identity.spiffe import SpiffeId
 from tests.hbone_helpers import CLIENT_ID
 from tests.identity_helpers import ManualClock, mint, new_ca
-from tests.unit.test_fuzz_hbone import LoopbackHbone, assert_still_serving, exchange
-from tests.unit.test_security_tls import refused
+from tests.unit.test_fuzz_hbone import LoopbackHbone, assert_still_serving
+from tests.unit.test_security_tls import connect_as, refused
 
 A = SpiffeId.for_workload("default", "a")
 B = SpiffeId.for_workload("web", "b")
@@ -243,13 +243,7 @@ def test_hbone_server_opens_no_tunnel_for_forged_svids(tmp_path: Path) -> None:
             ctx = presenting(*forge(hb.ca, sans), tmp_path)
             why = refused(hb, ctx)
             assert why, i
-            original = hb.client_ctx
-            hb.client_ctx = ctx
-            try:
-                outcome, data = exchange(hb, [(":method", "CONNECT"),
-                                              (":authority", f"127.0.0.1:{hb.app_port}")], b"x")
-            finally:
-                hb.client_ctx = original
+            outcome, data = connect_as(hb, ctx)
             assert outcome != "status 200" and data == b"", (sans, outcome)
         assert_still_serving(hb)
     finally:

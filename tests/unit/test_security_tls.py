@@ -63,6 +63,18 @@ def self_signed(uri: str | None) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM), key
 
 
+def connect_as(hb: LoopbackHbone, ctx: ssl.SSLContext) -> tuple[str, bytes]:
+    """One CONNECT to the app through `hb`, the client presenting `ctx` (not its own
+    certificate); the outcome and data as `exchange` reports them."""
+    original = hb.client_ctx
+    hb.client_ctx = ctx
+    try:
+        return exchange(hb, [(":method", "CONNECT"), (":authority", f"127.0.0.1:{hb.app_port}")],
+                        b"x")
+    finally:
+        hb.client_ctx = original
+
+
 def refused(hb: LoopbackHbone, ctx: ssl.SSLContext) -> str:
     """The error that ends the attempt; the attempt must not reach the app."""
     try:
@@ -145,13 +157,7 @@ def test_mesh_ca_certificate_without_spiffe_id_gets_no_tunnel(hbone: LoopbackHbo
     except (ssl.SSLError, ConnectionError):
         return  # refused in the handshake: fine too
     sock.close()
-    original = hbone.client_ctx
-    hbone.client_ctx = ctx
-    try:
-        outcome, data = exchange(hbone, [(":method", "CONNECT"),
-                                         (":authority", f"127.0.0.1:{hbone.app_port}")], b"x")
-    finally:
-        hbone.client_ctx = original
+    outcome, data = connect_as(hbone, ctx)
     print(f"CA-signed, no SPIFFE ID: {outcome}")
     assert outcome != "status 200" and data == b""
     assert_still_serving(hbone)
