@@ -1502,7 +1502,7 @@ class Snapshot(_message.Message):
 
     @_builtins.property
     def workloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Workload]:
-        """NODE: mesh-wide; WAYPOINT: the workloads behind its services and route backends."""
+        """NODE and WAYPOINT: mesh-wide (a waypoint names its callers by source address)."""
 
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___Service]:
