@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,9 @@ from controller.kube.waypoints import (
     Key,
     ObjectId,
     WaypointPlan,
+    covers,
     digest,
+    overlay,
     plan,
     waypoint_gateways,
 )
@@ -36,6 +39,17 @@ from mesh.kube.kinds import DEPLOYMENTS, NETWORK_POLICIES, SERVICE_ACCOUNTS, SER
 from mesh.kube.reflector import Reflector
 
 _log = structlog.get_logger("controller.kube.waypoints")
+
+
+def api_message(e: ApiException) -> str:
+    """The API server's own words for a refused request (its Status message, e.g.
+    `spec.ports[1].name: Duplicate value: "hbone"`), not just `422 Unprocessable
+    Entity`."""
+    try:
+        message = json.loads(e.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"{e.status} {e.reason}: {message}" if message else f"{e.status} {e.reason}"
 DEFAULT_RESYNC = 30.0
 
 
@@ -98,9 +112,9 @@ class WaypointReconciler:
             failed = []
             for obj in objects:  # one refused object does not hold back the others
                 try:
-                    await self._apply(obj)
+                    await self._converge(obj)
                 except ApiException as e:
-                    failed.append(f"{obj['kind']}: {e.status} {e.reason}")
+                    failed.append(f"{obj['kind']}: {api_message(e)}")
                     continue
                 self._applied[(obj["kind"], *ref)] = digest(obj)
                 self.applies += 1
@@ -124,18 +138,56 @@ class WaypointReconciler:
             _log.info("waypoint_object_deleted", object=f"{kind} {ns}/{name}",
                       reason="its ambient-waypoint Gateway is gone")
 
-    async def _apply(self, obj: dict[str, Any]) -> None:
-        name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
-        common: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
-                                  "_content_type": APPLY}
-        if obj["kind"] == "Deployment":
-            await self._apps.patch_namespaced_deployment(name, ns, obj, **common)
-        elif obj["kind"] == "NetworkPolicy":
-            await self._net.patch_namespaced_network_policy(name, ns, obj, **common)
-        elif obj["kind"] == "Service":
-            await self._core.patch_namespaced_service(name, ns, obj, **common)
+    async def _converge(self, obj: dict[str, Any]) -> None:
+        """Apply `obj` (our field manager, force: fields others took are ours again);
+        when the result still is not ours, replace. An apply cannot converge where a
+        hand edit changed a keyed list item's key (a Service port 15008 -> 15009): the
+        apply adds our item beside the edited one and the API server refuses the pair
+        (422 `Duplicate value`), or leaves items others added. A replace (PUT of the
+        live object with our fields, at its resourceVersion) sets the whole lists."""
+        try:
+            result = await self._apply(obj)
+        except ApiException as e:
+            if e.status != 422:
+                raise
+            why = api_message(e)
         else:
-            await self._core.patch_namespaced_service_account(name, ns, obj, **common)
+            if covers(result, obj):
+                return
+            why = "the applied object still differs (fields set by another manager)"
+        await self._replace(obj, why)
+
+    async def _replace(self, obj: dict[str, Any], why: str) -> None:
+        name, ns, kind = obj["metadata"]["name"], obj["metadata"]["namespace"], obj["kind"]
+        live = await self._call(kind, "read", name, ns)
+        body = overlay(live, obj)
+        body["metadata"].pop("managedFields", None)  # kept by the server as they are
+        await self._call(kind, "replace", name, ns, body, field_manager=FIELD_MANAGER)
+        _log.warning("waypoint_replaced", object=f"{kind} {ns}/{name}", why=why,
+                     how="replaced with the controller's fields (an apply alone could "
+                         "not converge)")
+
+    async def _call(self, kind: str, verb: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        api, suffix = {"Deployment": (self._apps, "deployment"),
+                       "NetworkPolicy": (self._net, "network_policy"),
+                       "Service": (self._core, "service"),
+                       "ServiceAccount": (self._core, "service_account")}[kind]
+        # Raw JSON (no client models, which would drop fields they do not know); the
+        # client raises for errors only when it preloads, so check here.
+        resp = await getattr(api, f"{verb}_namespaced_{suffix}")(
+            *args, _preload_content=False, **kw)
+        data = await resp.read()
+        if not 200 <= resp.status <= 299:
+            error = ApiException(status=resp.status, reason=resp.reason)
+            error.body = data.decode(errors="replace")
+            raise error
+        return dict(json.loads(data))
+
+    async def _apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
+        return await self._call(obj["kind"], "patch", name, ns, obj,
+                                field_manager=FIELD_MANAGER, force=True,
+                                _content_type=APPLY)
 
     async def _delete(self, kind: str, ns: str, name: str, uid: str) -> None:
         options = kclient.V1DeleteOptions(

@@ -9,6 +9,7 @@ what to apply and what to delete. The I/O is in waypoint_reconciler."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -134,6 +135,19 @@ def covers(observed: Any, wanted: Any) -> bool:
         return (isinstance(observed, list) and len(observed) == len(wanted)
                 and all(covers(o, w) for o, w in zip(observed, wanted, strict=True)))
     return bool(observed == wanted)
+
+
+def overlay(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """`live` with every field of `wanted` set to our value, for a replace: maps are
+    merged (what the server and others added stays: clusterIP, extra labels, status),
+    lists are ours whole (a hand-added or re-keyed port goes)."""
+    out = dict(copy.deepcopy(live))
+    for k, v in wanted.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = overlay(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def digest(obj: Mapping[str, Any]) -> str:

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from tests.fakes import ssa
 from tests.fakes.crd_schema import (
     CrdVersion,
     Refused,
@@ -204,13 +205,23 @@ class FakeApiServer:
     def _rtype(self, obj: Obj) -> ResourceType:
         return BY_KIND[obj["kind"]]
 
-    def _record(self, rtype: ResourceType, event: str, obj: Obj) -> None:
+    def _record(self, rtype: ResourceType, event: str, obj: Obj, old: Obj | None = None
+                ) -> None:
+        """Tell matching watches. As the real watch cache does, an update that makes an
+        object stop matching a watch's selector is a DELETED event for that watch, and
+        one that makes it start matching an ADDED event."""
         self.history.append((self.rv, rtype.plural, event, copy.deepcopy(obj)))
         for w in list(self._watches):
-            if w.rtype == rtype and (not w.namespace or w.namespace ==
-                                     obj["metadata"].get("namespace")) \
-                    and _selected(obj, w.fields, w.labels):
-                w.queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
+            if w.rtype != rtype or (w.namespace and w.namespace !=
+                                    obj["metadata"].get("namespace")):
+                continue
+            now = _selected(obj, w.fields, w.labels)
+            before = old is not None and _selected(old, w.fields, w.labels)
+            if now:
+                kind = "ADDED" if old is not None and not before else event
+                w.queue.put_nowait({"type": kind, "object": copy.deepcopy(obj)})
+            elif before:
+                w.queue.put_nowait({"type": "DELETED", "object": copy.deepcopy(obj)})
 
     def install_crd(self, crd: Obj) -> None:
         """Install or replace a CRD (objects already stored are not re-validated)."""
@@ -271,7 +282,7 @@ class FakeApiServer:
         if rtype.namespaced:
             new["metadata"].setdefault("namespace", key[0])
         self.objects[rtype.plural][key] = new
-        self._record(rtype, "MODIFIED", new)
+        self._record(rtype, "MODIFIED", new, old)
         return new
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
@@ -408,8 +419,14 @@ class FakeApiServer:
             body.setdefault("metadata", {})
             if rtype.namespaced:
                 body["metadata"]["namespace"] = namespace
+            body = ssa.update(None, {**body, "kind": rtype.kind}, rtype.kind,
+                              request.query.get("fieldManager") or _default_manager(request),
+                              rtype.api_version)
+            invalid = _invalid(rtype, str(body["metadata"].get("name")), body)
+            if invalid is not None:
+                return invalid
             try:
-                return web.json_response(self.create({**body, "kind": rtype.kind}), status=201)
+                return web.json_response(self.create(body), status=201)
             except KeyError:
                 return status(409, "AlreadyExists",
                               f'{rtype.plural} "{body["metadata"]["name"]}" already exists')
@@ -531,26 +548,58 @@ class FakeApiServer:
         raw = await request.text()
         body = yaml.safe_load(raw) if "apply-patch" in ctype else json.loads(raw)
         current = self.objects[rtype.plural].get((namespace, name))
+        manager = request.query.get("fieldManager") or _default_manager(request)
+        if "apply-patch" in ctype:
+            return self._server_side_apply(request, rtype, namespace, name, body, current)
         if request.method == "PUT":
             if current is None:
                 return status(404, "NotFound", f'{rtype.plural} "{name}" not found')
             merged = body
         elif current is None:
-            if "apply-patch" not in ctype:
-                return status(404, "NotFound", f'{rtype.plural} "{name}" not found')
-            created = {**body, "kind": rtype.kind}
-            created.setdefault("metadata", {}).update(name=name)
-            if rtype.namespaced:
-                created["metadata"]["namespace"] = namespace
-            return web.json_response(self.create(created), status=201)
+            return status(404, "NotFound", f'{rtype.plural} "{name}" not found')
+        elif "json-patch" in ctype and isinstance(body, list):
+            merged = ssa.json_patch(current, body)
         else:
             merged = _merge(current, body)
+        if _SUBRESOURCE.get() != "status":
+            merged = ssa.update(current, merged, rtype.kind, manager, rtype.api_version)
+        invalid = _invalid(rtype, name, merged)
+        if invalid is not None:
+            return invalid
         merged["kind"] = rtype.kind
         merged.setdefault("metadata", {}).update(name=name)
         if rtype.namespaced:
             merged["metadata"]["namespace"] = namespace
         if current is not None and _strip(merged) == _strip(current):
             return web.json_response(current)  # no-op writes do not bump the version
+        return web.json_response(self.update(merged))
+
+    def _server_side_apply(self, request: web.Request, rtype: ResourceType, namespace: str,
+                           name: str, body: Obj, current: Obj | None) -> web.Response:
+        """An apply patch: merged by field ownership (tests/fakes/ssa.py), conflicts
+        409 unless forced, then validated like any write."""
+        manager = request.query.get("fieldManager") or ""
+        if not manager:
+            return status(422, "Invalid", 'PatchOptions.meta.k8s.io "" is invalid: '
+                          "fieldManager: Required value: is required for apply patch")
+        body = {**body, "kind": rtype.kind}
+        body.setdefault("metadata", {}).update(name=name)
+        if rtype.namespaced:
+            body["metadata"]["namespace"] = namespace
+        try:
+            merged = ssa.apply(copy.deepcopy(current) if current else None, body, rtype.kind,
+                               manager, force=_truthy(request.query.get("force")),
+                               api_version=rtype.api_version)
+        except ssa.ApplyConflict as e:
+            return web.json_response(e.status(), status=409)
+        invalid = _invalid(rtype, name, merged)
+        if invalid is not None:
+            return invalid
+        merged["kind"] = rtype.kind
+        if current is None:
+            return web.json_response(self.create(merged), status=201)
+        if _strip(merged) == _strip(current):
+            return web.json_response(current)
         return web.json_response(self.update(merged))
 
     async def _token_review(self, request: web.Request) -> web.Response:
@@ -575,6 +624,29 @@ class FakeApiServer:
                                   "apiVersion": "authentication.k8s.io/v1",
                                   "metadata": {"creationTimestamp": None}, "spec": spec,
                                   "status": result}, status=201)
+
+
+def _default_manager(request: web.Request) -> str:
+    """The real server's default field manager: the User-Agent up to its first '/'."""
+    return request.headers.get("User-Agent", "unknown").split("/")[0] or "unknown"
+
+
+def _invalid(rtype: ResourceType, name: str, obj: Obj) -> web.Response | None:
+    """The real server's 422 for duplicate port names (Service and container ports)."""
+    dups = ssa.duplicate_port_names(obj, rtype.kind)
+    if not dups:
+        return None
+    kind = f"{rtype.kind}.{rtype.group}" if rtype.group else rtype.kind
+    causes = [{"reason": "FieldValueDuplicate", "message": f"Duplicate value: {json.dumps(v)}",
+               "field": f} for f, v in dups]
+    detail = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+    message = (f'{kind} "{name}" is invalid: '
+               + (detail if len(causes) == 1 else f"[{detail}]"))
+    return web.json_response(
+        {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+         "message": message, "reason": "Invalid",
+         "details": {"name": name, "group": rtype.group, "kind": rtype.kind,
+                     "causes": causes}, "code": 422}, status=422)
 
 
 def _strip(obj: Obj) -> Obj:
