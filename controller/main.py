@@ -4,6 +4,7 @@ scheduler). Logs are structlog JSON on stderr."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -54,7 +55,8 @@ async def _serve(settings: ControllerSettings) -> None:
 @click.option("--admin-addr", default=f"127.0.0.1:{CONTROLLER_ADMIN_PORT}", show_default=True,
               help="Admin API (HTTP JSON) and /metrics.")
 @click.option("--advertise-addr", default="",
-              help="Controller address given to waypoint pods (default: --grpc-addr).")
+              help="Controller address given to waypoint pods (default: --grpc-addr; with "
+                   "--source kubernetes: ambient-controller.ambient-system.svc:15012).")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--debounce", type=float, default=0.05, show_default=True,
               help="Seconds of quiet before a change is pushed (bursts push once).")
@@ -81,8 +83,10 @@ def main(config_dir: Path | None, source: str, kubeconfig: Path | None, waypoint
         if source == "kubernetes":
             from controller.kube.serve import KubeSettings, serve_until_signal
 
-            uvloop.run(serve_until_signal(settings, KubeSettings(
-                kubeconfig=kubeconfig, waypoint_image=waypoint_image)))
+            kube = KubeSettings(kubeconfig=kubeconfig, waypoint_image=waypoint_image)
+            if advertise_addr:  # what waypoint pods dial, instead of the default Service
+                kube = dataclasses.replace(kube, controller_service=advertise_addr)
+            uvloop.run(serve_until_signal(settings, kube))
         else:
             uvloop.run(_serve(settings))
     except (StateError, OSError, KubeError) as e:
