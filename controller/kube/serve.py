@@ -19,6 +19,7 @@ from kubernetes_asyncio import client as kclient
 
 from controller.app import Controller, ControllerSettings
 from controller.kube.ca_secret import materialize_ca
+from controller.kube.gateway_status import GatewayStatusWriter
 from controller.kube.interceptor import KubeAuthInterceptor
 from controller.kube.refusal_status import RefusalStatusWriter
 from controller.kube.source import KubeSource
@@ -92,6 +93,13 @@ async def kubernetes_controller(settings: ControllerSettings, kube: KubeSettings
                         watch_timeout=kube.watch_timeout)
                     controller.registry.subscribe(reconciler.notify)
                     tasks.append(tg.create_task(reconciler.run(), name="waypoints"))
+                    owned = reconciler.owned
+                    gateway_status = GatewayStatusWriter(
+                        api, source.raw_items, lambda kind: owned[kind].cache.objects,
+                        lambda: source.rejected)
+                    source.listeners.append(gateway_status.notify)
+                    reconciler.listeners.append(gateway_status.notify)
+                    tasks.append(tg.create_task(gateway_status.run(), name="gateway status"))
                 try:
                     yield controller, source
                 finally:

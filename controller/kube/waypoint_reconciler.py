@@ -73,10 +73,14 @@ class WaypointReconciler:
         self.applies = 0  # objects written
         self.deletes = 0
         self.errors: dict[Key, str] = {}
+        self.listeners: list[Callable[[], None]] = []
 
     def notify(self) -> None:
-        """Something changed (a Gateway, an owned object): plan again soon."""
+        """Something changed (a Gateway, an owned object): plan again soon, and tell
+        the listeners (the Gateway status writer: a waypoint became ready)."""
         self._dirty.set()
+        for listener in self.listeners:
+            listener()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -76,6 +76,8 @@ TYPES = [
     ResourceType("apps", "v1", "daemonsets", "DaemonSet"),
     ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    ResourceType("gateway.networking.k8s.io", "v1", "gatewayclasses", "GatewayClass",
+                 namespaced=False),
     ResourceType("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
     ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
     ResourceType("ambientmesh.io", "v1alpha1", "peerauthentications", "PeerAuthentication"),
