@@ -183,17 +183,20 @@ class HboneServer:
             if request.stream is not None:
                 request.stream.reset()
             raise
-        except (HboneStreamReset, HboneTunnelError) as e:
-            # The peer reset its stream or its connection died: an ordinary end, decided
-            # by the peer. One quiet line, no traceback — a client resetting streams in
-            # a loop must not be able to grow the logs (it can at debug level only).
-            log.debug("hbone.stream_ended_by_peer", authority=request.authority,
-                      peer=str(request.peer_identity), reason=str(e))
-        except Exception:
-            log.exception("hbone.handler_failed", authority=request.authority,
-                          peer=str(request.peer_identity))
-            if request.stream is not None:
-                request.stream.reset()
+        except Exception as e:
+            if _ended_by_peer(e):
+                # The peer reset its stream or its connection died: an ordinary end,
+                # decided by the peer, even when it reaches us inside an ExceptionGroup
+                # (the waypoint serves HTTP in task groups). One quiet line, no
+                # traceback — a client resetting streams in a loop must not be able to
+                # grow the logs (it can at debug level only).
+                log.debug("hbone.stream_ended_by_peer", authority=request.authority,
+                          peer=str(request.peer_identity), reason=str(e))
+            else:
+                log.exception("hbone.handler_failed", authority=request.authority,
+                              peer=str(request.peer_identity))
+                if request.stream is not None:
+                    request.stream.reset()
         finally:
             if request.status is None:
                 await request.reject(503)
@@ -218,3 +221,10 @@ class HboneServer:
 
     async def aclose(self) -> None:
         await self._shutdown()
+
+
+def _ended_by_peer(error: BaseException) -> bool:
+    """A peer reset or a dead tunnel, bare or as every leaf of an ExceptionGroup."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_ended_by_peer(e) for e in error.exceptions)
+    return isinstance(error, (HboneStreamReset, HboneTunnelError))
