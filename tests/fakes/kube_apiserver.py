@@ -634,13 +634,15 @@ def _default_manager(request: web.Request) -> str:
 
 
 def _invalid(rtype: ResourceType, name: str, obj: Obj) -> web.Response | None:
-    """The real server's 422 for duplicate port names (Service and container ports)."""
-    dups = ssa.duplicate_port_names(obj, rtype.kind)
-    if not dups:
+    """The real server's 422 for duplicate port names (Service and container ports) and
+    containers without an image."""
+    causes = [{"reason": "FieldValueDuplicate", "message": f"Duplicate value: {json.dumps(v)}",
+               "field": f} for f, v in ssa.duplicate_port_names(obj, rtype.kind)]
+    causes += [{"reason": "FieldValueRequired", "message": "Required value", "field": f}
+               for f in ssa.missing_images(obj, rtype.kind)]
+    if not causes:
         return None
     kind = f"{rtype.kind}.{rtype.group}" if rtype.group else rtype.kind
-    causes = [{"reason": "FieldValueDuplicate", "message": f"Duplicate value: {json.dumps(v)}",
-               "field": f} for f, v in dups]
     detail = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
     message = (f'{kind} "{name}" is invalid: '
                + (detail if len(causes) == 1 else f"[{detail}]"))

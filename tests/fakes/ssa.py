@@ -305,3 +305,17 @@ def duplicate_port_names(obj: Obj, kind: str) -> list[tuple[str, str]]:
             if name:
                 seen.add(name)
     return out
+
+
+def missing_images(obj: Obj, kind: str) -> list[str]:
+    """Fields of containers without an image (`Required value` on a real server)."""
+    spec = obj.get("spec") or {}
+    if kind in ("Deployment", "DaemonSet"):
+        pod, prefix = ((spec.get("template") or {}).get("spec") or {}), "spec.template.spec"
+    elif kind == "Pod":
+        pod, prefix = spec, "spec"
+    else:
+        return []
+    return [f"{prefix}.{group}[{n}].image"
+            for group in ("initContainers", "containers")
+            for n, c in enumerate(pod.get(group) or []) if not (c or {}).get("image")]
