@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ log = structlog.get_logger("nodeagent")
 POD_LOOP_INTERVAL = 0.25
 REPORT_EVERY = 5.0
 ENROLL_RETRY = 2.0
+# A waypoint needs a few long-lived channels to the controller; a pod flooding the
+# relay must not spend the agent's descriptors (each relayed connection holds two).
+RELAY_CONNECTIONS_PER_SOURCE = 16
 
 
 @dataclass(frozen=True)
@@ -322,16 +326,42 @@ class NodeAgent:
         host, _, port = self.config.controller.rpartition(":")
         listener = listening_socket(self.node.netns, str(self.node.host_ip), int(port))
         conns: set[asyncio.Task[None]] = set()
+        held: dict[str, int] = {}  # relayed connections per source address
+        flooding: set[str] = set()  # sources refused since last under the limit
 
-        async def forward(client: socket.socket) -> None:
+        def admit(client: socket.socket) -> Coroutine[Any, Any, None] | None:
             try:
-                upstream = await dial(None, host, int(port))
+                source = str(client.getpeername()[0])
             except OSError:
                 client.close()
-                return
-            await relay_sockets(client, upstream)
+                return None
+            if held.get(source, 0) >= RELAY_CONNECTIONS_PER_SOURCE:
+                client.close()
+                self.metrics.refused("relay_limit", "inbound")
+                if source not in flooding:  # once per flood: refusals cannot grow the log
+                    flooding.add(source)
+                    log.warning("controller relay refused", source=source,
+                                limit=RELAY_CONNECTIONS_PER_SOURCE,
+                                reason="too many connections from one address")
+                return None
+            held[source] = held.get(source, 0) + 1
+            return forward(client, source)
+
+        async def forward(client: socket.socket, source: str) -> None:
+            try:
+                try:
+                    upstream = await dial(None, host, int(port))
+                except OSError:
+                    client.close()
+                    return
+                await relay_sockets(client, upstream)
+            finally:
+                held[source] -= 1
+                if not held[source]:
+                    del held[source]
+                flooding.discard(source)
 
         try:
-            await accept_loop(listener, forward, conns)
+            await accept_loop(listener, admit, conns)
         finally:
             listener.close()
