@@ -43,6 +43,10 @@ READ_SIZE = 65536
 WINDOW = 8 * 1024 * 1024
 MAX_FRAME = 1024 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
+# Rapid reset (CVE-2023-44487): streams a client resets before their answer. Past this
+# many on one connection, and if they are at least half its streams, the connection is
+# ended with GOAWAY ENHANCE_YOUR_CALM (Envoy's premature-reset guard does the same).
+PREMATURE_RESETS_ALLOWED = 100
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
@@ -282,6 +286,8 @@ class Http2ServerConnection(_H2Connection):
         self.info = info
         self._initial = initial
         self._tg: anyio.abc.TaskGroup | None = None
+        self._requests = 0
+        self._premature_resets = 0
 
     async def serve(self) -> None:
         self._start()
@@ -296,7 +302,17 @@ class Http2ServerConnection(_H2Connection):
                 await self.io.aclose()
 
     def _on_event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.StreamReset) and ev.stream_id in self.streams:
+            self._premature_resets += 1
+            if (self._premature_resets > PREMATURE_RESETS_ALLOWED
+                    and 2 * self._premature_resets >= self._requests):
+                log.warning("h2 rapid reset: connection closed", peer=self.peer,
+                            requests=self._requests, resets=self._premature_resets)
+                self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                raise ProtocolError(f"{self.peer} reset {self._premature_resets} of "
+                                    f"{self._requests} streams before their answer")
         if isinstance(ev, h2.events.RequestReceived):
+            self._requests += 1
             st = _Stream()
             st.ended = bool(ev.stream_ended)
             self.streams[ev.stream_id] = st
