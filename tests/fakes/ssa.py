@@ -197,8 +197,16 @@ class ApplyConflict(Exception):
     def status(self) -> Obj:
         causes = [{"reason": "FieldManagerConflict", "message": f'conflict with "{m}"',
                    "field": _dotted(p)} for m, p in self.conflicts]
-        lines = "; ".join(f'conflict with "{m}": {_dotted(p)}' for m, p in self.conflicts)
         n = len(self.conflicts)
+        if n == 1:
+            m, p = self.conflicts[0]
+            lines = f'conflict with "{m}": {_dotted(p)}'
+        else:  # structured-merge-diff's Conflicts.Error(): per manager, a "- " line each
+            out: list[str] = []
+            for m in sorted({m for m, _ in self.conflicts}):
+                out.append(f'conflicts with "{m}":')
+                out += [f"- {_dotted(p)}" for mm, p in self.conflicts if mm == m]
+            lines = "\n".join(out)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": f"Apply failed with {n} conflict{'s' if n != 1 else ''}: {lines}",
                 "reason": "Conflict", "details": {"causes": causes}, "code": 409}

@@ -121,3 +121,34 @@ async def test_apply_without_a_field_manager_is_refused(
         await api.patch_namespaced_service("wp", "demo", svc([HBONE]), **APPLY)
     assert info.value.status == 422
     assert "fieldManager: Required value" in str(info.value.body)
+
+
+async def test_several_conflicts_read_as_the_real_servers(
+        core: tuple[FakeApiServer, kclient.CoreV1Api]) -> None:
+    """docs/kubernetes.md "e. Server-side apply": one line per field under its manager."""
+    _, api = core
+    await apply(api, svc([HBONE], team="a", tier="x"), "alice")
+    with pytest.raises(ApiException) as info:
+        await apply(api, svc([HBONE], team="b", tier="y"), "bob")
+    body = json.loads(str(info.value.body))
+    assert body["message"] == ('Apply failed with 2 conflicts: conflicts with "alice":\n'
+                               "- .metadata.labels.team\n- .metadata.labels.tier")
+    assert len(body["details"]["causes"]) == 2
+
+
+async def test_a_json_patch_of_a_custom_resource_is_applied(
+        core: tuple[FakeApiServer, kclient.CoreV1Api]) -> None:
+    """A JSON patch array works on the real server (200); the fake applied none."""
+    server, _ = core
+    server.create({"apiVersion": "ambientmesh.io/v1alpha1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": "ap", "namespace": "demo"},
+                   "spec": {"action": "ALLOW", "rules": [{}]}})
+    api = api_client(server)
+    try:
+        await kclient.CustomObjectsApi(api).patch_namespaced_custom_object(
+            "ambientmesh.io", "v1alpha1", "demo", "authorizationpolicies", "ap",
+            [{"op": "replace", "path": "/spec/action", "value": "DENY"}])
+    finally:
+        await api.close()
+    stored = server.get("AuthorizationPolicy", "demo", "ap")
+    assert stored is not None and stored["spec"]["action"] == "DENY"
