@@ -337,7 +337,10 @@ class Http1ServerConnection:
             fwd = [(k, v) for k, v in headers if k not in _NOT_FORWARDED]
         else:
             fwd = [(k, v) for k, v in end_to_end(headers) if k not in ("host", "expect")]
-        if wants_upgrade and upgrade is not None:
+        # Never h2c (as Envoy): a backend switching to raw HTTP/2 would carry every
+        # later request past L7 policy. The request stays plain HTTP/1.1.
+        h2c = upgrade is not None and "h2c" in {t.strip().lower() for t in upgrade.split(",")}
+        if wants_upgrade and upgrade is not None and not h2c:
             fwd += [("connection", "upgrade"), ("upgrade", upgrade)]
         head = RequestHead(method, target, authority, fwd, "http", f"HTTP/{version}",
                            has_body=has_body)
