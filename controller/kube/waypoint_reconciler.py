@@ -5,9 +5,13 @@ or edited by hand comes back, the objects of a deleted Gateway go.
 
 It re-plans on every change of the Gateways (through the registry) or of an owned
 object, and every `resync` seconds, which retries writes the API server refused.
-Writes are server-side apply under one field manager, so any number of controller
-replicas may run this loop: their writes are identical, and repeating one is a
-no-op for the API server. Deletes carry the uid seen as a precondition, so a replica
+Writes are server-side apply under one field manager with force (a field someone
+else took by hand is ours again), so any number of controller replicas may run this
+loop: their writes are identical, and repeating one is a no-op for the API server.
+Where an apply cannot converge (a hand edit re-keyed a list item, e.g. a Service port
+15008 -> 15009: the apply adds ours beside it and the server refuses the pair with 422
+`Duplicate value`), the object is replaced with our fields; every refusal is logged
+with the API server's own message. Deletes carry the uid seen as a precondition, so a replica
 acting on an old view never deletes an object that was just re-created."""
 
 from __future__ import annotations

@@ -413,7 +413,7 @@ class FakeApiServer:
                 return await self._watch(request, rtype, namespace)
             return self._list(request, rtype, namespace)
         if request.method == "GET":
-            obj = self.objects[rtype.plural].get((namespace, name))
+            obj = self.objects[rtype.plural].get((namespace, name or ""))
             return web.json_response(obj) if obj else status(
                 404, "NotFound", f'{rtype.plural} "{name}" not found')
         if request.method == "POST":

@@ -123,6 +123,17 @@ def _remove(obj: Obj, path: Path) -> None:
         parent[:] = [i for i in parent if _item_key(i, keys) != last]
 
 
+def _prune_empty(obj: Obj, path: Path) -> None:
+    """Drop the maps a removal left empty, up the path, as the real server does (a
+    `selector` whose only label went is gone, not `selector: {matchLabels: {}}`)."""
+    while path and path[-1].startswith("f:"):
+        value = value_at(obj, path)
+        if not (isinstance(value, dict) and not value):
+            return
+        _remove(obj, path)
+        path = path[:-1]
+
+
 def _merge(live: Any, applied: Any, schema: tuple[str, ...],
            keyed: dict[tuple[str, ...], tuple[str, ...]]) -> Any:
     if isinstance(live, dict) and isinstance(applied, dict):
@@ -244,6 +255,7 @@ def apply(live: Obj | None, applied: Obj, kind: str, manager: str, *, force: boo
     # Whole items first (a leaf removed first would change the item's key).
     for path in sorted(previous - fields - others, key=lambda p: (p[-1] != ".", -len(p))):
         _remove(result, path)
+        _prune_empty(result, path[:-1] if path[-1] != "." else path[:-2])
     meta_keep = {k: v for k, v in (result.get("metadata") or {}).items() if k in _SKIP_META}
     result = _merge(result, applied, (), _keyed(kind))
     result.setdefault("metadata", {}).update(meta_keep)

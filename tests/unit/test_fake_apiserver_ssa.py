@@ -152,3 +152,15 @@ async def test_a_json_patch_of_a_custom_resource_is_applied(
         await api.close()
     stored = server.get("AuthorizationPolicy", "demo", "ap")
     assert stored is not None and stored["spec"]["action"] == "DENY"
+
+
+async def test_a_dropped_field_takes_its_emptied_parents_with_it(
+        core: tuple[FakeApiServer, kclient.CoreV1Api]) -> None:
+    """Seen on the real server (docs/kubernetes.md "e."): no `selector: {}` is left."""
+    server, api = core
+    with_selector = svc([HBONE])
+    with_selector["spec"]["selector"] = {"app": "a"}
+    await apply(api, with_selector, "carol")
+    await apply(api, svc([HBONE]), "carol")
+    stored = server.get("Service", "demo", "wp")
+    assert stored is not None and "selector" not in stored["spec"]
