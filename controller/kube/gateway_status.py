@@ -36,6 +36,7 @@ CONTROLLER_NAME = "ambientmesh.io/waypoint-controller"
 GROUP, VERSION = "gateway.networking.k8s.io", "v1"
 MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}  # not in stubs
 RETRY_AFTER = 5.0
+CLASS_RECHECK = 60.0
 Raw = dict[str, Any]
 Key = tuple[str, str]
 
@@ -157,6 +158,8 @@ class GatewayStatusWriter:
         self._refused = refused
         self._dirty = asyncio.Event()
         self._class_made = False
+        self._warned_no_crd = False
+        self._class_checked_until = 0.0
         self.writes = 0
 
     def notify(self) -> None:
@@ -215,6 +218,17 @@ class GatewayStatusWriter:
         return ok
 
     async def _gateway_class(self) -> bool:
+        """Make/accept the GatewayClass; re-read at most every CLASS_RECHECK seconds
+        (the writer runs on every sync of the cluster, which may be many a second)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._class_checked_until:
+            return True
+        ok = await self._gateway_class_now()
+        if ok:
+            self._class_checked_until = now + CLASS_RECHECK
+        return ok
+
+    async def _gateway_class_now(self) -> bool:
         accepted = [condition("Accepted", True, "Accepted",
                               f"handled by {CONTROLLER_NAME}", None)]
         try:
@@ -224,14 +238,9 @@ class GatewayStatusWriter:
             except ApiException as e:
                 if e.status != 404 or self._class_made:
                     raise
-                gc = await self._api.create_cluster_custom_object(
-                    GROUP, VERSION, "gatewayclasses", {
-                        "apiVersion": f"{GROUP}/{VERSION}", "kind": "GatewayClass",
-                        "metadata": {"name": WAYPOINT_CLASS},
-                        "spec": {"controllerName": CONTROLLER_NAME,
-                                 "description": "ambient-mesh waypoints (L7 proxies)"}})
-                self._class_made = True
-                _log.info("gatewayclass_created", name=WAYPOINT_CLASS)
+                gc = await self._create_class()
+                if gc is None:
+                    return True  # no Gateway API CRDs: nothing to report on (logged once)
             if (gc.get("spec") or {}).get("controllerName") != CONTROLLER_NAME:
                 return True  # someone else's class of that name: not ours to judge
             generation = (gc.get("metadata") or {}).get("generation")
@@ -252,6 +261,33 @@ class GatewayStatusWriter:
                          fix="install the Gateway API CRDs; grant the controller get/create "
                              "on gatewayclasses and patch on gatewayclasses/status")
             return False
+
+    async def _create_class(self) -> Raw | None:
+        """Create the GatewayClass; None when Gateway API is not installed (404). Another
+        replica creating it first (409) is fine: read theirs."""
+        try:
+            gc: Raw = await self._api.create_cluster_custom_object(
+                GROUP, VERSION, "gatewayclasses", {
+                    "apiVersion": f"{GROUP}/{VERSION}", "kind": "GatewayClass",
+                    "metadata": {"name": WAYPOINT_CLASS},
+                    "spec": {"controllerName": CONTROLLER_NAME,
+                             "description": "ambient-mesh waypoints (L7 proxies)"}})
+        except ApiException as e:
+            if e.status == 404:
+                if not self._warned_no_crd:
+                    _log.warning("gateway_api_not_installed",
+                                 why="no GatewayClass resource on the API server",
+                                 fix="install the Gateway API CRDs (docs/kubernetes.md)")
+                    self._warned_no_crd = True
+                return None
+            if e.status != 409:
+                raise
+            gc = await self._api.get_cluster_custom_object(
+                GROUP, VERSION, "gatewayclasses", WAYPOINT_CLASS)
+        else:
+            _log.info("gatewayclass_created", name=WAYPOINT_CLASS)
+        self._class_made = True
+        return gc
 
     async def _write(self, key: Key, plural: str, body: Raw) -> bool:
         try:
