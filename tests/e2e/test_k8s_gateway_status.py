@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from controller.kube.gateway_status import CONTROLLER_NAME
-from tests.e2e.test_k8s_controller import WAYPOINT_GATEWAY, kube_controller, until
+from tests.e2e.test_k8s_controller import WAYPOINT_GATEWAY, kube_controller, populate, until
 from tests.e2e.test_k8s_controller import server as server  # fixture
 from tests.fakes.kube_apiserver import FakeApiServer
+from tests.fakes.kubectl import kubectl, kubectl_path, tls_context
 
 pytestmark = pytest.mark.anyio
 
@@ -116,3 +117,47 @@ async def test_gatewayclass_gateway_and_routes_get_status(
         server.update(fixed)
         await until(lambda: cond(None, "Accepted", parent("refused")["conditions"])
                     .get("status") == "True")
+
+
+@pytest.mark.skipif(kubectl_path() is None, reason="needs kubectl")
+async def test_kubectl_get_shows_programmed_and_a_refused_routes_reason(
+        tmp_path: Path) -> None:
+    """The real kubectl (server-side printing with the Gateway API printer columns)."""
+    tls = FakeApiServer(bookmark_interval=0.2)
+    await tls.start(tls_context(tmp_path))
+    populate(tls)
+    try:
+        async with kube_controller(tls, tmp_path / "c"):
+            tls.create(WAYPOINT_GATEWAY)
+            await until(lambda: tls.get("NetworkPolicy", "demo", "waypoint") is not None)
+            svc = copy.deepcopy(tls.get("Service", "demo", "waypoint"))
+            assert svc is not None
+            svc["spec"]["clusterIP"] = "10.96.0.50"
+            tls.update(svc)
+            dep = copy.deepcopy(tls.get("Deployment", "demo", "waypoint"))
+            assert dep is not None
+            dep["status"] = {"replicas": 1, "readyReplicas": 1}
+            tls.update(dep)
+            tls.create(route("refused", header="not a header"))
+            await until(lambda: get_gateway_row(tls.get("Gateway", "demo", "waypoint"))[2]
+                        == "True" and bool(((tls.get("HTTPRoute", "demo", "refused") or {})
+                                            .get("status") or {}).get("parents")))
+            table = await kubectl(tls, tmp_path, "get", "gatewayclass,gateway,httproute",
+                                  "-A")
+            print(table)
+            rows = [line.split() for line in table.splitlines()]
+            assert rows[1][:3] == ["gatewayclass.gateway.networking.k8s.io/ambient-waypoint",
+                    CONTROLLER_NAME, "True"]
+            gateway = next(r for r in rows if r[1:2] ==
+                           ["gateway.gateway.networking.k8s.io/waypoint"])
+            assert gateway[:5] == ["demo", "gateway.gateway.networking.k8s.io/waypoint",
+                                   "ambient-waypoint", "10.96.0.50", "True"]
+            reason = await kubectl(
+                tls, tmp_path, "-n", "demo", "get", "httproute", "refused", "-o",
+                "jsonpath={.status.parents[0].conditions[0].reason}: "
+                "{.status.parents[0].conditions[0].message}")
+            print(reason)
+            assert reason.startswith("UnsupportedValue: refused by the controller")
+            assert "header" in reason
+    finally:
+        await tls.stop()

@@ -30,6 +30,7 @@ import contextvars
 import copy
 import datetime as dt
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from tests.fakes.crd_schema import (
     patch_refusal,
     spec_changed,
 )
+from tests.fakes.discovery import discovery, table
 
 Obj = dict[str, Any]
 
@@ -187,15 +189,17 @@ class FakeApiServer:
         self.url = ""
 
     # ---- lifecycle ------------------------------------------------------------------
-    async def start(self) -> str:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
+        """Serve on a free port: plain HTTP, or HTTPS with `ssl_context` (kubectl sends
+        no bearer token over plain HTTP)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._admission_dispatch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
         return self.url
 
     async def stop(self) -> None:
@@ -398,6 +402,9 @@ class FakeApiServer:
         if request.headers.get("Authorization", "") != f"Bearer {self.token}":
             return status(401, "Unauthorized", "Unauthorized")
         segs = [s for s in request.path.split("/") if s]
+        document = discovery(request.path, TYPES) if request.method == "GET" else None
+        if document is not None:
+            return web.json_response(document)
         if segs[:1] == ["apis"] and segs[1:4] == ["authentication.k8s.io", "v1", "tokenreviews"]:
             return await self._token_review(request)
         try:
@@ -480,8 +487,11 @@ class FakeApiServer:
             if rtype.kind not in self.crds:
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
-        return web.json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
-                                  "metadata": meta, "items": items})
+        listing = {"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
+                   "metadata": meta, "items": items}
+        if "as=Table" in request.headers.get("Accept", ""):  # kubectl get: server printing
+            return web.json_response(table(rtype.kind, listing))
+        return web.json_response(listing)
 
     async def _watch(self, request: web.Request, rtype: ResourceType, namespace: str
                      ) -> web.StreamResponse:

@@ -9,6 +9,7 @@ from tests.fakes.kube_apiserver import FakeApiServer
 
 def api_client(server: FakeApiServer) -> kclient.ApiClient:
     configuration = kclient.Configuration(host=server.url)
+    configuration.verify_ssl = False  # the fake's HTTPS (for kubectl) is self-signed
     configuration.api_key = {"BearerToken": server.token}
     configuration.api_key_prefix = {"BearerToken": "Bearer"}
     return kclient.ApiClient(configuration)
