@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.fakes.kube_apiserver import BY_KIND, FakeApiServer
+from tests.fakes.kubectl import kubectl, kubectl_path, tls_context
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -82,3 +83,30 @@ def test_http_routes_keep_to_the_channel_they_name() -> None:
     stripped = [{k: v for k, v in r.items() if k != "retry"}
                 for r in experimental["spec"]["rules"]]
     assert stripped == standard["spec"]["rules"]
+
+
+@pytest.mark.skipif(kubectl_path() is None, reason="needs kubectl")
+async def test_kubectl_server_side_apply_of_the_examples(tmp_path: Path) -> None:
+    """`kubectl apply --server-side -f examples/` (the real kubectl, HTTPS to the fake),
+    then the standard-channel route over it: the same manager no longer applies
+    `retry`, so the server removes it (what a user switching channels sees)."""
+    server = FakeApiServer()
+    await server.start(tls_context(tmp_path))
+    try:
+        out = await kubectl(server, tmp_path, "apply", "--server-side", "--validate=false",
+                            "-f", str(EXAMPLES))
+        assert out.count("serverside-applied") == len(
+            [d for f in EXAMPLES.glob("*.yaml") for d in yaml.safe_load_all(f.read_text())
+             if d])
+        dep = server.get("Deployment", "demo", "catalog")
+        assert dep is not None
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        route = server.get("HTTPRoute", "demo", "catalog")
+        assert route is not None and "retry" in route["spec"]["rules"][1]
+        await kubectl(server, tmp_path, "apply", "--server-side", "--validate=false",
+                      "-f", str(EXAMPLES / "standard-channel"))
+        route = server.get("HTTPRoute", "demo", "catalog")
+        assert route is not None and "retry" not in route["spec"]["rules"][1]
+        assert route["spec"]["rules"][1]["timeouts"] == {"request": "2s"}
+    finally:
+        await server.stop()
