@@ -10,6 +10,7 @@ leaving `run` stops everything and closes every socket."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import socket
 from collections.abc import Sequence
@@ -172,7 +173,9 @@ class WaypointServer:
         await serve_stream(stream, self.handler, info)
 
     async def _admin_connection(self, stream: anyio.abc.SocketStream) -> None:
-        await serve_stream(stream, self._admin, DownstreamInfo())
+        peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        info = DownstreamInfo(peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
+        await serve_stream(stream, self._admin, info)
 
     async def _admin(self, head: RequestHead, body: BodySource, info: DownstreamInfo
                      ) -> Response:
@@ -189,6 +192,11 @@ class WaypointServer:
             ok = self.state.config.version != "" or bool(self.state.config.served)
             return local_response(200 if ok else 503, "ready" if ok else "no config yet")
         if path == "/config_dump":
+            # Metrics and health are for scrapers and probes on the pod network; the
+            # config (services, policies, identity) is for the operator on the pod
+            # itself, as Envoy's and ztunnel's admin ports are loopback-only.
+            if not _is_loopback(info.peer):
+                return local_response(403, "/config_dump answers only on loopback")
             cfg = self.state.config
             dump = {
                 "version": cfg.version, "waypoint": f"{cfg.namespace}/{cfg.name}",
@@ -204,3 +212,15 @@ class WaypointServer:
             return Response(200, [("content-type", "application/json"),
                                   ("content-length", str(len(data)))], BytesBody(data))
         return local_response(404, "not found")
+
+
+def _is_loopback(peer: str) -> bool:
+    """Whether a "host:port" peer (host possibly an IPv6 or v4-mapped address) is local."""
+    host = peer.rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback

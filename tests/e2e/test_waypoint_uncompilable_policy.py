@@ -44,7 +44,7 @@ BAD_ERROR = ("spec.rules[0].from[0].source.ipBlocks[1]: not an IP address or CID
 async def config_dump(server: WaypointServer) -> dict[str, object]:
     """What the waypoint's admin port answers on /config_dump."""
     resp = await server._admin(RequestHead("GET", "/config_dump", "", []), EmptyBody(),
-                               DownstreamInfo())
+                               DownstreamInfo(peer="127.0.0.1:40000"))
     body = b"".join([chunk async for chunk in resp.body.chunks()])
     out: dict[str, object] = json.loads(body)
     return out
@@ -75,5 +75,26 @@ def test_uncompilable_policy_denies_over_hbone_until_fixed(
             stream = await wp.connect(SLEEP, expected_peer=WAYPOINT)
             assert (await http_get(stream, "/one")).status == 200
             await stream.aclose()
+
+    anyio.run(main)
+
+
+def test_config_dump_answers_only_on_loopback(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Pods may scrape /metrics and probe health on 15020; the config dump (services,
+    policies, identity) answers only the operator on the waypoint's own loopback."""
+    port: int = request.getfixturevalue("backend_port")
+
+    async def main() -> None:
+        async with hbone_waypoint(tmp_path, WaypointState(build(snapshot(port)))) as wp:
+            async def get(path: str, peer: str) -> int:
+                resp = await wp.server._admin(RequestHead("GET", path, "", []), EmptyBody(),
+                                              DownstreamInfo(peer=peer))
+                return resp.status
+            for pod in ("10.100.1.3:41000", "fd00:100:1::3:41000", "::ffff:10.1.2.3:5"):
+                assert await get("/config_dump", pod) == 403, pod
+                assert await get("/metrics", pod) == 200, pod
+            for local in ("127.0.0.1:41000", "::1:41000", "::ffff:127.0.0.1:5"):
+                assert await get("/config_dump", local) == 200, local
 
     anyio.run(main)
