@@ -94,6 +94,8 @@ def raise_fd_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # The per-source cap (--max-connections-per-source) must bind before EMFILE does.
+    log.info("descriptor limit", soft=hard, was=soft)
     return hard
 
 

@@ -44,12 +44,20 @@ from nodeagent.allocator import use_system_allocator
               default=5.0, show_default=True, envvar="AMBIENT_TUNNEL_KEEPALIVE_TIMEOUT",
               help="A tunnel connection silent this long after a PING is dead: its "
                    "connections are reset and the next ones dial anew.")
+@click.option("--max-connections-per-source", type=click.IntRange(min=1), default=4096,
+              show_default=True, envvar="AMBIENT_MAX_CONNECTIONS_PER_SOURCE",
+              help="Concurrent proxied connections one source may hold per proxy "
+                   "process and path (per source pod outbound, per peer address inbound "
+                   "plaintext and HBONE); the rest are reset and counted as "
+                   "refused{cause=source_limit}, so one pod cannot spend the "
+                   "descriptors every pod of the node needs.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: Path | None,
          drain_seconds: float, trust_domain: str, workers: int | None,
          tunnel_connect_timeout: float, tunnel_keepalive_interval: float,
-         tunnel_keepalive_timeout: float, log_level: str) -> None:
+         tunnel_keepalive_timeout: float, max_connections_per_source: int,
+         log_level: str) -> None:
     """Run the node agent: pods, eBPF capture and the L4 mTLS node proxy.
 
     \b
@@ -70,6 +78,9 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
                             keepalive_interval=tunnel_keepalive_interval,
                             keepalive_timeout=tunnel_keepalive_timeout)
     os.environ.update(tunnel.env())  # worker processes inherit the same settings
+    from nodeagent.proxy.source_limit import ENV as SOURCE_LIMIT_ENV
+
+    os.environ[SOURCE_LIMIT_ENV] = str(max_connections_per_source)  # agent and workers
     config = AgentConfig(
         node=node, cluster=cluster, controller=controller,
         token=token_file.read_text().strip(),

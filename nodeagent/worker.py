@@ -28,7 +28,13 @@ from nodeagent import worker_channel
 from nodeagent.accesslog import AccessLog
 from nodeagent.certs import CertificateUnavailableError
 from nodeagent.metrics import ProxyMetrics
-from nodeagent.proxy.handlers import ProxyContext, handle_inbound_plaintext, handle_outbound
+from nodeagent.proxy.handlers import (
+    ProxyContext,
+    handle_inbound_plaintext,
+    handle_outbound,
+    limited,
+    peer_address,
+)
 from nodeagent.proxy.pod_listeners import PodEndpoint, track
 from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
@@ -103,10 +109,16 @@ class Worker:
             if endpoint is None:  # the pod left meanwhile
                 sock.close()
                 return
-            handler = (handle_outbound if msg.header["kind"] == "outbound"
-                       else handle_inbound_plaintext)
             kind = msg.header["kind"]
-            track(self.connections, asyncio.create_task(handler(self.ctx, endpoint, sock)),
+            if kind == "outbound":  # per source pod, per peer address: as in the agent
+                work = limited(self.ctx, kind, endpoint.key, sock,
+                               handle_outbound(self.ctx, endpoint, sock))
+            else:
+                work = limited(self.ctx, kind, peer_address(sock), sock,
+                               handle_inbound_plaintext(self.ctx, endpoint, sock))
+            if work is None:  # over the source's cap: reset already
+                return
+            track(self.connections, asyncio.create_task(work),
                   lambda _: self.metrics.refused("handler_error", kind))
         elif op == "stop":
             self.stop.set()

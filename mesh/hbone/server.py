@@ -21,6 +21,7 @@ import structlog
 from mesh.hbone.connection import HboneConnection
 from mesh.hbone.errors import HboneStreamReset, HboneTunnelError
 from mesh.hbone.framing import ConnectRequested
+from mesh.hbone.relay import reset_socket
 from mesh.hbone.settings import TunnelSettings
 from mesh.hbone.stream import HboneStream
 from mesh.identity.spiffe import SpiffeId
@@ -91,13 +92,25 @@ class HboneRequest:
 
 
 Handler = Callable[[HboneRequest], Awaitable[None]]
+Admit = Callable[[str], Callable[[], None] | None]
+"""Per accepted connection, given the peer address: a release (idempotent) to call when
+the connection ends (handshake failed or connection lost), or None: refused, reset now."""
+
+
+def _nothing() -> None:
+    """The release of a server without a per-peer cap."""
 
 
 class HboneServer:
     def __init__(self, ssl_context_provider: ContextProvider, handler: Handler, *,
-                 settings: TunnelSettings | None = None, grace: float = 0.0) -> None:
-        """`grace`: on shutdown, seconds established tunnels get to finish (drain)."""
+                 settings: TunnelSettings | None = None, grace: float = 0.0,
+                 admit: Admit | None = None) -> None:
+        """`grace`: on shutdown, seconds established tunnels get to finish (drain).
+        `admit`: caps connections per peer address, counting TLS handshakes in
+        progress and established tunnels alike (a peer that never finishes its
+        handshakes holds descriptors too)."""
         self._provider = ssl_context_provider
+        self._admit = admit
         self.grace = grace
         self._handler = handler
         self.settings = settings or TunnelSettings()
@@ -128,8 +141,15 @@ class HboneServer:
                     log.error("hbone.accept_failed", error=str(exc))
                     await asyncio.sleep(0.1)
                     continue
+                release: Callable[[], None] = _nothing
+                if self._admit is not None:
+                    admitted = self._admit(str(addr[0]).split("%")[0])
+                    if admitted is None:  # over the peer's cap: reset, never handshake
+                        reset_socket(sock)
+                        continue
+                    release = admitted
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._spawn(self._start(sock, (addr[0], addr[1])))
+                self._spawn(self._start(sock, (addr[0], addr[1]), release))
         finally:
             await self._shutdown()
 
@@ -139,28 +159,39 @@ class HboneServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _start(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+    async def _start(self, sock: socket.socket, addr: tuple[str, int],
+                     release: Callable[[], None] = _nothing) -> None:
         loop = asyncio.get_running_loop()
         try:
             ctx = self._provider()
         except Exception as exc:
             log.error("hbone.no_tls_context", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
             sock.close()
+            release()
             return
+
+        def lost(c: HboneConnection) -> None:
+            self._connections.discard(c)
+            release()
         conn = HboneConnection(client_side=False, settings=self.settings, peer_address=addr,
-                               on_request=self._on_request, on_lost=self._connections.discard)
+                               on_request=self._on_request, on_lost=lost)
         conn.ssl_context = ctx
         try:
             await loop.connect_accepted_socket(
                 lambda: conn, sock, ssl=ctx,
                 ssl_handshake_timeout=self.settings.handshake_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+        except BaseException as exc:  # cancelled at shutdown too: never leak a count
+            sock.close()
+            release()
+            if not isinstance(exc, (OSError, ssl.SSLError, TimeoutError, ConnectionError)):
+                raise
             self.handshake_failures += 1
             log.info("hbone.handshake_failed", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
-            sock.close()
             return
         if not conn.closed:
             self._connections.add(conn)
+        else:
+            release()
 
     def _on_request(self, conn: HboneConnection, ev: ConnectRequested) -> None:
         target = parse_authority(ev.authority)

@@ -38,6 +38,7 @@ from nodeagent.outbound_plan import Hop, Transport, plan
 from nodeagent.proxy import delivery
 from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
 from nodeagent.proxy.relay import Transfer, relay_sockets
+from nodeagent.proxy.source_limit import Release, SourceLimit, cap_from_environment
 from nodeagent.proxy.streams import dial
 from nodeagent.proxy.tunnel import (
     InboundTunnelRequest,
@@ -69,8 +70,11 @@ class ProxyContext:
     tunnels: Tunnels
     original_destination: OriginalDestination
     picker: EndpointPicker = field(default_factory=EndpointPicker)
+    source_limit: SourceLimit = field(init=False)
 
     def __post_init__(self) -> None:
+        # Per-process cap per source (--max-connections-per-source via the environment).
+        self.source_limit = SourceLimit(cap_from_environment(), self.metrics)
         # Policies enforced as deny-all because they could not be compiled, read from
         # the state in force at each scrape.
         self.metrics.registry.register(
@@ -325,6 +329,36 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
 
 
 # ---- one pod -------------------------------------------------------------------------
+def peer_address(sock: socket.socket) -> str:
+    """The source address a per-source cap counts ("" when the peer is already gone:
+    one shared bucket, so it cannot be used to escape the cap)."""
+    try:
+        return str(sock.getpeername()[0]).split("%")[0]
+    except OSError:
+        return ""
+
+
+def limited(ctx: ProxyContext, direction: str, source: str, sock: socket.socket,
+            work: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None] | None:
+    """`work` if `source` is under its cap (released when it ends); else the
+    connection is reset at once (fail closed) and None returned."""
+    release = ctx.source_limit.admit(direction, source)
+    if release is None:
+        work.close()  # never started: no "coroutine was never awaited"
+        hbone.reset_socket(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+        return None
+    return _released(work, release)
+
+
+async def _released(work: Coroutine[Any, Any, None], release: Release) -> None:
+    try:
+        await work
+    finally:
+        release()
+
+
 Dispatch = Callable[[str, PodEndpoint, socket.socket], bool]
 """Hands an accepted connection ("outbound" | "inbound_plaintext") to another process
 (a worker); False: serve it here."""
@@ -337,13 +371,14 @@ async def serve_pod(ctx: ProxyContext, pod: PodEndpoint, listeners: PodListeners
     `connections` (they outlive this call, so a drain can wait for them)."""
     def outbound(s: socket.socket) -> Coroutine[Any, Any, None] | None:
         if dispatch is not None and dispatch("outbound", pod, s):
-            return None
-        return handle_outbound(ctx, pod, s)
+            return None  # the worker enforces its own cap
+        return limited(ctx, "outbound", pod.key, s, handle_outbound(ctx, pod, s))
 
     def inbound(s: socket.socket) -> Coroutine[Any, Any, None] | None:
         if dispatch is not None and dispatch("inbound_plaintext", pod, s):
             return None
-        return handle_inbound_plaintext(ctx, pod, s)
+        return limited(ctx, "inbound_plaintext", peer_address(s), s,
+                       handle_inbound_plaintext(ctx, pod, s))
 
     def failed(direction: str) -> Callable[[BaseException], None]:
         return lambda _: ctx.metrics.refused("handler_error", direction)
@@ -354,5 +389,6 @@ async def serve_pod(ctx: ProxyContext, pod: PodEndpoint, listeners: PodListeners
         for sock in listeners.inbound_sockets:
             tg.create_task(accept_loop(sock, inbound, connections,
                                        failed("inbound_plaintext")))
-        tg.create_task(ctx.tunnels.serve(pod, listeners.hbone_sockets,
-                                         lambda request: handle_hbone(ctx, pod, request)))
+        tg.create_task(ctx.tunnels.serve(
+            pod, listeners.hbone_sockets, lambda request: handle_hbone(ctx, pod, request),
+            admit=lambda peer: ctx.source_limit.admit("inbound", peer)))

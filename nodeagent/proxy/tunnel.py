@@ -29,6 +29,7 @@ from mesh.hbone import (
     TunnelSettings,
 )
 from mesh.hbone.errors import HboneKeepaliveTimeout, HboneTunnelTimeout
+from mesh.hbone.server import Admit
 from mesh.identity.spiffe import SpiffeId
 from nodeagent.certs import CertificateUnavailableError
 from nodeagent.proxy.pod_listeners import PodEndpoint
@@ -89,11 +90,13 @@ class Tunnels:
                                        expected_peer=expected, source_address=source_address)
 
     async def serve(self, pod: PodEndpoint, sockets: list[socket.socket],
-                    handler: Callable[[HboneRequest], Awaitable[None]]) -> None:
-        """Serve HBONE on the pod's 15008 listeners until cancelled."""
+                    handler: Callable[[HboneRequest], Awaitable[None]],
+                    admit: Admit | None = None) -> None:
+        """Serve HBONE on the pod's 15008 listeners until cancelled; `admit` caps
+        connections per peer address (see HboneServer)."""
         provider = self.certs.server_context_provider(SpiffeId.parse(pod.identity))
         server = HboneServer(provider, handler, settings=self.pool.settings,
-                             grace=self.drain_seconds)
+                             grace=self.drain_seconds, admit=admit)
         async with asyncio.TaskGroup() as tg:
             for sock in sockets:
                 tg.create_task(server.serve(sock))
