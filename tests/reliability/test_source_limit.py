@@ -34,11 +34,16 @@ SLACK = 64  # listeners of a new pod, log files, gRPC: what moves without a floo
 HOLD = """
 import json, select, socket, sys, time
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-socks = []
+socks, reset_at_connect = [], 0
 for _ in range(n):
     s = socket.socket()
     s.settimeout(5)
-    s.connect((host, port))
+    try:
+        s.connect((host, port))
+    except ConnectionResetError:  # refused so fast the handshake saw the RST
+        reset_at_connect += 1
+        s.close()
+        continue
     socks.append(s)
 time.sleep(2.5)
 closed = 0
@@ -48,7 +53,8 @@ for s in socks:
             closed += s.recv(1) == b""
         except OSError:
             closed += 1
-print(json.dumps({"opened": len(socks), "still_open": len(socks) - closed}), flush=True)
+print(json.dumps({"opened": len(socks) + reset_at_connect,
+                  "still_open": len(socks) - closed}), flush=True)
 time.sleep(5)
 """
 
@@ -118,3 +124,65 @@ def test_one_source_cannot_exhaust_the_node_proxy(mesh: LocalMesh, attacker: str
     warnings = [line for line in mesh.logs(node)[logged:].splitlines()
                 if "source_limit" in line and "refused" in line]
     assert 1 <= len(warnings) <= 3, warnings[:5]  # once per flood, not per connection
+
+
+@pytest.fixture(scope="module")
+def mesh_with_worker() -> Iterator[LocalMesh]:
+    with local_mesh("asw" + secrets.token_hex(2), nodes=2,
+                    agent_args=("--workers", "1", "--max-connections-per-source",
+                                str(CAP))) as m:
+        m.apply(documents(
+            namespace("app"), namespace("legacy", ambient=False),
+            pod("echo", "app", "node-2", [PY, ECHO, str(PORT)], "echo", "app: echo"),
+            pod("flooder", "app", "node-1", SLEEP, "flooder"),
+            pod("outsider", "legacy", "node-1", SLEEP)))
+        m.wait_pods(enrolled=("app/echo", "app/flooder"), outside=("legacy/outsider",))
+        yield m
+
+
+def worker_pids(agent: int) -> list[int]:
+    """The agent's worker processes (its python children; pods are not its children)."""
+    pids = []
+    for task in os.listdir(f"/proc/{agent}/task"):
+        with open(f"/proc/{agent}/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    return [p for p in pids if b"nodeagent.worker" in open(f"/proc/{p}/cmdline", "rb").read()]
+
+
+@pytest.mark.parametrize(("attacker", "node", "direction"), [
+    ("legacy/outsider", "node-2", "inbound_plaintext"),
+    ("app/flooder", "node-1", "outbound"),
+])
+def test_the_cap_holds_in_each_worker_process(mesh_with_worker: LocalMesh, attacker: str,
+                                              node: str, direction: str) -> None:
+    """Connections are handed round robin to the agent and its worker; each process
+    (each with its own descriptor limit) admits at most CAP per source."""
+    mesh = mesh_with_worker
+    ns, name = attacker.split("/")
+    source = mesh.runtime.get_pod(ns, name)
+    echo_ip = str(mesh.runtime.get_pod("app", "echo").ip)
+    agent = mesh.procs[node].pid
+    workers = worker_pids(agent)
+    assert len(workers) == 1, workers
+    before = {pid: fds(pid) for pid in (agent, *workers)}
+    result: dict[str, str] = {}
+
+    def flood() -> None:
+        done = mesh.exec(source, [PY, "-c", HOLD, echo_ip, str(PORT), str(FLOOD)],
+                         timeout=90)
+        result["out"], result["err"] = done.stdout, done.stderr
+
+    attacker_thread = threading.Thread(target=flood)
+    attacker_thread.start()
+    time.sleep(4.0)
+    during = {pid: fds(pid) for pid in before}
+    attacker_thread.join(100)
+    lines = result.get("out", "").strip().splitlines()
+    assert lines, result
+    counts = json.loads(lines[-1])
+    print(f"{direction}: fds {before} -> {during} while {attacker} held {FLOOD}: {counts}")
+    assert counts["opened"] == FLOOD, result
+    assert counts["still_open"] <= 2 * CAP, counts  # two processes, CAP each
+    for pid, n in during.items():
+        assert n < before[pid] + 2 * CAP + SLACK, (pid, before, during)
+    assert sum(n - before[pid] for pid, n in during.items()) > CAP  # both took some
