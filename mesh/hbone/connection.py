@@ -120,6 +120,12 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._keepalive.received(self._loop.time())
         try:
             events = self._framing.feed(self._view[:nbytes])
+            if (events and self.client_side and not self.ready.done()
+                    and not isinstance(events[0], PeerSettings)):
+                # CONNECT left before the peer's SETTINGS (client.py): an answer may
+                # only count once the peer has shown it speaks HTTP/2.
+                raise HboneProtocolError("the peer's first HTTP/2 frame was not SETTINGS: "
+                                         "not an HBONE server")
         except HboneProtocolError as exc:
             log.warning("hbone.protocol_error", peer=self.peer_label, error=str(exc))
             self._flush()
@@ -240,7 +246,11 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def open_stream(self, authority: str, headers: tuple[tuple[str, str], ...] = ()
                     ) -> tuple[HboneStream, asyncio.Future[int]]:
-        """Send CONNECT; the future resolves to the status the peer answers."""
+        """Send CONNECT; the future resolves to the status the peer answers. Allowed
+        before the peer's SETTINGS have come (the answer is not: buffer_updated)."""
+        if self.closed or (self.ready.done() and self.ready.exception() is not None):
+            raise self.failure or HboneTunnelError("the connection has failed",
+                                                   peer=self.peer_label)
         stream_id = self._framing.open_connect(authority, headers)
         stream = HboneStream(self, stream_id, authority, self.peer_identity,
                              self.settings.stream_high_water)

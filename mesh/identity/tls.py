@@ -12,6 +12,7 @@ trust domains, and an ID with a second URI beside it is not an SVID."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import ssl
 import sys
@@ -152,6 +153,17 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket,
     der = ssl_object.getpeercert(binary_form=True)
     if not der or not ssl_object.getpeercert():
         raise CertificateError("the peer presented no verified certificate")
+    return _svid_identity(der, expected)
+
+
+@functools.lru_cache(maxsize=1024)
+def _svid_identity(der: bytes, expected: str) -> SpiffeId:
+    """The SVID checks of `peer_identity` on one DER certificate. Cached per (DER,
+    trust domain): the answer depends on nothing else, and a peer reconnecting (a cold
+    tunnel to each of a pod's destinations, every pod of one ServiceAccount) presents
+    the same leaf, so the X.509 parse (~80 µs a side) is paid once per certificate.
+    Only successes are cached (lru_cache keeps no exceptions); the chain is still
+    verified by OpenSSL in every handshake, before this is reached."""
     try:
         cert = x509.load_der_x509_certificate(der)
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -181,3 +193,12 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket,
         raise CertificateError(f"peer {identity} is from trust domain {identity.trust_domain}, "
                                f"not {expected}")
     return identity
+
+
+def svid_cache_info() -> functools._CacheInfo:
+    """Hits and misses of the per-certificate SVID cache (tests, profiling)."""
+    return _svid_identity.cache_info()
+
+
+def svid_cache_clear() -> None:
+    _svid_identity.cache_clear()
