@@ -16,6 +16,7 @@ import pytest
 from mesh.hbone import HboneClientPool, HboneTunnelError
 from mesh.hbone.errors import HboneTunnelTimeout
 from mesh.identity import tls
+from mesh.identity.errors import CertificateError
 from tests.hbone_helpers import SERVER_ID, mtls_pair, new_ca
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -156,3 +157,24 @@ async def test_peer_identity_is_parsed_once_per_certificate(tmp_path: Path) -> N
             await pool.aclose()
     info = tls.svid_cache_info()
     assert (info.misses, info.hits) == (1, 2)
+
+
+def test_a_cached_svid_is_still_checked_against_the_trust_domain(tmp_path: Path) -> None:
+    """The cache is keyed by (certificate, trust domain): a certificate accepted for
+    cluster.local is not thereby accepted for another trust domain."""
+    server_ctx, client = mtls_pair(new_ca(tmp_path / "ca"))
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    cli = client.client_context().wrap_bio(c_in, c_out, server_side=False)
+    srv = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(5):
+        for side in (cli, srv):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    tls.svid_cache_clear()
+    assert tls.peer_identity(cli) == SERVER_ID
+    assert tls.peer_identity(cli) == SERVER_ID
+    assert tls.svid_cache_info().hits == 1
+    with pytest.raises(CertificateError, match="trust domain"):
+        tls.peer_identity(cli, "other.example")

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ async def refuse(request: HboneRequest) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(materials: Materials):  # type: ignore[no-untyped-def]
+async def serving(materials: Materials) -> AsyncIterator[int]:
     lsock: socket.socket = listen()
     task = asyncio.ensure_future(Tunnels(materials).serve(POD, [lsock], refuse))
     try:
