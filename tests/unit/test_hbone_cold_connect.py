@@ -15,6 +15,7 @@ import pytest
 
 from mesh.hbone import HboneClientPool, HboneTunnelError
 from mesh.hbone.errors import HboneTunnelTimeout
+from mesh.hbone.settings import TunnelSettings
 from mesh.identity import tls
 from mesh.identity.errors import CertificateError
 from tests.hbone_helpers import SERVER_ID, mtls_pair, new_ca
@@ -64,7 +65,8 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
 
 
 @pytest.mark.anyio
-async def test_connect_is_sent_before_the_peers_settings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("framing", ["h2core", "h2"])
+async def test_connect_is_sent_before_the_peers_settings(tmp_path: Path, framing: str) -> None:
     """The peer sends its SETTINGS only once it has our CONNECT: a client that waits
     for the SETTINGS first would stall here until its connect timeout."""
     server_ctx, client = mtls_pair(new_ca(tmp_path / "ca"))
@@ -76,7 +78,7 @@ async def test_connect_is_sent_before_the_peers_settings(tmp_path: Path) -> None
         await writer.drain()
 
     async with raw_h2_server(server_ctx, settings_after_connect) as port:
-        pool = HboneClientPool(connect_timeout=2.0)
+        pool = HboneClientPool(settings=TunnelSettings(framing=framing), connect_timeout=2.0)
         try:
             stream = await pool.connect(client, ("127.0.0.1", port), "10.0.0.1:80",
                                         expected_peer=SERVER_ID)
@@ -87,7 +89,8 @@ async def test_connect_is_sent_before_the_peers_settings(tmp_path: Path) -> None
 
 
 @pytest.mark.anyio
-async def test_an_answer_before_the_peers_settings_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("framing", ["h2core", "h2"])
+async def test_an_answer_before_the_peers_settings_is_refused(tmp_path: Path, framing: str) -> None:
     """A peer whose first frame is not SETTINGS is no HTTP/2 server: its 200 must not
     open a tunnel (fail closed), and the error says so at once, not after a timeout."""
     server_ctx, client = mtls_pair(new_ca(tmp_path / "ca"))
@@ -99,7 +102,7 @@ async def test_an_answer_before_the_peers_settings_is_refused(tmp_path: Path) ->
         await writer.drain()
 
     async with raw_h2_server(server_ctx, answer_without_settings) as port:
-        pool = HboneClientPool(connect_timeout=3.0)
+        pool = HboneClientPool(settings=TunnelSettings(framing=framing), connect_timeout=3.0)
         try:
             with pytest.raises(HboneTunnelError) as info:
                 await pool.connect(client, ("127.0.0.1", port), "10.0.0.1:80")
