@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -222,8 +223,19 @@ def test_metrics_count_the_bytes_and_connections(mesh: LocalMesh) -> None:
                "source_workload_namespace": "demo",
                "source_principal": "spiffe://cluster.local/ns/demo/sa/meter",
                "destination_workload": "server", "connection_security_policy": "mutual_tls"}
-    wait_for("the destination side counts the caller's connections", lambda: sum(
+    # A connection that arrives before the destination's snapshot lists meter is
+    # labelled `unknown` (never another workload); once it does, it is named.
+    wait_for("the destination side names the caller", lambda: sum(
         metric_sum(mesh.metrics(n), "istio_tcp_connections_closed_total", **inbound)
+        for n in ("node-1", "node-2")) >= 1)
+    by_meter = {k: v for k, v in inbound.items() if k != "source_workload"}
+    named = {m.group(1) for n in ("node-1", "node-2") for line in mesh.metrics(n).splitlines()
+             if line.startswith("istio_tcp_connections_closed_total")
+             and all(f'{k}="{v}"' in line for k, v in by_meter.items())
+             for m in [re.search(r'source_workload="([^"]*)"', line)] if m}
+    assert named <= {"meter", "unknown"}, named
+    wait_for("the destination side counts all of meter's connections", lambda: sum(
+        metric_sum(mesh.metrics(n), "istio_tcp_connections_closed_total", **by_meter)
         for n in ("node-1", "node-2")) >= 4)
 
 
