@@ -56,7 +56,8 @@ async def _serve(settings: ControllerSettings) -> None:
               help="Admin API (HTTP JSON) and /metrics.")
 @click.option("--advertise-addr", default="",
               help="Controller address given to waypoint pods (default: --grpc-addr; with "
-                   "--source kubernetes: ambient-controller.ambient-system.svc:15012).")
+                   "--source kubernetes: the controller Service, "
+                   f"ambient-controller.ambient-system.svc:{CONTROLLER_GRPC_PORT}).")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--debounce", type=float, default=0.05, show_default=True,
               help="Seconds of quiet before a change is pushed (bursts push once).")

@@ -64,9 +64,12 @@ async def test_gatewayclass_gateway_and_routes_get_status(
         gateway: dict[str, Any] = copy.deepcopy(WAYPOINT_GATEWAY)
         gateway["metadata"] = {**gateway["metadata"], "generation": 3}
         server.create(gateway)
-        await until(lambda: cond(server.get("Gateway", "demo", "waypoint"),
-                                 "Programmed").get("reason") == "Pending")
+        # Pending first says the Deployment is not created yet, then that it has no
+        # ready replica: wait for the latter.
+        await until(lambda: "no ready replica" in cond(
+            server.get("Gateway", "demo", "waypoint"), "Programmed").get("message", ""))
         gw = server.get("Gateway", "demo", "waypoint")
+        assert cond(gw, "Programmed")["reason"] == "Pending"
         assert cond(gw, "Accepted")["status"] == "True"
         assert "no ready replica" in cond(gw, "Programmed")["message"]
         assert get_gateway_row(gw) == ("ambient-waypoint", "", "False")

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import controller.kube.serve as kube_serve
+import controller.main as controller_main
 from controller.app import ControllerSettings
 from controller.kube.serve import KubeSettings
 from controller.kube.waypoints import render
@@ -24,6 +25,9 @@ def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> KubeSet
         seen.append(kube)
 
     monkeypatch.setattr(kube_serve, "serve_until_signal", fake_serve)
+    # main() configures process-wide logging (level filter, cached loggers): in this
+    # shared test process that would silence later tests' log capture.
+    monkeypatch.setattr(controller_main, "configure_logging", lambda *_a, **_k: None)
     result = CliRunner().invoke(main, ["--source", "kubernetes", "--state-dir",
                                        str(tmp_path), *args])
     assert result.exit_code == 0, result.output
