@@ -90,6 +90,10 @@ BY_KIND = {t.kind: t for t in TYPES}
 BY_PATH = {(t.group, t.version, t.plural): t for t in TYPES}
 
 
+# The audience a real API server gives tokens that name none (its --api-audiences).
+API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+
+
 def status(code: int, reason: str, message: str) -> web.Response:
     return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
                               "status": "Failure", "message": message, "reason": reason,
@@ -407,6 +411,9 @@ class FakeApiServer:
             return web.json_response(document)
         if segs[:1] == ["apis"] and segs[1:4] == ["authentication.k8s.io", "v1", "tokenreviews"]:
             return await self._token_review(request)
+        if (request.method == "POST" and len(segs) == 7 and segs[:3] == ["api", "v1",
+                "namespaces"] and segs[4] == "serviceaccounts" and segs[6] == "token"):
+            return await self._token_request(request, segs[3], segs[5])
         try:
             rtype, namespace, name = self._route(segs)
         except KeyError as e:
@@ -613,6 +620,49 @@ class FakeApiServer:
         if _strip(merged) == _strip(current):
             return web.json_response(current)
         return web.json_response(self.update(merged))
+
+    async def _token_request(self, request: web.Request, namespace: str, account: str
+                             ) -> web.Response:
+        """TokenRequest (`kubectl create token`): a token of an existing ServiceAccount,
+        for the requested audiences (default: the API server's own), at least 10
+        minutes, optionally bound to a Pod (then TokenReview names the pod and refuses
+        the token once that pod is gone), as the real API server answers it."""
+        if (namespace, account) not in self.objects["serviceaccounts"]:
+            return status(404, "NotFound", f'serviceaccounts "{account}" not found')
+        body = await request.json()
+        spec = body.get("spec") or {}
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        if seconds < 600:
+            return status(422, "Invalid", "TokenRequest.authentication.k8s.io "
+                          f'"{account}" is invalid: spec.expirationSeconds: Invalid value: '
+                          f"{seconds}: may not specify a duration less than 10 minutes")
+        audiences = list(spec.get("audiences") or [API_SERVER_AUDIENCE])
+        token = f"tr-{uuid.uuid4().hex}"
+        ref = spec.get("boundObjectRef") or {}
+        if ref.get("kind") == "Pod":
+            pod = self.objects["pods"].get((namespace, ref.get("name", "")))
+            if pod is None:
+                return status(404, "NotFound", f'pods "{ref.get("name", "")}" not found')
+            if ref.get("uid") and ref["uid"] != pod["metadata"]["uid"]:
+                return status(409, "Conflict", f'the UID in the bound object reference '
+                              f'({ref["uid"]}) does not match the UID in record. The object '
+                              "might have been deleted and then recreated")
+            self.add_pod_token(token, {**pod, "spec": {**(pod.get("spec") or {}),
+                                                       "serviceAccountName": account}},
+                               audiences=audiences)
+        else:
+            self.add_token(token, f"system:serviceaccount:{namespace}:{account}",
+                           audiences=audiences)
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+        return web.json_response({
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": account, "namespace": namespace,
+                         "creationTimestamp": None},
+            "spec": {"audiences": audiences, "expirationSeconds": seconds,
+                     "boundObjectRef": ref or None},
+            "status": {"token": token,
+                       "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}},
+            status=201)
 
     async def _token_review(self, request: web.Request) -> web.Response:
         body = await request.json()
