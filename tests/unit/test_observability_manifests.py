@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -72,8 +71,7 @@ def test_each_component_is_scraped_on_the_port_it_serves_metrics_on() -> None:
 
 def test_local_config_is_valid_for_debians_prometheus(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool (Debian's prometheus) is not installed: scripts/setup.sh")
+    assert promtool is not None, "promtool (Debian's prometheus) is missing: run scripts/setup.sh"
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(render_config(15091)))
     out = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
