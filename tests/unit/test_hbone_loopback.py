@@ -6,12 +6,19 @@ import asyncio
 import hashlib
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
-from mesh.hbone import HboneClientPool, HboneConnectError, HboneStreamReset
+from mesh.hbone import (
+    HboneClientPool,
+    HboneConnectError,
+    HboneRequest,
+    HboneServer,
+    HboneStreamReset,
+)
 from tests.hbone_helpers import CLIENT_ID, SERVER_ID, echo, hbone_mesh, tcp_app
 
 
@@ -145,19 +152,39 @@ async def test_streams_share_one_pooled_connection(tmp_path: Path) -> None:
             await pool.aclose()
 
 
+async def reset_streams(tmp_path: Path, handler: Callable[[HboneRequest], Awaitable[None]],
+                        ended: asyncio.Event, times: int) -> list[str]:
+    """Open `times` streams to a server running `handler`, reset each after a write,
+    and return the events it logged; `handler` sets `ended` when its stream is done."""
+    from structlog.testing import capture_logs
+
+    from tests.hbone_helpers import hbone_serving, mtls_pair
+    from tests.identity_helpers import new_ca
+
+    server_ctx, client = mtls_pair(new_ca(tmp_path / "ca"))
+    server = HboneServer(lambda: server_ctx, handler)
+    async with hbone_serving(server) as port:
+        pool = HboneClientPool()
+        try:
+            with capture_logs() as logs:
+                for _ in range(times):
+                    ended.clear()
+                    stream = await pool.connect(client, ("127.0.0.1", port), "127.0.0.1:9")
+                    await stream.send(b"x" * 100)
+                    stream.reset()
+                    await asyncio.wait_for(ended.wait(), 5)
+                await asyncio.sleep(0.05)
+        finally:
+            await pool.aclose()
+    return [entry["event"] for entry in logs]
+
+
 @pytest.mark.anyio
 async def test_a_peer_resetting_streams_is_no_error_and_logs_no_traceback(
         tmp_path: Path) -> None:
     """A client that resets its streams in a loop is ending them, not failing us: one
     debug line each, no `hbone.handler_failed` traceback (which a hostile pod could use
     to grow the logs)."""
-    from structlog.testing import capture_logs
-
-    from mesh.hbone import HboneRequest, HboneServer
-    from tests.hbone_helpers import hbone_serving, mtls_pair
-    from tests.identity_helpers import new_ca
-
-    server_ctx, client = mtls_pair(new_ca(tmp_path / "ca"))
     ended = asyncio.Event()
 
     async def read_until_reset(request: HboneRequest) -> None:
@@ -168,20 +195,32 @@ async def test_a_peer_resetting_streams_is_no_error_and_logs_no_traceback(
         finally:
             ended.set()
 
-    server = HboneServer(lambda: server_ctx, read_until_reset)
-    async with hbone_serving(server) as port:
-        pool = HboneClientPool()
+    events = await reset_streams(tmp_path, read_until_reset, ended, 20)
+    assert "hbone.handler_failed" not in events
+    assert events.count("hbone.stream_ended_by_peer") == 20
+
+
+@pytest.mark.anyio
+async def test_a_reset_wrapped_in_an_exception_group_logs_no_traceback(
+        tmp_path: Path) -> None:
+    """The same reset reaching the server inside an ExceptionGroup (the waypoint's
+    HTTP/1 and HTTP/2 servers read and write in anyio task groups) is the same
+    ordinary end. Found by the red team: ~3 KB of traceback per connection."""
+    ended = asyncio.Event()
+
+    async def read_in_a_task_group(request: HboneRequest) -> None:
+        stream = await request.accept()
+
+        async def drain() -> None:
+            while True:
+                await stream.receive()
+
         try:
-            with capture_logs() as logs:
-                for _ in range(20):
-                    ended.clear()
-                    stream = await pool.connect(client, ("127.0.0.1", port), "127.0.0.1:9")
-                    await stream.send(b"x" * 100)
-                    stream.reset()
-                    await asyncio.wait_for(ended.wait(), 5)
-                await asyncio.sleep(0.05)
-            events = [entry["event"] for entry in logs]
-            assert "hbone.handler_failed" not in events
-            assert events.count("hbone.stream_ended_by_peer") == 20
+            async with anyio.create_task_group() as tg:  # as waypoint/http2.py serves
+                tg.start_soon(drain)
         finally:
-            await pool.aclose()
+            ended.set()
+
+    events = await reset_streams(tmp_path, read_in_a_task_group, ended, 10)
+    assert "hbone.handler_failed" not in events
+    assert events.count("hbone.stream_ended_by_peer") == 10
