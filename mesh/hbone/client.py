@@ -16,7 +16,11 @@ defaults and the peer's SETTINGS adjust them); the connection still takes no ans
 before the peer's SETTINGS (HboneConnection fails it), and a cold tunnel saves one
 round trip and one event-loop wake-up.
 A connection that dies (keepalive timeout, reset) leaves the pool at once, so the
-next tunnel dials anew."""
+next tunnel dials anew.
+
+`warm` opens a connection ahead of need (no CONNECT): the full handshake and the
+peer's SVID check apply, a peer that is not the expected identity is closed and never
+pooled, and an unused warmed connection closes after the idle timeout like any other."""
 
 from __future__ import annotations
 
@@ -42,6 +46,10 @@ from mesh.hbone.stream import HboneStream
 from mesh.identity.spiffe import SpiffeId
 
 log = structlog.get_logger(__name__)
+
+
+class HboneWrongPeer(HboneTunnelError):
+    """The peer's verified SVID is not the identity the destination should have."""
 
 Dialer = Callable[[str, int], Awaitable[socket.socket]]
 PoolKey = tuple[str, str, int, str]  # identity, destination ip, port, source address
@@ -121,6 +129,11 @@ class HboneClientPool:
         self._current_ctx: dict[str, ssl.SSLContext] = {}
         self._closed = False
         self.connections_opened = 0
+        # Warmed connections that have not carried a stream yet.
+        self._warm_unused: set[HboneConnection] = set()
+        self.warmed = 0  # connections opened by `warm`
+        self.warmed_used = 0  # ... of which later carried a tunnel
+        self.warm_refused = 0  # ... refused: the peer was not the expected identity
 
     def connections(self, source_identity: str | None = None) -> list[HboneConnection]:
         return [c for key, conns in self._conns.items() for c in conns
@@ -159,7 +172,8 @@ class HboneClientPool:
             self._retire_stale(source.identity, ctx)
         for attempt in range(3):
             phase.name = "TCP connect"
-            conn = await self._connection_for(key, ctx, dial or self._dial, phase)
+            conn = await self._connection_for(key, ctx, dial or self._dial, phase,
+                                              expected_peer)
             if expected_peer is not None and conn.peer_identity != expected_peer:
                 raise HboneTunnelError(
                     f"peer is {conn.peer_identity}, expected {expected_peer}",
@@ -170,6 +184,9 @@ class HboneClientPool:
                 conn.go_away()  # out of stream ids: retire it, use a fresh connection
                 continue
             self._cancel_idle(conn)
+            if conn in self._warm_unused:
+                self._warm_unused.discard(conn)
+                self.warmed_used += 1
             phase.name = "CONNECT response"
             phase.settings_of = conn
             try:
@@ -191,25 +208,67 @@ class HboneClientPool:
             raise HboneConnectError(status, conn.peer_label, authority)
         return stream
 
-    async def _connection_for(self, key: PoolKey, ctx: ssl.SSLContext,
-                              dial: Dialer, phase: _Phase) -> HboneConnection:
+    async def _connection_for(self, key: PoolKey, ctx: ssl.SSLContext, dial: Dialer,
+                              phase: _Phase, expected_peer: SpiffeId | None = None
+                              ) -> HboneConnection:
         while True:
             if self._pooled:
-                for conn in self._conns.get(key, ()):
-                    if (not conn.closed and not conn.going_away and conn.ssl_context is ctx
-                            and conn.active_streams < min(conn.peer_max_streams,
-                                                          self._max_streams)):
-                        return conn
+                conn = self._usable(key, ctx)
+                if conn is not None:
+                    return conn
                 pending = self._dialing.get(key)
                 if pending is not None:
                     phase.waiting_on = pending[1]  # kept if the timeout strikes here
                     await asyncio.shield(pending[0])
                     phase.waiting_on = None
                     continue
-            return await self._dial_new(key, ctx, dial, phase)
+            return await self._dial_new(key, ctx, dial, phase, expected_peer)
 
-    async def _dial_new(self, key: PoolKey, ctx: ssl.SSLContext,
-                        dial: Dialer, phase: _Phase) -> HboneConnection:
+    def _usable(self, key: PoolKey, ctx: ssl.SSLContext) -> HboneConnection | None:
+        for conn in self._conns.get(key, ()):
+            if (not conn.closed and not conn.going_away and conn.ssl_context is ctx
+                    and conn.active_streams < min(conn.peer_max_streams, self._max_streams)):
+                return conn
+        return None
+
+    async def warm(self, source: TlsSource, dest: tuple[str, int], *,
+                   dial: Dialer | None = None, expected_peer: SpiffeId | None = None,
+                   source_address: str = "") -> bool:
+        """Open a pooled connection to `dest` ahead of need, sending no CONNECT, so the
+        next tunnel there is pooled. False when one is already pooled or being dialled.
+
+        The handshake and the SVID checks are those of `connect`; a peer that is not
+        `expected_peer` raises HboneTunnelError and its connection is closed, never
+        pooled (fail closed). Bounded by the connect timeout."""
+        if self._closed or not self._pooled:
+            return False
+        ctx = source.client_context()
+        key = (source.identity, dest[0], dest[1], source_address)
+        if self._current_ctx.get(source.identity) is not ctx:
+            self._current_ctx[source.identity] = ctx
+            self._retire_stale(source.identity, ctx)
+        if self._usable(key, ctx) is not None or key in self._dialing:
+            return False
+        phase = _Phase()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                conn = await self._dial_new(key, ctx, dial or self._dial, phase, expected_peer)
+        except TimeoutError:
+            raise HboneTunnelTimeout(phase.describe(), self._connect_timeout,
+                                     peer=f"{dest[0]}:{dest[1]}") from None
+        except HboneTunnelError as exc:
+            if isinstance(exc, HboneWrongPeer):
+                self.warm_refused += 1
+            raise
+        self.warmed += 1
+        if conn.active_streams == 0:  # a tunnel may have taken it already
+            self._warm_unused.add(conn)
+            self._on_idle(conn)  # idle from birth: the idle timeout applies
+        return True
+
+    async def _dial_new(self, key: PoolKey, ctx: ssl.SSLContext, dial: Dialer,
+                        phase: _Phase, expected_peer: SpiffeId | None = None
+                        ) -> HboneConnection:
         loop = asyncio.get_running_loop()
         marker: asyncio.Future[None] = loop.create_future()
         if self._pooled:
@@ -243,6 +302,13 @@ class HboneClientPool:
             if conn.ready.done() and (failed := conn.ready.exception()) is not None:
                 conn.abort()  # refused in connection_made (ALPN, peer certificate)
                 raise failed
+            if expected_peer is not None and conn.peer_identity != expected_peer:
+                # Never pooled: nothing may reuse a connection to the wrong peer.
+                conn.abort()
+                log.warning("hbone.unexpected_peer", peer=label, source=key[0],
+                            peer_identity=str(conn.peer_identity), expected=str(expected_peer))
+                raise HboneWrongPeer(f"peer is {conn.peer_identity}, expected {expected_peer}",
+                                     peer=label)
             # Not waiting for the peer's SETTINGS: the CONNECT goes out with ours.
         finally:
             if key in self._dialing and self._dialing[key][0] is marker:
@@ -285,6 +351,7 @@ class HboneClientPool:
 
     def _on_lost(self, conn: HboneConnection) -> None:
         self._cancel_idle(conn)
+        self._warm_unused.discard(conn)
         key = self._key_of.pop(conn, None)
         if key is not None:
             conns = self._conns.get(key, [])

@@ -75,6 +75,7 @@ class ProxyContext:
     def __post_init__(self) -> None:
         # Per-process cap per source (--max-connections-per-source via the environment).
         self.source_limit = SourceLimit(cap_from_environment(), self.metrics)
+        self.tunnels.register_metrics(self.metrics.registry)  # warming, pool (warm.py)
         # Policies enforced as deny-all because they could not be compiled, read from
         # the state in force at each scrape.
         self.metrics.registry.register(
@@ -174,6 +175,7 @@ async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.so
         admission.outbound(ctx.state, ctx.tunnels.certs, pod)
         hops = plan(ctx.state, ctx.picker, dst_ip, dst_port, time.monotonic())
         hop, upstream = await _connect_first(ctx, pod, hops)
+        ctx.tunnels.service_connected(ctx.state, pod, hop, hops)  # warm ahead (warm.py)
         mtls = hop.transport is Transport.HBONE
         dst_name, dst_ns = _names(hop.workload)
         src_name, src_ns = _names(ctx.workload_of(pod))
