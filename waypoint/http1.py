@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import http
+import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -382,6 +383,17 @@ class Http1ServerConnection:
             if bodyless:
                 await self.stream.send(bytes(out))
                 return keep_alive
+            ready = take_ready(resp.body)
+            if ready is not None:  # the whole body is here: one write, no iterator
+                data, trailers = ready
+                if chunked:
+                    out += (_chunk(data) if data else b"") + b"0\r\n" + \
+                        (_encode_headers(trailers) if trailers and te_trailers else b"") + \
+                        b"\r\n"
+                else:
+                    out += data
+                await self.stream.send(bytes(out))
+                return keep_alive and (length is None or len(data) == length)
             sent = 0
             async for data in resp.body.chunks():
                 if not data:
@@ -440,12 +452,35 @@ async def relay_raw(a: UpgradedStream, b: UpgradedStream) -> None:
                 await s.aclose()
 
 
+def take_ready(body: BodySource) -> tuple[bytes, Headers | None] | None:
+    """The whole of a body already in memory (bytes, trailers), consumed; None when
+    some of it is still to be read: then iterate `chunks()` as usual."""
+    take = getattr(body, "take_ready", None)
+    return take() if take is not None else None
+
+
 class _ClientResponseBody:
     def __init__(self, conn: Http1ClientConnection, close_delimited: bool) -> None:
         self._conn = conn
         self._close_delimited = close_delimited
         self._trailers: Headers | None = None
         self._done = False
+
+    def take_ready(self) -> tuple[bytes, Headers | None] | None:
+        """The common case of a small response: its body and end were parsed with its
+        head. Taken without a coroutine; the connection goes back to the pool."""
+        if self._done:
+            return None
+        q = self._conn.reader.events.queue
+        if not q or q[-1][0] != "end" or any(kind != "body" for kind, _ in
+                                              itertools.islice(q, len(q) - 1)):
+            return None
+        parts = [q.popleft()[1] for _ in range(len(q) - 1)]
+        self._trailers = q.popleft()[1]  # type: ignore[assignment]
+        self._done = True
+        self._conn.finish(reusable=self._conn.keep_alive)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[arg-type]
+        return data, self._trailers  # type: ignore[return-value]
 
     async def chunks(self) -> AsyncIterator[bytes]:
         reader = self._conn.reader

@@ -35,7 +35,7 @@ from waypoint.authz import RequestFacts, evaluate
 from waypoint.config import ServiceInfo, split_hostport
 from waypoint.errors import LimitExceededError, UpstreamConnectError, UpstreamError
 from waypoint.faults import decide_fault
-from waypoint.http1 import DownstreamInfo, Handler
+from waypoint.http1 import DownstreamInfo, Handler, take_ready
 from waypoint.limits import OVERFLOW_HEADER
 from waypoint.messages import (
     BodySource,
@@ -523,6 +523,12 @@ class _ObservedBody:
         async for data in self.inner.chunks():
             self.sent += len(data)
             yield data
+
+    def take_ready(self) -> tuple[bytes, Headers | None] | None:
+        ready = take_ready(self.inner)
+        if ready is not None:
+            self.sent += len(ready[0])
+        return ready
 
     @property
     def trailers(self) -> Headers | None:
