@@ -8,6 +8,7 @@ controller."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -40,6 +41,7 @@ from waypoint.otlp import OtlpExporter
 from waypoint.server import HboneDialer, WaypointServer
 from waypoint.state import WaypointState
 from waypoint.upstream import Dialer, tcp_dial
+from waypoint.workers import MAX_WORKERS, die_with_supervisor, hold_port, supervise
 
 log = structlog.get_logger("waypoint.main")
 
@@ -144,23 +146,32 @@ def _open_access_log(spec: str) -> TextIO | None:
     return open(spec, "a", buffering=1)  # lives as long as the process
 
 
-async def _listeners(addrs: tuple[str, ...]) -> list[anyio.abc.Listener[anyio.abc.SocketStream]]:
+def _address(a: str, hint: str, default: int | None = None) -> tuple[str, int]:
+    host, port = split_hostport(a)
+    if port is None and default is None:
+        raise click.BadParameter(f"{a!r}: expected HOST:PORT", param_hint=hint)
+    return host or "0.0.0.0", port if port is not None else int(default or 0)
+
+
+async def _listeners(addrs: tuple[str, ...], reuse_port: bool = False
+                     ) -> list[anyio.abc.Listener[anyio.abc.SocketStream]]:
+    """Plain listeners; with reuse_port (workers) every worker binds the same port."""
     out: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
     for a in addrs:
-        host, port = split_hostport(a)
-        if port is None:
-            raise click.BadParameter(f"{a!r}: expected HOST:PORT", param_hint="--listen")
-        out.append(await anyio.create_tcp_listener(local_host=host or "0.0.0.0",
-                                                   local_port=port, reuse_port=False))
+        host, port = _address(a, "--listen")
+        out.append(await anyio.create_tcp_listener(local_host=host, local_port=port,
+                                                   reuse_port=reuse_port))
     return out
 
 
-def _hbone_socket(addr: str) -> socket.socket:
-    host, port = split_hostport(addr)
+def _hbone_socket(addr: str, reuse_port: bool = False) -> socket.socket:
+    host, port = _address(addr, "--hbone-addr", HBONE_PORT)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port or HBONE_PORT))
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
     sock.listen(1024)
     return sock
 
@@ -175,8 +186,13 @@ async def _run(opts: dict[str, object]) -> None:
     if opts["otlp_endpoint"]:
         exporter = OtlpExporter(str(opts["otlp_endpoint"]),
                                 f"{opts['name']}.{opts['namespace']}")
-    plain = await _listeners(opts["listen"])  # type: ignore[arg-type]
-    admin = await _listeners((str(opts["metrics_addr"]),)) if opts["metrics_addr"] else []
+    worker = int(opts["worker_index"]) >= 0  # type: ignore[call-overload]
+    plain = await _listeners(opts["listen"], reuse_port=worker)  # type: ignore[arg-type]
+    admin: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
+    if opts["metrics_addr"]:
+        admin = await _listeners((str(opts["metrics_addr"]),))
+    if opts["admin_socket"]:  # a worker: its supervisor asks here
+        admin.append(await anyio.create_unix_listener(str(opts["admin_socket"]), mode=0o600))
     controller = opts["controller"]
     dial: Dialer = tcp_dial
     identity: Identity | None = None
@@ -204,7 +220,7 @@ async def _run(opts: dict[str, object]) -> None:
     if identity is not None:
         server.not_ready = "no certificate yet: asking the controller's CA"
         if opts["hbone_addr"]:  # bound now: a taken port fails at start, not later
-            hbone_sock = _hbone_socket(str(opts["hbone_addr"]))
+            hbone_sock = _hbone_socket(str(opts["hbone_addr"]), reuse_port=worker)
 
     def apply(snap: pb.Snapshot) -> None:
         server.update(build(snap))  # RouteConfigError -> NACK, last good stays
@@ -257,17 +273,67 @@ async def _run(opts: dict[str, object]) -> None:
 @click.option("--otlp-endpoint", default=None,
               help="OTLP/HTTP collector base URL (spans go to <url>/v1/traces).")
 @click.option("--log-level", default="info", show_default=True)
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
+              help="Waypoint processes sharing the ports (SO_REUSEPORT); above 1 this "
+                   "process supervises them and serves the metrics address for all.")
+@click.option("--worker-index", type=int, default=-1, hidden=True)
+@click.option("--admin-socket", default="", hidden=True)
 def main(**opts: object) -> None:
     """Run a waypoint: the L7 proxy for the services that use it."""
     configure_logging(str(opts["log_level"]))
     if not opts["controller"] and not opts["snapshot"]:
         raise click.UsageError("give --controller (mesh mode) or --snapshot (static mode)")
+    if int(opts["workers"]) > 1 and int(opts["worker_index"]) < 0:  # type: ignore[call-overload]
+        _supervise(opts)
+        return
+    if int(opts["worker_index"]) >= 0:  # type: ignore[call-overload]
+        die_with_supervisor()
     try:
         anyio.run(_run, opts, backend_options={"use_uvloop": True})
     except KeyboardInterrupt:
         pass
     except WaypointError as e:
         raise click.ClickException(str(e)) from None
+
+
+def worker_argv(opts: dict[str, object], index: int, admin: Path) -> list[str]:
+    """The command line of worker `index`: this one's options, with the metrics address
+    replaced by the admin socket its supervisor asks."""
+    argv = [sys.executable, "-m", "waypoint.main"]
+    skip = {"workers", "worker_index", "admin_socket", "metrics_addr"}
+    for param in main.params:
+        if param.name in skip or not isinstance(param, click.Option):
+            continue
+        value = opts.get(param.name or "")
+        if value is None or value == () or param.is_flag:
+            continue
+        flag = max(param.opts, key=len)
+        for item in (value if param.multiple else (value,)):  # type: ignore[attr-defined]
+            argv += [flag, str(item)]
+    return [*argv, "--metrics-addr", "", "--worker-index", str(index),
+            "--admin-socket", str(admin)]
+
+
+def _supervise(opts: dict[str, object]) -> None:
+    """--workers N: hold the ports, start N workers, serve the admin address for all."""
+    held = []
+    try:
+        if opts["controller"] and opts["hbone_addr"]:
+            held.append(hold_port(_address(str(opts["hbone_addr"]), "--hbone-addr",
+                                           HBONE_PORT)))
+        for a in opts["listen"]:  # type: ignore[attr-defined]
+            held.append(hold_port(_address(a, "--listen")))
+    except OSError as e:
+        for s in held:
+            s.close()
+        raise click.ClickException(f"cannot bind a waypoint port: {e}") from None
+
+    async def run() -> None:
+        admin = await _listeners((str(opts["metrics_addr"]),)) if opts["metrics_addr"] else []
+        await supervise(int(opts["workers"]), lambda i, path: worker_argv(opts, i, path),  # type: ignore[call-overload]
+                        admin, held)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(run, backend_options={"use_uvloop": True})
 
 
 if __name__ == "__main__":

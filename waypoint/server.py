@@ -174,7 +174,9 @@ class WaypointServer:
 
     async def _admin_connection(self, stream: anyio.abc.SocketStream) -> None:
         peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
-        info = DownstreamInfo(peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
+        # A unix socket is a worker's, asked by its supervisor (waypoint/workers.py).
+        info = DownstreamInfo(peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple)
+                              else "unix:")
         await serve_stream(stream, self._admin, info)
 
     async def _admin(self, head: RequestHead, body: BodySource, info: DownstreamInfo
@@ -216,6 +218,8 @@ class WaypointServer:
 
 def _is_loopback(peer: str) -> bool:
     """Whether a "host:port" peer (host possibly an IPv6 or v4-mapped address) is local."""
+    if peer == "unix:":  # the supervisor's admin socket: 0600 in a 0700 directory
+        return True
     host = peer.rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
     try:
         addr = ipaddress.ip_address(host)

@@ -16,6 +16,9 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEPLOYMENT_LABEL = "ambientmesh.io/deployment"
 WAYPOINT_CLASS = "ambient-waypoint"
+# On a waypoint Gateway: how many waypoint processes its pod runs (--workers).
+WAYPOINT_WORKERS = "ambientmesh.io/waypoint-workers"
+WAYPOINT_WORKERS_MAX = 16
 ROOT_NAMESPACE = "ambient-system"
 
 
@@ -37,3 +40,13 @@ def parse_port_list(text: str) -> list[int]:
             raise ValueError(f"{item!r} is not a port number 1-65535")
         ports.append(int(item))
     return ports
+
+
+def waypoint_workers(annotations: Mapping[str, str]) -> int:
+    """The Gateway's worker count: 1 when absent; an unreadable or out-of-range value
+    also gives 1 (the waypoint still runs, as one process) -- clamped, never an error
+    that would leave the Gateway without a waypoint."""
+    text = annotations.get(WAYPOINT_WORKERS, "").strip()
+    if not text.isdigit():
+        return 1
+    return max(1, min(WAYPOINT_WORKERS_MAX, int(text)))
