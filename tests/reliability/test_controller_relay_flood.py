@@ -20,26 +20,13 @@ import pytest
 
 from nodeagent.agent import RELAY_CONNECTIONS_PER_SOURCE
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum
+from tests.reliability.harness import APPS
 from tests.topologies import PY, SLEEP, documents, namespace, pod
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
 FLOOD = 400
-HOLD = """
-import json, select, socket, sys, time
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-socks = [socket.create_connection((host, port), timeout=5) for _ in range(n)]
-time.sleep(1.5)
-closed = 0
-for s in socks:
-    if select.select([s], [], [], 0)[0]:
-        try:
-            closed += s.recv(1) == b""
-        except OSError:
-            closed += 1
-print(json.dumps({"opened": len(socks), "still_open": len(socks) - closed}), flush=True)
-time.sleep(4)
-"""
+HOLD = str(APPS / "hold_connections.py")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +48,8 @@ def test_one_pod_cannot_exhaust_the_agent_through_the_controller_relay(
     result: dict[str, object] = {}
 
     def flood() -> None:
-        done = mesh.exec(outsider, [PY, "-c", HOLD, host_ip, str(mesh.grpc_port),
-                                    str(FLOOD)], timeout=60)
+        done = mesh.exec(outsider, [PY, HOLD, host_ip, str(mesh.grpc_port),
+                                    str(FLOOD), "1.5", "4"], timeout=60)
         result["out"], result["err"] = done.stdout, done.stderr
 
     attacker = threading.Thread(target=flood)

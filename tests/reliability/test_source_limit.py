@@ -31,32 +31,7 @@ FLOOD = 600
 PORT = 9000
 ECHO = str(APPS / "echo.py")
 SLACK = 64  # listeners of a new pod, log files, gRPC: what moves without a flood
-HOLD = """
-import json, select, socket, sys, time
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-socks, reset_at_connect = [], 0
-for _ in range(n):
-    s = socket.socket()
-    s.settimeout(5)
-    try:
-        s.connect((host, port))
-    except ConnectionResetError:  # refused so fast the handshake saw the RST
-        reset_at_connect += 1
-        s.close()
-        continue
-    socks.append(s)
-time.sleep(2.5)
-closed = 0
-for s in socks:
-    if select.select([s], [], [], 0)[0]:
-        try:
-            closed += s.recv(1) == b""
-        except OSError:
-            closed += 1
-print(json.dumps({"opened": len(socks) + reset_at_connect,
-                  "still_open": len(socks) - closed}), flush=True)
-time.sleep(5)
-"""
+HOLD = str(APPS / "hold_connections.py")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +72,7 @@ def test_one_source_cannot_exhaust_the_node_proxy(mesh: LocalMesh, attacker: str
     result: dict[str, str] = {}
 
     def flood() -> None:
-        done = mesh.exec(source, [PY, "-c", HOLD, echo_ip, str(port), str(FLOOD)],
+        done = mesh.exec(source, [PY, HOLD, echo_ip, str(port), str(FLOOD), "2.5", "5"],
                          timeout=90)
         result["out"], result["err"] = done.stdout, done.stderr
 
@@ -168,7 +143,7 @@ def test_the_cap_holds_in_each_worker_process(mesh_with_worker: LocalMesh, attac
     result: dict[str, str] = {}
 
     def flood() -> None:
-        done = mesh.exec(source, [PY, "-c", HOLD, echo_ip, str(PORT), str(FLOOD)],
+        done = mesh.exec(source, [PY, HOLD, echo_ip, str(PORT), str(FLOOD), "2.5", "5"],
                          timeout=90)
         result["out"], result["err"] = done.stdout, done.stderr
 
