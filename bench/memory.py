@@ -9,14 +9,16 @@ tunnels: the first connection from node-1 to each is a fresh mTLS HBONE connecti
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import envoy
-from bench.topology import ECHO, BenchTopology, fleet_yaml
+from bench.topology import ECHO, ECHO_ONLY, BenchTopology, _ns, _pod, fleet_yaml
 from mesh.identity.ca import CertificateAuthority
 from mesh.identity.spiffe import SpiffeId
+from nodeagent.proxy.warm import ENV as WARM_ENV
 
 
 def rss_mb(pid: int) -> float:
@@ -88,10 +90,68 @@ def cold_tunnels(topo: BenchTopology, fleet_size: int) -> dict[str, Any]:
     """Mesh: first connection to each fleet pod (cold: TLS handshake + CONNECT) and
     the two later rounds (pooled). Run after `node_proxy` created the fleet. The fleet
     pods were touched only by the plain client so far (plaintext, not through a tunnel
-    from bench/client), so the mesh client's pool holds no connection to them."""
+    from bench/client), so the mesh client's pool holds no connection to them.
+    Then `service_other_endpoints`: the same first connections, to endpoints of a
+    service the client already used (warmed ahead unless AMBIENT_WARM_TUNNELS=0)."""
     targets = ",".join(f"{topo.pod('fleet', f'p{i}').ip}:{ECHO}" for i in range(1, fleet_size))
     r = topo.run_client("mesh", ["connect", targets, "--rounds", "3"], timeout=300)
-    return {"cold": r["first"], "pooled": r["later"]}
+    return {"cold": r["first"], "pooled": r["later"],
+            "service_other_endpoints": service_other_endpoints(topo)}
+
+
+WARM_SERVICES = 3
+WARM_ENDPOINTS = 9  # the endpoint used first + nodeagent.proxy.warm.PER_SERVICE others
+
+
+def warm_services_yaml(services: int = WARM_SERVICES, endpoints: int = WARM_ENDPOINTS) -> str:
+    """Services s1..sN in namespace `warm`, each over `endpoints` echo pods on node-2
+    (each pod its own ServiceAccount, as the fleet)."""
+    docs = [_ns("warm", True)]
+    for s in range(1, services + 1):
+        docs += [_pod("warm", f"s{s}-e{e}", "node-2", ECHO_ONLY, f"app: s{s}")
+                 for e in range(1, endpoints + 1)]
+        docs.append(f"apiVersion: v1\nkind: Service\nmetadata:\n  name: s{s}\n"
+                    f"  namespace: warm\nspec:\n  selector: {{app: s{s}}}\n"
+                    f"  ports: [{{name: echo, port: {ECHO}, targetPort: {ECHO}}}]\n")
+    return "---\n".join(docs)
+
+
+def _service_ip(topo: BenchTopology, service: str) -> str | None:
+    """The service's VIP as the client pod's /etc/hosts names it (the node agent
+    writes service names there)."""
+    hosts = Path("/etc/netns") / topo.client("mesh").netns / "hosts"
+    for line in hosts.read_text().splitlines():
+        ip, *names = line.split()
+        if service in names:
+            return ip
+    return None
+
+
+def service_other_endpoints(topo: BenchTopology, services: int = WARM_SERVICES,
+                            endpoints: int = WARM_ENDPOINTS) -> dict[str, Any]:
+    """Mesh: the first connection from bench/client to each endpoint of a service after
+    the client's first connection to that service. Round robin sends the next
+    `endpoints - 1` connections to the VIP to the other endpoints, none of which the
+    client has a tunnel to: cold without warming, pooled if the first connection
+    warmed them (the measured run starts ~0.1 s after the first connections, a new
+    client process: the warming had time to finish). `first_use` is the services'
+    first connections themselves (cold either way)."""
+    topo.mesh.apply(warm_services_yaml(services, endpoints), file="warm.yaml")
+    pods = [f"s{s}-e{e}" for s in range(1, services + 1) for e in range(1, endpoints + 1)]
+    topo.wait("warm pods enrolled", lambda: sum(
+        p.startswith("warm/") for p in topo.mesh.agent_status("node-2")["enrolled_pods"])
+        >= len(pods), timeout=180)
+    direct = ",".join(f"{topo.pod('warm', p).ip}:{ECHO}" for p in pods)
+    topo.wait("warm echo servers up", lambda: _all_answer(topo, direct), timeout=120)
+    vips = [topo.wait(f"s{s}.warm in the client's hosts",
+                      lambda s=s: _service_ip(topo, f"s{s}.warm"), timeout=60)
+            for s in range(1, services + 1)]
+    first = topo.run_client("mesh", ["connect", ",".join(f"{v}:{ECHO}" for v in vips),
+                                     "--rounds", "1"])
+    others = ",".join(f"{v}:{ECHO}" for v in vips for _ in range(endpoints - 1))
+    r = topo.run_client("mesh", ["connect", others, "--rounds", "1"], timeout=300)
+    return {"first_use": first["first"], "other_endpoints": r["first"],
+            "warm_tunnels": os.environ.get(WARM_ENV, "1")}
 
 
 def envoy_sidecars(workdir: Path, counts: tuple[int, ...] = (1, 10, 100)) -> dict[str, float]:

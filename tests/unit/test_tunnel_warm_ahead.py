@@ -305,3 +305,29 @@ def test_the_switch() -> None:
     assert enabled_from_environment({"AMBIENT_WARM_TUNNELS": "1"})
     for off in ("0", "false", "off", "No"):
         assert not enabled_from_environment({"AMBIENT_WARM_TUNNELS": off})
+
+
+def test_at_most_in_flight_warming_handshakes_at_a_time() -> None:
+    """The proxy is one event loop: 8 handshakes at once would stall the pod's next
+    foreground connection; warming runs at most `in_flight` at a time, all finish."""
+    current = peak = done = 0
+
+    async def main() -> None:
+        async def open_one(target: WarmTarget) -> bool:
+            nonlocal current, peak, done
+            current += 1
+            peak = max(peak, current)
+            await asyncio.sleep(0.01)
+            current -= 1
+            done += 1
+            return True
+
+        warmer = Warmer(enabled=True)
+        targets = [WarmTarget(f"10.0.0.{i}", 15008, None) for i in range(8)]
+        assert warmer.service_used("ns/a", "ns/svc", targets, open_one) == 8
+        assert warmer.service_used("ns/b", "ns/svc", targets, open_one) == 8
+        await until(lambda: done == 16)
+        await warmer.aclose()
+
+    asyncio.run(main())
+    assert peak == 2
