@@ -42,7 +42,7 @@ from mesh.config.annotations import (
     WAYPOINT_FOR,
     lookup,
     parse_port_list,
-    waypoint_workers,
+    waypoint_args,
 )
 from mesh.config.core import PodSpec
 from mesh.ports import HBONE_PORT, METRICS_PORT
@@ -199,7 +199,7 @@ def waypoint_pod(gateway: Gateway, controller_addr: str) -> DesiredPod:
             # The node agent (kubelet role) gives the pod AMBIENT_CONTROLLER and
             # AMBIENT_TOKEN_FILE: only the node knows how its pods reach the controller.
             "command": ["ambient-waypoint", "--name", name, "--namespace", ns,
-                        *_workers_args(gateway.metadata.annotations)],
+                        *waypoint_args(gateway.metadata.annotations)],
             "ports": [{"name": "hbone", "containerPort": HBONE_PORT},
                       {"name": "metrics", "containerPort": METRICS_PORT}],
         }],
@@ -210,12 +210,6 @@ def waypoint_pod(gateway: Gateway, controller_addr: str) -> DesiredPod:
         annotations={DATAPLANE_MODE: DATAPLANE_NONE},
         spec=spec, origin="Gateway",
     )
-
-
-def _workers_args(annotations: Mapping[str, str]) -> list[str]:
-    """--workers N from the Gateway's ambientmesh.io/waypoint-workers (none for 1)."""
-    n = waypoint_workers(annotations)
-    return ["--workers", str(n)] if n > 1 else []
 
 
 def desired_pods(objects: Iterable[Resource], controller_addr: str) -> list[DesiredPod]:

@@ -13,6 +13,7 @@ import datetime as dt
 import socket
 import ssl
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -23,7 +24,7 @@ import structlog
 from google.protobuf import json_format
 
 from mesh.api import config_pb2 as pb
-from mesh.hbone import HboneClientPool, HboneServer, StaticTls
+from mesh.hbone import HboneClientPool, HboneServer, StaticTls, TunnelSettings
 from mesh.identity import CertifiedKey, TrustBundle
 from mesh.identity.ca_client import CertificateClient
 from mesh.identity.csr import build_csr, generate_key
@@ -233,8 +234,12 @@ async def _run(opts: dict[str, object]) -> None:
             # No HBONE and no config before the certificate: nothing to serve with.
             await identity.obtain(Backoff(initial=0.5, maximum=30.0), server)
             if hbone_sock is not None:
-                tg.start_soon(HboneServer(identity.server_context, server.handle_hbone).serve,
-                              hbone_sock)
+                settings = TunnelSettings()
+                if opts["hbone_max_streams"]:
+                    settings = replace(settings,
+                                       max_concurrent_streams=int(opts["hbone_max_streams"]))  # type: ignore[call-overload]
+                tg.start_soon(HboneServer(identity.server_context, server.handle_hbone,
+                                          settings=settings).serve, hbone_sock)
             sub = ConfigSubscriber(str(controller), kind=pb.WAYPOINT, name=str(opts["name"]),
                                    namespace=str(opts["namespace"]), node=str(opts["node"]),
                                    token=token, apply=apply)
@@ -276,6 +281,11 @@ async def _run(opts: dict[str, object]) -> None:
 @click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=1, show_default=True,
               help="Waypoint processes sharing the ports (SO_REUSEPORT); above 1 this "
                    "process supervises them and serves the metrics address for all.")
+@click.option("--hbone-max-streams", type=click.IntRange(0, 1 << 20), default=0,
+              help="Streams one HBONE connection may carry (SETTINGS_MAX_CONCURRENT_"
+                   "STREAMS; 0: the default). With --workers, a node proxy's tunnels "
+                   "are spread over the workers per connection: a lower limit makes it "
+                   "open more connections.")
 @click.option("--worker-index", type=int, default=-1, hidden=True)
 @click.option("--admin-socket", default="", hidden=True)
 def main(**opts: object) -> None:

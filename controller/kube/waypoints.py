@@ -22,7 +22,7 @@ from mesh.config.annotations import (
     DATAPLANE_NONE,
     GATEWAY_NAME_LABEL,
     WAYPOINT_CLASS,
-    waypoint_workers,
+    waypoint_args,
 )
 
 FIELD_MANAGER = "ambient-controller"
@@ -54,13 +54,12 @@ def render(gateway: Mapping[str, Any], *, image: str, controller_addr: str,
         return {"name": name, "namespace": namespace, "labels": dict(labels),
                 "ownerReferences": [dict(owner)]}
 
-    workers = waypoint_workers(meta.get("annotations") or {})  # --workers N
     container = {
         "name": "waypoint", "image": image, "imagePullPolicy": "IfNotPresent",
         "command": ["ambient-waypoint", "--name", name, "--namespace", namespace,
                     "--controller", controller_addr, "--token-file", f"{TOKEN_DIR}/token",
                     "--access-log", "stdout",
-                    *(["--workers", str(workers)] if workers > 1 else [])],
+                    *waypoint_args(meta.get("annotations") or {})],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "hbone", "containerPort": 15008, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": 15020, "protocol": "TCP"}],

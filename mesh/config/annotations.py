@@ -19,6 +19,10 @@ WAYPOINT_CLASS = "ambient-waypoint"
 # On a waypoint Gateway: how many waypoint processes its pod runs (--workers).
 WAYPOINT_WORKERS = "ambientmesh.io/waypoint-workers"
 WAYPOINT_WORKERS_MAX = 16
+# On a waypoint Gateway: the streams one inbound HBONE connection may carry
+# (--hbone-max-streams); lower spreads one node proxy's tunnels over more connections,
+# hence over the workers. Absent or unreadable: the default.
+WAYPOINT_HBONE_MAX_STREAMS = "ambientmesh.io/waypoint-hbone-max-streams"
 ROOT_NAMESPACE = "ambient-system"
 
 
@@ -50,3 +54,15 @@ def waypoint_workers(annotations: Mapping[str, str]) -> int:
     if not text.isdigit():
         return 1
     return max(1, min(WAYPOINT_WORKERS_MAX, int(text)))
+
+
+def waypoint_args(annotations: Mapping[str, str]) -> list[str]:
+    """The waypoint command-line options a Gateway's annotations ask for."""
+    args: list[str] = []
+    workers = waypoint_workers(annotations)
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    streams = annotations.get(WAYPOINT_HBONE_MAX_STREAMS, "").strip()
+    if streams.isdigit() and 1 <= int(streams) <= 1 << 20:
+        args += ["--hbone-max-streams", str(int(streams))]
+    return args

@@ -11,7 +11,12 @@ import pytest
 from controller.kube.waypoints import render
 from controller.view import waypoint_pod
 from mesh.config import Gateway
-from mesh.config.annotations import WAYPOINT_WORKERS, WAYPOINT_WORKERS_MAX, waypoint_workers
+from mesh.config.annotations import (
+    WAYPOINT_HBONE_MAX_STREAMS,
+    WAYPOINT_WORKERS,
+    WAYPOINT_WORKERS_MAX,
+    waypoint_workers,
+)
 
 
 def gateway(annotations: dict[str, str]) -> dict[str, Any]:
@@ -39,3 +44,14 @@ def test_annotation_to_workers(value: str | None, workers: int) -> None:
     assert ("--workers" in kcommand) == (workers > 1)
     if workers > 1:
         assert kcommand[kcommand.index("--workers") + 1] == str(workers)
+
+
+@pytest.mark.parametrize(("value", "args"), [
+    ("16", ["--hbone-max-streams", "16"]), ("0", []), ("x", []), ("", [])])
+def test_hbone_max_streams_annotation(value: str, args: list[str]) -> None:
+    annotations = {WAYPOINT_WORKERS: "2", WAYPOINT_HBONE_MAX_STREAMS: value}
+    pod = waypoint_pod(Gateway.model_validate(gateway(annotations)), "10.0.0.1:15012")
+    assert pod.spec.containers[0].command[5:] == ["--workers", "2", *args]
+    kcommand = render(gateway(annotations), image="img", controller_addr="c:15012")[1][
+        "spec"]["template"]["spec"]["containers"][0]["command"]
+    assert kcommand[-len(args) - 2:] == ["--workers", "2", *args]
