@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mesh.api import config_pb2 as pb
-from mesh.hbone import HboneClientPool, HboneServer, HboneTunnelError, StaticTls
+from mesh.hbone import HboneClientPool, HboneServer, HboneTunnelError, StaticTls, default_dial
 from mesh.hbone.client import HboneWrongPeer
 from mesh.identity import tls
 from mesh.identity.ca import CertificateAuthority
@@ -330,4 +330,50 @@ def test_at_most_in_flight_warming_handshakes_at_a_time() -> None:
         await warmer.aclose()
 
     asyncio.run(main())
-    assert peak == 2
+    assert peak == 1
+
+
+def test_warming_waits_while_foreground_tunnels_are_dialled() -> None:
+    """A warming handshake starts only once no foreground dial is running (the pool's
+    foreground_dials), so a pod's real first connections go first."""
+    opened: list[float] = []
+    busy = [True]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def open_one(target: WarmTarget) -> bool:
+            opened.append(loop.time())
+            return True
+
+        warmer = Warmer(enabled=True, busy=lambda: busy[0])
+        warmer.service_used("ns/a", "ns/svc", [WarmTarget("10.0.0.1", 15008, None)], open_one)
+        await asyncio.sleep(0.1)
+        assert opened == []
+        busy[0] = False
+        await until(lambda: len(opened) == 1)
+        await warmer.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.anyio
+async def test_the_pool_counts_foreground_dials_not_warming(tmp_path: Path) -> None:
+    ca = new_ca(tmp_path / "ca")
+    async with tcp_app(ping) as app, endpoints(ca, [SERVER_ID, SERVER_ID], app) as eps:
+        pool = HboneClientPool()
+        source = client_tls(ca)
+        seen: list[int] = []
+
+        async def dial(host: str, port: int):  # type: ignore[no-untyped-def]
+            seen.append(pool.foreground_dials)
+            return await default_dial(host, port)
+
+        try:
+            await pool.warm(source, (eps[0].address, eps[0].port), dial=dial)
+            stream = await pool.connect(source, (eps[1].address, eps[1].port),
+                                        f"127.0.0.1:{app}", dial=dial)
+            await stream.aclose()
+            assert seen == [0, 1] and pool.foreground_dials == 0
+        finally:
+            await pool.aclose()
