@@ -220,8 +220,12 @@ async def _run(opts: dict[str, object]) -> None:
     hbone_sock = None
     if identity is not None:
         server.not_ready = "no certificate yet: asking the controller's CA"
-        if opts["hbone_addr"]:  # bound now: a taken port fails at start, not later
-            hbone_sock = _hbone_socket(str(opts["hbone_addr"]), reuse_port=worker)
+        # Bound now: a taken port fails at start, not later. A worker binds only once
+        # it has its certificate (below): a listening socket in the SO_REUSEPORT group
+        # gets its share of new connections, which would wait in its backlog meanwhile;
+        # its supervisor holds the port and checked it at start.
+        if opts["hbone_addr"] and not worker:
+            hbone_sock = _hbone_socket(str(opts["hbone_addr"]))
 
     def apply(snap: pb.Snapshot) -> None:
         server.update(build(snap))  # RouteConfigError -> NACK, last good stays
@@ -233,6 +237,8 @@ async def _run(opts: dict[str, object]) -> None:
         if controller and identity is not None:
             # No HBONE and no config before the certificate: nothing to serve with.
             await identity.obtain(Backoff(initial=0.5, maximum=30.0), server)
+            if worker and opts["hbone_addr"]:
+                hbone_sock = _hbone_socket(str(opts["hbone_addr"]), reuse_port=True)
             if hbone_sock is not None:
                 settings = TunnelSettings()
                 if opts["hbone_max_streams"]:
