@@ -55,6 +55,7 @@ from nodeagent.pods import PodSupervisor
 from nodeagent.proxy.handlers import ProxyContext
 from nodeagent.proxy.pod_listeners import accept_loop
 from nodeagent.proxy.relay import relay_sockets
+from nodeagent.proxy.splice import Splicer
 from nodeagent.proxy.streams import dial, listening_socket
 from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
@@ -104,7 +105,8 @@ def load_redirector(pin_name: str, cgroup: Path) -> Redirector:
     bcc maps LLVM and clang (~100 MB) into any process that compiles, and the
     agent would carry them for its whole life."""
     script = ("import sys; from pathlib import Path; from ebpf.redirector import Redirector; "
-              "Redirector.load(sys.argv[1], Path(sys.argv[2])).close()")
+              "Redirector.load(sys.argv[1], Path(sys.argv[2])).close(); "
+              "from nodeagent.proxy.splice import install_or_log; install_or_log(sys.argv[1])")
     done = subprocess.run([sys.executable, "-c", script, pin_name, str(cgroup)],
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
@@ -150,7 +152,8 @@ class NodeAgent:
         tunnels = Tunnels(self.certs, HboneClientPool(settings=config.tunnel),
                           drain_seconds=config.drain_seconds)
         self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), tunnels,
-                                self.redirector.original_destination)
+                                self.redirector.original_destination,
+                                splicer=Splicer.open(f"{config.cluster}-{config.node}"))
         try:
             store: ListenerStore | None = ListenerStore(config.state_dir / "listeners.sock")
         except KeeperUnavailable as e:

@@ -51,13 +51,18 @@ from nodeagent.allocator import use_system_allocator
                    "plaintext and HBONE); the rest are reset and counted as "
                    "refused{cause=source_limit}, so one pod cannot spend the "
                    "descriptors every pod of the node needs.")
+@click.option("--same-node-fast-path", type=click.Choice(["on", "off"]), default="on",
+              show_default=True, envvar="AMBIENT_SAME_NODE_FAST_PATH",
+              help="Connections between two pods of this node skip the HBONE tunnel: "
+                   "the proxy takes the destination's decisions itself and splices the "
+                   "two sockets in the kernel (off: always tunnel, for comparison).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: Path | None,
          drain_seconds: float, trust_domain: str, workers: int | None,
          tunnel_connect_timeout: float, tunnel_keepalive_interval: float,
          tunnel_keepalive_timeout: float, max_connections_per_source: int,
-         log_level: str) -> None:
+         same_node_fast_path: str, log_level: str) -> None:
     """Run the node agent: pods, eBPF capture and the L4 mTLS node proxy.
 
     \b
@@ -81,6 +86,9 @@ def main(node: str, cluster: str, controller: str, token_file: Path, state_dir: 
     from nodeagent.proxy.source_limit import ENV as SOURCE_LIMIT_ENV
 
     os.environ[SOURCE_LIMIT_ENV] = str(max_connections_per_source)  # agent and workers
+    from nodeagent.proxy.same_node import ENV as SAME_NODE_ENV
+
+    os.environ[SAME_NODE_ENV] = same_node_fast_path
     config = AgentConfig(
         node=node, cluster=cluster, controller=controller,
         token=token_file.read_text().strip(),

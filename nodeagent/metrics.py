@@ -114,6 +114,28 @@ class ProxyMetrics:
             "(CA refused or unreachable): their connections are refused",
             registry=self.registry)
 
+        # Same-node connections that skipped the tunnel (nodeagent.proxy.same_node):
+        # path splice (kernel, bpf_sk_redirect_hash) | relay (user space).
+        self.same_node_connections = Counter(
+            "ambient_same_node_connections", "Same-node connections served without the "
+            "HBONE tunnel, by how their bytes were relayed", ["path"], registry=self.registry)
+        self.splice_fallbacks = Counter(
+            "ambient_splice_fallback", "Same-node connections relayed in user space "
+            "because the kernel splice could not be set up (not_installed | map_full | "
+            "kernel_refused | disabled)", ["reason"], registry=self.registry)
+        self.splice_user_bytes = Counter(
+            "ambient_splice_user_space_bytes", "Bytes of spliced connections the proxy "
+            "forwarded itself (paused: the far reader fell behind)", registry=self.registry)
+        self.connections_cut = Counter(
+            "ambient_connections_cut", "Live connections reset because a new snapshot "
+            "denies them", ["direction"], registry=self.registry)
+
+    def same_node(self, path: str) -> None:
+        self.same_node_connections.labels(path).inc()
+
+    def splice_fallback(self, reason: str) -> None:
+        self.splice_fallbacks.labels(reason).inc()
+
     def watch_inbound_capture(self, drops: Callable[[], dict[str, int]]) -> None:
         """Export the kernel's inbound capture drops (Redirector.inbound_drops)."""
         self.registry.register(InboundCaptureDrops(drops))

@@ -36,6 +36,7 @@ from nodeagent.proxy.handlers import (
     peer_address,
 )
 from nodeagent.proxy.pod_listeners import PodEndpoint, track
+from nodeagent.proxy.splice import Splicer
 from nodeagent.proxy.tunnel import Tunnels
 from nodeagent.state import ProxyState
 
@@ -86,7 +87,8 @@ class Worker:
         self.certs = PushedCertificates()
         self.metrics = ProxyMetrics()
         self.ctx = ProxyContext(ProxyState(), self.metrics, AccessLog(), Tunnels(self.certs),
-                                self.redirector.original_destination)
+                                self.redirector.original_destination,
+                                splicer=Splicer.open(pin_name))
         self.pods: dict[str, PodEndpoint] = {}
         self.connections: set[asyncio.Task[None]] = set()
         self.stop = asyncio.Event()
@@ -100,8 +102,10 @@ class Worker:
         elif op == "pod":
             pod = PodEndpoint(**msg.header["pod"])
             self.pods[pod.key] = pod
+            self.ctx.local_pods.add(pod)  # same-node connections to it skip the tunnel
         elif op == "unpod":
             self.pods.pop(msg.header["key"], None)
+            self.ctx.local_pods.remove_key(msg.header["key"])
         elif op == "conn":
             sock = socket.socket(fileno=msg.fds[0])
             sock.setblocking(False)

@@ -28,6 +28,7 @@ from ebpf.errors import OriginalDestinationUnknown
 from mesh import hbone
 from mesh.api import config_pb2 as pb
 from mesh.authz import AuthzCollector
+from mesh.identity.spiffe import SpiffeId
 from mesh.telemetry.labels import workload_name
 from nodeagent import admission, authz
 from nodeagent.accesslog import AccessLog, ConnectionRecord
@@ -35,10 +36,11 @@ from nodeagent.balance import EndpointPicker
 from nodeagent.errors import ConnectionRefusedByMesh, NoHealthyEndpoint, WaypointUnavailable
 from nodeagent.metrics import ConnectionLabels, ProxyMetrics, caller
 from nodeagent.outbound_plan import Hop, Transport, plan
-from nodeagent.proxy import delivery
+from nodeagent.proxy import delivery, same_node
 from nodeagent.proxy.pod_listeners import PodEndpoint, PodListeners, accept_loop
 from nodeagent.proxy.relay import Transfer, relay_sockets
 from nodeagent.proxy.source_limit import Release, SourceLimit, cap_from_environment
+from nodeagent.proxy.splice import Splicer
 from nodeagent.proxy.streams import dial
 from nodeagent.proxy.tunnel import (
     InboundTunnelRequest,
@@ -70,7 +72,18 @@ class ProxyContext:
     tunnels: Tunnels
     original_destination: OriginalDestination
     picker: EndpointPicker = field(default_factory=EndpointPicker)
+    splicer: Splicer | None = None  # the kernel splice of same-node connections
+    same_node_fast_path: bool = field(default_factory=same_node.enabled_from_environment)
+    local_pods: same_node.LocalPods = field(default_factory=same_node.LocalPods)
+    live: same_node.LiveConnections = field(default_factory=same_node.LiveConnections)
     source_limit: SourceLimit = field(init=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A new state (snapshot) re-authorizes every live same-node connection with
+        the decisions new ones get: one the state now denies is cut."""
+        super().__setattr__(name, value)
+        if name == "state" and "live" in self.__dict__:
+            self.live.reauthorize()
 
     def __post_init__(self) -> None:
         # Per-process cap per source (--max-connections-per-source via the environment).
@@ -174,6 +187,10 @@ async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.so
         record.destination_address = f"{dst_ip}:{dst_port}"
         admission.outbound(ctx.state, ctx.tunnels.certs, pod)
         hops = plan(ctx.state, ctx.picker, dst_ip, dst_port, time.monotonic())
+        local = same_node.target(ctx.same_node_fast_path, ctx.local_pods, hops)
+        if local is not None:
+            await handle_same_node(ctx, pod, client, hops[0], local, record)
+            return
         hop, upstream = await _connect_first(ctx, pod, hops)
         ctx.tunnels.service_connected(ctx.state, pod, hop, hops)  # warm ahead (warm.py)
         mtls = hop.transport is Transport.HBONE
@@ -220,6 +237,43 @@ async def handle_outbound(ctx: ProxyContext, pod: PodEndpoint, client: socket.so
 
 
 # ---- inbound HBONE -------------------------------------------------------------------
+def admit_inbound(ctx: ProxyContext, pod: PodEndpoint, record: ConnectionRecord,
+                  peer: str, peer_ip: str, host: str, port: int
+                  ) -> tuple[int, pb.Workload | None]:
+    """The destination side's decisions for a connection from the verified `peer`
+    (SPIFFE ID) at `peer_ip` to `host`:`port` of `pod`, in order: the target is this
+    pod, not one of the proxy's ports, config and the pod's policy known, the
+    waypoint binding respected, L4 authorization. handle_hbone, the same-node path
+    and the re-authorization of live connections all call this one function.
+    Returns (0, workload) when admitted, else (the HTTP status the CONNECT would be
+    refused with, workload) with `record` saying why and the refusal counted."""
+    if host not in (pod.ip, pod.ip6):
+        record.outcome, record.reason = "refused", f"{host} is not this pod ({pod.ip})"
+        return BAD_TARGET, None
+    try:
+        delivery.check_port(pod, port)
+    except delivery.SelfCall as e:
+        _refused(ctx, record, e)
+        return BAD_TARGET, None
+    wl = ctx.workload_of(pod)
+    try:
+        admission.inbound(ctx.state, pod, wl)
+    except ConnectionRefusedByMesh as e:
+        _refused(ctx, record, e)
+        return UPSTREAM_REFUSED, wl
+    try:  # the peer's certificate, not its address, proves it is the waypoint
+        delivery.check_waypoint(wl, peer)
+    except delivery.WaypointBypassed as e:
+        _refused(ctx, record, e)
+        return DENIED, wl
+    verdict = authz.authorize(ctx.state, wl, peer, peer_ip, port)
+    record.policy = verdict.policy or ""
+    if not verdict.allowed:
+        record.outcome, record.reason = "denied", verdict.reason
+        return DENIED, wl
+    return 0, wl
+
+
 async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
                        request: InboundTunnelRequest) -> None:
     """One CONNECT arriving at the pod: authorize, then reach the app on loopback."""
@@ -229,34 +283,10 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
                               source_identity=peer, destination_identity=pod.identity,
                               destination_workload=pod.key, transport="hbone")
     try:
-        if host not in (pod.ip, pod.ip6):
-            record.outcome, record.reason = "refused", f"{host} is not this pod ({pod.ip})"
-            await request.reject(BAD_TARGET)
-            return
-        try:
-            delivery.check_port(pod, port)
-        except delivery.SelfCall as e:
-            _refused(ctx, record, e)
-            await request.reject(BAD_TARGET)
-            return
-        wl = ctx.workload_of(pod)
-        try:
-            admission.inbound(ctx.state, pod, wl)
-        except ConnectionRefusedByMesh as e:
-            _refused(ctx, record, e)
-            await request.reject(UPSTREAM_REFUSED)
-            return
-        try:  # the peer's certificate, not its address, proves it is the waypoint
-            delivery.check_waypoint(wl, peer)
-        except delivery.WaypointBypassed as e:
-            _refused(ctx, record, e)
-            await request.reject(DENIED)
-            return
-        verdict = authz.authorize(ctx.state, wl, peer, request.peer_address[0], port)
-        record.policy = verdict.policy or ""
-        if not verdict.allowed:
-            record.outcome, record.reason = "denied", verdict.reason
-            await request.reject(DENIED)
+        status, wl = admit_inbound(ctx, pod, record, peer, request.peer_address[0], host,
+                                   port)
+        if status:
+            await request.reject(status)
             return
         try:
             app = await dial(pod.netns, delivery.app_address(pod, ":" in host), port,
@@ -279,6 +309,109 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
         record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
     finally:
         ctx.access_log.write(record)
+
+
+# ---- same node -----------------------------------------------------------------------
+async def handle_same_node(ctx: ProxyContext, pod: PodEndpoint, client: socket.socket,
+                           hop: Hop, dst: PodEndpoint, record: ConnectionRecord) -> None:
+    """An outbound connection to a pod this proxy serves, no waypoint on the path: the
+    destination's decisions taken here (admit_inbound, as handle_hbone takes them),
+    the app dialled in the destination pod's netns, bytes spliced in the kernel.
+    Writes the destination's access-log record; `record` (the source's) is written by
+    handle_outbound. Both are labelled mutual_tls: both identities are proven by
+    certificates this node issued and holds (ztunnel reports its same-node path so)."""
+    src_ip = (pod.ip6 if ":" in hop.address else pod.ip) or pod.ip or pod.ip6
+    port = hop.target_port
+    record.transport = "hbone"
+    record.destination_workload = f"{dst.namespace}/{dst.name}"
+    record.destination_service = hop.service or ""
+    expected = ctx.state.workload_identity(hop.workload) if hop.workload else ""
+    record.destination_identity = expected or dst.identity
+    if expected and expected != dst.identity:  # what the tunnel's peer check refuses
+        record.outcome, record.reason = "error", (
+            f"pod {dst.key} at {hop.address} is {dst.identity}, the config says {expected}")
+        hbone.reset_socket(client)
+        return
+    why = ctx.tunnels.certs.certificate_error(SpiffeId.parse(dst.identity))
+    if why is not None:  # the tunnel's TLS handshake would fail: no inbound record
+        record.outcome, record.reason = "error", f"pod {dst.key} has no certificate: {why}"
+        ctx.metrics.refused("certificate_pending", "inbound")
+        hbone.reset_socket(client)
+        return
+    inbound = ConnectionRecord("inbound", src_ip, hop.authority, source_identity=pod.identity,
+                               destination_identity=dst.identity, destination_workload=dst.key,
+                               transport="hbone")
+    try:
+        status, wl = admit_inbound(ctx, dst, inbound, pod.identity, src_ip, hop.address, port)
+        if status:
+            record.outcome = "denied" if status == DENIED else "refused"
+            record.reason = f"refused by {dst.key} ({status}): {inbound.reason}"
+            record.policy = inbound.policy
+            hbone.reset_socket(client)
+            return
+        try:
+            app = await dial(dst.netns, delivery.app_address(dst, ":" in hop.address), port,
+                             CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, delivery.NoPodAddress) as e:
+            inbound.outcome, inbound.reason = "refused", f"app port {port}: {e}"
+            record.outcome, record.reason = "refused", f"refused by {dst.key} " \
+                f"({UPSTREAM_REFUSED}): {inbound.reason}"
+            hbone.reset_socket(client)
+            return
+        await _relay_same_node(ctx, pod, client, app, hop, dst, wl, src_ip, record, inbound)
+    finally:
+        ctx.access_log.write(inbound)
+
+
+async def _relay_same_node(ctx: ProxyContext, pod: PodEndpoint, client: socket.socket,
+                           app: socket.socket, hop: Hop, dst: PodEndpoint,
+                           wl: pb.Workload | None, src_ip: str, record: ConnectionRecord,
+                           inbound: ConnectionRecord) -> None:
+    src_name, src_ns = _names(ctx.workload_of(pod))
+    dst_name, dst_ns = _names(hop.workload)
+    source_labels = ConnectionLabels(
+        reporter="source", source_workload=src_name, source_workload_namespace=src_ns,
+        source_principal=pod.identity, destination_workload=dst_name,
+        destination_workload_namespace=dst_ns,
+        destination_service=_service_host(hop.service, ctx.state.trust_domain),
+        destination_principal=dst.identity, connection_security_policy="mutual_tls")
+    src = caller(ctx.state.workload_at(src_ip), pod.identity)
+    wl_name, wl_ns = _names(wl)
+    destination_labels = ConnectionLabels(
+        reporter="destination", source_workload=src.workload,
+        source_workload_namespace=src.namespace, source_principal=pod.identity,
+        source_app=src.app, destination_workload=wl_name, destination_workload_namespace=wl_ns,
+        destination_principal=dst.identity, connection_security_policy="mutual_tls")
+
+    def recheck() -> tuple[bool, str, str]:
+        scratch = ConnectionRecord("inbound", src_ip, hop.authority)
+        status, _ = admit_inbound(ctx, dst, scratch, pod.identity, src_ip, hop.address,
+                                  hop.target_port)
+        return status == 0, scratch.reason, scratch.policy
+
+    conn = same_node.LiveConnection(recheck, (client, app))
+    ctx.live.live.add(conn)
+    for labels in (source_labels, destination_labels):
+        ctx.metrics.connection_opened(labels)
+    transfer = conn.transfer
+    try:
+        await same_node.relay(ctx.splicer, ctx.metrics, client, app, conn)
+    except asyncio.CancelledError:
+        if not conn.cut_reason:
+            raise
+        for r in (record, inbound):
+            r.outcome, r.reason, r.policy = "denied", conn.cut_reason, conn.cut_policy
+        ctx.metrics.connections_cut.labels("outbound").inc()
+        ctx.metrics.connections_cut.labels("inbound").inc()
+        with contextlib.suppress(OSError):
+            app.close()
+    finally:
+        ctx.live.live.discard(conn)
+        for r in (record, inbound):
+            r.request_bytes, r.response_bytes = transfer.request_bytes, transfer.response_bytes
+        for labels in (source_labels, destination_labels):
+            ctx.metrics.connection_closed(labels, transfer.request_bytes,
+                                          transfer.response_bytes)
 
 
 # ---- inbound plaintext ---------------------------------------------------------------
@@ -385,12 +518,16 @@ async def serve_pod(ctx: ProxyContext, pod: PodEndpoint, listeners: PodListeners
     def failed(direction: str) -> Callable[[BaseException], None]:
         return lambda _: ctx.metrics.refused("handler_error", direction)
 
-    async with asyncio.TaskGroup() as tg:
-        for sock in listeners.outbound_sockets:
-            tg.create_task(accept_loop(sock, outbound, connections, failed("outbound")))
-        for sock in listeners.inbound_sockets:
-            tg.create_task(accept_loop(sock, inbound, connections,
-                                       failed("inbound_plaintext")))
-        tg.create_task(ctx.tunnels.serve(
-            pod, listeners.hbone_sockets, lambda request: handle_hbone(ctx, pod, request),
-            admit=lambda peer: ctx.source_limit.admit("inbound", peer)))
+    ctx.local_pods.add(pod)  # same-node connections to it may skip the tunnel
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for sock in listeners.outbound_sockets:
+                tg.create_task(accept_loop(sock, outbound, connections, failed("outbound")))
+            for sock in listeners.inbound_sockets:
+                tg.create_task(accept_loop(sock, inbound, connections,
+                                           failed("inbound_plaintext")))
+            tg.create_task(ctx.tunnels.serve(
+                pod, listeners.hbone_sockets, lambda request: handle_hbone(ctx, pod, request),
+                admit=lambda peer: ctx.source_limit.admit("inbound", peer)))
+    finally:
+        ctx.local_pods.remove(pod)

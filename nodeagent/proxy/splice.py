@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ebpf.errors import BpfSyscallError, EbpfError
-from ebpf.splice import SpliceMaps
+from ebpf.splice import SpliceMaps, install
 from mesh import hbone
 
 log = structlog.get_logger("nodeagent.proxy.splice")
@@ -54,6 +54,16 @@ SPLICE_LOW_WATER = 1024 * 1024  # the peer's send queue below this: redirect aga
 WATCH_FAST = 0.005  # backlog check while bytes flow...
 WATCH_SLOW = 0.05  # ...backing off to this while idle
 DRAIN_POLL = 0.001
+
+
+def install_or_log(pin_name: str) -> None:
+    """Install the splice program (in the agent's compile child); a failure is logged
+    and the proxies relay same-node connections in user space (Splicer.open says so)."""
+    try:
+        install(pin_name)
+    except EbpfError as e:
+        log.warning("same-node splice not installed: user-space relay", pin=pin_name,
+                    error=str(e))
 
 
 class SpliceUnavailable(Exception):
@@ -152,10 +162,12 @@ class Splicer:
             self.maps.close()
             self.maps = None
 
-    async def relay(self, a: socket.socket, b: socket.socket) -> SplicedTransfer:
+    async def relay(self, a: socket.socket, b: socket.socket,
+                    result: SplicedTransfer | None = None) -> SplicedTransfer:
         """Splice `a` (the client side) and `b` (the app side) until both directions
         ended. Raises SpliceUnavailable before anything was spliced (the caller then
-        relays in user space); closes both sockets in every other case."""
+        relays in user space); closes both sockets in every other case. `result` is
+        filled in even when the relay is cancelled (a policy cut)."""
         maps = self.maps
         if maps is None:
             raise SpliceUnavailable("not_installed", self.unavailable)
@@ -172,7 +184,7 @@ class Splicer:
         log.debug("spliced", a=ca, b=cb)
         up = _Side(a, b, ca, cb, base_b)
         down = _Side(b, a, cb, ca, base_a)
-        result = SplicedTransfer()
+        result = result if result is not None else SplicedTransfer()
         try:
             for s in (a, b):  # hand whatever was queued before the splice to the program
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
