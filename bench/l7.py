@@ -146,6 +146,21 @@ def worker_requests(topo: BenchTopology) -> dict[str, float]:
     return out
 
 
+def proxy_pids(topo: BenchTopology, scenario: str) -> dict[str, list[int]]:
+    """The proxies a scenario's requests cross, by role: whose CPU time to count."""
+    if scenario.startswith("mesh"):
+        pids = {"node-1": [topo.agent_pid("node-1")], "node-2": [topo.agent_pid("node-2")]}
+        if scenario != "mesh_l4":
+            pids["waypoint"] = waypoint_pids(topo)
+        return pids
+    if scenario.startswith("envoy"):
+        # _start_envoys: server pod, server-local pod, then the client pod's Envoy; the
+        # --concurrency one is appended last.
+        client = topo.envoys[-1] if scenario != "envoy" else topo.envoys[2]
+        return {"envoy_client": [client.pid], "envoy_server": [topo.envoys[0].pid]}
+    return {}
+
+
 def start_envoy_concurrency(topo: BenchTopology, concurrency: int) -> str:
     """A second client-side HCM Envoy with `concurrency` workers, to the same server-
     side Envoy (and with the same certificate) as the one-core pair; its URL."""
@@ -173,11 +188,19 @@ def _rounds(topo: BenchTopology, urls: dict[str, str], rounds: int, seconds: int
             waypoint = scenario in ("mesh", "mesh_workers2")
             pids = waypoint_pids(topo) if waypoint else []
             cpu = cpu_seconds(pids)
+            roles = proxy_pids(topo, scenario)
+            role_cpu = {role: cpu_seconds(p) for role, p in roles.items()}
             split = worker_requests(topo) if waypoint else {}
             text = topo.run_text(client, ["wrk", f"-t{threads}", f"-c{conns}",
                                           f"-d{seconds}s", "--latency", url],
                                  timeout=seconds + 60)
             result = parse_wrk(text)
+            if roles:  # every proxy on the path: where the machine's CPU goes
+                served = max(result["rps"] * seconds, 1)
+                per = {role: round((cpu_seconds(p) - role_cpu[role]) * 1e6 / served, 1)
+                       for role, p in roles.items()}
+                result["proxy_cpu_us_per_request"] = {**per, "total": round(
+                    sum(per.values()), 1)}
             if waypoint:
                 served = result["rps"] * seconds
                 result["waypoint_cpu_us_per_request"] = round(

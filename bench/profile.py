@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--conns", type=int, default=64)
     p.add_argument("--rate", type=int, default=0, help="rr: requests/s (0: saturate)")
     p.add_argument("--keep", type=Path, help="copy the collapsed stacks into this directory")
+    p.add_argument("--native", action="store_true",
+                   help="py-spy --native: C frames too (OpenSSL, uvloop, httptools)")
     args = p.parse_args()
     topo = BenchTopology()
     try:
@@ -92,7 +94,8 @@ def main() -> None:
             pid = _waypoint_pid(topo)
             procs.append(subprocess.Popen(
                 [str(PY_SPY), "record", "--pid", str(pid), "--rate", "250", "--duration",
-                 str(args.seconds), "--format", "raw", "--output", str(wp), "--nonblocking"],
+                 str(args.seconds), "--format", "raw", "--output", str(wp),
+                 *(["--native"] if args.native else ["--nonblocking"])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for proc in procs:
             proc.wait()

@@ -42,7 +42,13 @@ from waypoint.otlp import OtlpExporter
 from waypoint.server import HboneDialer, WaypointServer
 from waypoint.state import WaypointState
 from waypoint.upstream import Dialer, tcp_dial
-from waypoint.workers import MAX_WORKERS, die_with_supervisor, hold_port, supervise
+from waypoint.workers import (
+    MAX_WORKERS,
+    admin_address,
+    die_with_supervisor,
+    hold_port,
+    supervise,
+)
 
 log = structlog.get_logger("waypoint.main")
 
@@ -193,7 +199,7 @@ async def _run(opts: dict[str, object]) -> None:
     if opts["metrics_addr"]:
         admin = await _listeners((str(opts["metrics_addr"]),))
     if opts["admin_socket"]:  # a worker: its supervisor asks here
-        admin.append(await anyio.create_unix_listener(str(opts["admin_socket"]), mode=0o600))
+        admin.append(await anyio.create_unix_listener(admin_address(str(opts["admin_socket"]))))
     controller = opts["controller"]
     dial: Dialer = tcp_dial
     identity: Identity | None = None
@@ -312,7 +318,7 @@ def main(**opts: object) -> None:
         raise click.ClickException(str(e)) from None
 
 
-def worker_argv(opts: dict[str, object], index: int, admin: Path) -> list[str]:
+def worker_argv(opts: dict[str, object], index: int, admin: str) -> list[str]:
     """The command line of worker `index`: this one's options, with the metrics address
     replaced by the admin socket its supervisor asks."""
     argv = [sys.executable, "-m", "waypoint.main"]
@@ -327,7 +333,7 @@ def worker_argv(opts: dict[str, object], index: int, admin: Path) -> list[str]:
         for item in (value if param.multiple else (value,)):  # type: ignore[attr-defined]
             argv += [flag, str(item)]
     return [*argv, "--metrics-addr", "", "--worker-index", str(index),
-            "--admin-socket", str(admin)]
+            "--admin-socket", admin]
 
 
 def _supervise(opts: dict[str, object]) -> None:

@@ -218,7 +218,7 @@ class WaypointServer:
 
 def _is_loopback(peer: str) -> bool:
     """Whether a "host:port" peer (host possibly an IPv6 or v4-mapped address) is local."""
-    if peer == "unix:":  # the supervisor's admin socket: 0600 in a 0700 directory
+    if peer == "unix:":  # a worker's admin socket, asked by its supervisor
         return True
     host = peer.rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
     try:

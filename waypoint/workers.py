@@ -20,25 +20,24 @@ HBONE listener), at the cost of N CSRs and N config streams for N <= cores.
 Admin: the parent alone serves the metrics address. /metrics sums the workers'
 expositions (nodeagent.workers.merge_expositions) and adds per-worker request counts
 and a restart counter; /healthz/ready is 200 only while every worker is alive and
-ready; /config_dump is one worker's, loopback only. Workers answer the parent on a
-unix socket in a private (0700) directory. A worker that exits is restarted (with a
-growing delay while it keeps failing) and counted."""
+ready; /config_dump is one worker's, loopback only. Workers answer the parent on an
+abstract unix socket (no file to leave behind when the pod is killed; reachable only
+from the pod's network namespace, like its loopback admin port). A worker that exits
+is restarted (with a growing delay while it keeps failing) and counted."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
-import shutil
+import secrets
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -88,10 +87,15 @@ def hold_port(addr: tuple[str, int]) -> socket.socket:
     return sock
 
 
+def admin_address(name: str) -> str:
+    """`--admin-socket @name` is the abstract socket "\\0name" (argv holds no NUL)."""
+    return "\0" + name[1:] if name.startswith("@") else name
+
+
 @dataclass
 class Worker:
     index: int
-    admin: Path
+    admin: str  # "@name": an abstract unix socket
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0  # consecutive quick exits: the restart delay grows with them
@@ -106,21 +110,16 @@ class Supervisor:
     """Starts, watches and restarts the workers; answers the admin port for all."""
 
     count: int
-    argv_for: Callable[[int, Path], list[str]]  # worker index, admin socket -> argv
-    admin_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(
-        prefix="ambient-waypoint-")))
+    argv_for: Callable[[int, str], list[str]]  # worker index, admin socket -> argv
     restarts: int = 0
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        os.chmod(self.admin_dir, 0o700)
-        self.workers = [Worker(i, self.admin_dir / f"worker-{i}.sock")
-                        for i in range(self.count)]
+        tag = f"ambient-waypoint-{os.getpid()}-{secrets.token_hex(4)}"
+        self.workers = [Worker(i, f"@{tag}-{i}") for i in range(self.count)]
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn(self, w: Worker) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            w.admin.unlink()
         env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
         w.proc = subprocess.Popen(self.argv_for(w.index, w.admin), env=env)
         w.started = time.monotonic()
@@ -163,7 +162,6 @@ class Supervisor:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        shutil.rmtree(self.admin_dir, ignore_errors=True)
 
     # ---- the workers' admin ------------------------------------------------------------
     async def ask(self, w: Worker, path: str) -> tuple[int, bytes]:
@@ -173,7 +171,7 @@ class Supervisor:
             return 0, b"not running"
         try:
             with anyio.fail_after(ADMIN_TIMEOUT):
-                stream = await anyio.connect_unix(w.admin)
+                stream = await anyio.connect_unix(admin_address(w.admin))
                 async with stream:
                     await stream.send(f"GET {path} HTTP/1.1\r\nhost: worker\r\n"
                                       "connection: close\r\n\r\n".encode())
@@ -265,7 +263,7 @@ def _requests(text: str) -> float:
     return total
 
 
-async def supervise(count: int, argv_for: Callable[[int, Path], list[str]],
+async def supervise(count: int, argv_for: Callable[[int, str], list[str]],
                     admin: Sequence[anyio.abc.Listener[anyio.abc.SocketStream]],
                     held: Sequence[socket.socket]) -> None:
     """Run the supervisor until SIGTERM/SIGINT; `held` ports are released at the end."""
