@@ -16,7 +16,17 @@ import pytest
 
 from ebpf.splice import SpliceMaps
 from tests.e2e.mesh_harness import LocalMesh, local_mesh, metric_sum, wait_for
-from tests.topologies import PY, SLEEP, documents, namespace, pod, strict
+from tests.topologies import (
+    PY,
+    SERVE,
+    SLEEP,
+    documents,
+    namespace,
+    pod,
+    service,
+    strict,
+    waypoint,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -180,6 +190,36 @@ def test_allow_nothing_refuses_and_strict_still_admits_the_same_node_path(
     finally:
         mesh.delete(ALLOW_NOTHING, file="allow-nothing.yaml")
         mesh.delete(strict("demo"), file="strict.yaml")
+
+
+def test_a_waypoint_bound_destination_never_takes_the_fast_path(mesh: LocalMesh) -> None:
+    """A service bound to a waypoint: every connection goes through the waypoint (L7
+    policy lives there), even with client, waypoint and app on this one node."""
+    bound = documents(
+        waypoint("demo"),
+        pod("web", "demo", "node-1", SERVE, "web", "app: web"),
+        service("web", "demo", "app: web", use_waypoint="waypoint"))
+    mesh.apply(bound, file="waypoint.yaml")
+    try:
+        mesh.pod("demo", "waypoint")
+        mesh.pod("demo", "web", enrolled=True)
+        client = mesh.pod("demo", "client")
+
+        def get() -> bool:
+            out = mesh.exec(client, ["curl", "-sS", "-m", "5", "http://web.demo/"])
+            return out.returncode == 0 and out.stdout.startswith("hello from")
+        wait_for("web answering through its waypoint", get, timeout=60)
+        before = mesh.metrics("node-1")
+        for _ in range(3):
+            assert get()
+        after = mesh.metrics("node-1")
+        assert metric_sum(after, "ambient_same_node_connections_total") == metric_sum(
+            before, "ambient_same_node_connections_total")
+        to_web = [r for r in mesh.access_records("node-1")
+                  if r["direction"] == "outbound" and r["destination_service"] == "demo/web"]
+        assert to_web and all("waypoint" in r["destination_workload"] for r in to_web), to_web
+    finally:
+        mesh.delete(bound, file="waypoint.yaml")
 
 
 if __name__ == "__main__":
