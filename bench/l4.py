@@ -6,12 +6,15 @@ load from elsewhere on the machine hits all three rather than one."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.topology import ECHO, SINK, BenchTopology
 
 SCENARIOS = ("direct", "mesh", "envoy")
+WARMUP = 1.0  # apps.rr --warmup default
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,38 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
                           for q in ("p50", "p90", "p99")}
     best["latency_us"]["n"] = sum(r["latency_us"]["n"] for r in runs)
     best["rps"] = max(r["rps"] for r in runs)
+    if all("cpu_us_per_rt" in r for r in runs):
+        best["cpu_us_per_rt"] = {side: min(r["cpu_us_per_rt"][side] for r in runs)
+                                 for side in runs[0]["cpu_us_per_rt"]}
     best["rounds"] = len(runs)
     return best
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def proxy_pids(topo: BenchTopology) -> dict[str, dict[str, int]]:
+    """Per scenario, the proxy processes on the path: the client side ("out") and the
+    server side ("in"). direct has none."""
+    return {"direct": {},
+            "mesh": {"out": topo.agent_pid("node-1"), "in": topo.agent_pid("node-2")},
+            # _start_envoys: the server pod's Envoy first, the client pod's last
+            "envoy": {"out": topo.envoys[-1].pid, "in": topo.envoys[0].pid}}
+
+
 def request_response(topo: BenchTopology, opts: L4Options) -> dict[str, Any]:
     """{"100": {scenario: result}, ..., "saturation": {...}}; result as apps.rr prints,
-    best of the rounds (rounds interleave the scenarios)."""
+    plus each proxy's CPU time per round trip (µs, /proc/PID/stat over the whole run,
+    warm-up and connection setup included), best of the rounds (rounds interleave the
+    scenarios)."""
     out: dict[str, Any] = {}
+    pids = proxy_pids(topo)
     for rate in (*opts.rates, 0):
         key = str(rate) if rate else "saturation"
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SCENARIOS}
@@ -56,7 +83,14 @@ def request_response(topo: BenchTopology, opts: L4Options) -> dict[str, Any]:
                 else:
                     args += ["--conns", str(opts.saturation_conns),
                              "--duration", str(opts.saturation_seconds)]
-                runs[s].append(topo.run_client(s, args))
+                before = {side: cpu_seconds(pid) for side, pid in pids[s].items()}
+                r = topo.run_client(s, args)
+                seconds = (opts.rate_seconds if rate else opts.saturation_seconds) + WARMUP
+                trips = (rate or float(r["rps"])) * seconds
+                r["cpu_us_per_rt"] = {side: round((cpu_seconds(pid) - before[side]) * 1e6
+                                                  / trips, 1)
+                                      for side, pid in pids[s].items()}
+                runs[s].append(r)
         out[key] = {s: best_of(r) for s, r in runs.items()}
     return out
 
