@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import socket
 import ssl
 import sys
@@ -143,6 +144,24 @@ class Identity:
     def client_context(self) -> ssl.SSLContext:
         assert self.client_ctx is not None
         return self.client_ctx
+
+
+# Young-generation threshold of the cyclic GC (CPython's default: 700 allocations).
+# A request allocates a few hundred container objects, nearly all freed by reference
+# counting when it ends; with the default, a collection ran every request or two and
+# traversed the objects of every request in flight (py-spy --native: gc_collect_main
+# 8.6 % of the waypoint's samples). Up to this many young objects cost a few MB.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Before serving: what the imports built (grpc, protobuf, cryptography, ...) is
+    never garbage, so it is frozen out of every later collection, and the young
+    generation is collected every GC_YOUNG_THRESHOLD allocations."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _open_access_log(spec: str) -> TextIO | None:
@@ -310,6 +329,7 @@ def main(**opts: object) -> None:
         return
     if int(opts["worker_index"]) >= 0:  # type: ignore[call-overload]
         die_with_supervisor()
+    tune_gc()
     try:
         anyio.run(_run, opts, backend_options={"use_uvloop": True})
     except KeyboardInterrupt:

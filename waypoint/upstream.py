@@ -67,11 +67,20 @@ class _Group:
     limits: ConnectionLimits | None
     idle: dict[str, list[tuple[Http1ClientConnection, float]]] = field(default_factory=dict)
     h2: dict[str, list[Http2ClientConnection]] = field(default_factory=dict)
-    freed: anyio.Event = field(default_factory=anyio.Event)
+    # Created only when a request waits for a connection to free up: every release
+    # wakes it, and an anyio.Event per release cost a getpid() system call each
+    # (asyncio.get_running_loop checks for a fork) -- 1 % of the waypoint's CPU.
+    _freed: anyio.Event | None = None
 
     def wake(self) -> None:
-        self.freed.set()
-        self.freed = anyio.Event()
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+    def freed(self) -> anyio.Event:
+        if self._freed is None:
+            self._freed = anyio.Event()
+        return self._freed
 
 
 class UpstreamPool:
@@ -145,7 +154,7 @@ class UpstreamPool:
                 if not queued:
                     lim.enqueue()
                     queued = True
-                await g.freed.wait()
+                await g.freed().wait()
         finally:
             if queued:
                 lim.dequeue()
