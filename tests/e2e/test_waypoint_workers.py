@@ -39,6 +39,7 @@ from tests.e2e.waypoint_helpers import (
     route,
     run_waypoint,
     service,
+    stop_process,
     waypoint_snapshot,
 )
 
@@ -214,3 +215,44 @@ def test_a_taken_port_fails_the_start_naming_it(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert "cannot bind a waypoint port" in out.stderr, out.stderr
+
+
+def test_workers_without_a_certificate_refuse_hbone_and_serve_nothing(tmp_path: Path) -> None:
+    """The CA is unreachable: no worker gets a certificate, so none listens on the
+    HBONE port (the supervisor only holds it: connections are refused), the plain
+    listener has no config to route with (404), and readiness says why, per worker."""
+    token = tmp_path / "token"
+    token.write_text("not-a-real-token")
+    with socket.socket() as closed:  # a port nobody listens on: the "controller"
+        closed.bind(("127.0.0.1", 0))
+        controller = closed.getsockname()[1]
+    hbone, plain, admin = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [WAYPOINT, "--name", "w", "--namespace", "default",
+         "--controller", f"127.0.0.1:{controller}", "--token-file", str(token),
+         "--hbone-addr", f"127.0.0.1:{hbone}", "--listen", f"127.0.0.1:{plain}",
+         "--metrics-addr", f"127.0.0.1:{admin}", "--workers", "2", "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        r = None
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{admin}/healthz/ready", timeout=2)
+                if r.text.count("no certificate yet") == 2:  # both workers started
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"readiness never named both workers: {r}"
+            time.sleep(0.1)
+        assert r.status_code == 503
+        assert "worker 0: no certificate yet" in r.text and "worker 1: no cert" in r.text
+        time.sleep(1.0)  # well past the workers' start
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(
+                ("127.0.0.1", hbone), timeout=2):
+            pass
+        resp = httpx.get(f"http://127.0.0.1:{plain}/", headers={"host": "web"}, timeout=5)
+        assert resp.status_code == 404  # no config: no service, nothing forwarded
+        assert proc.poll() is None
+    finally:
+        stop_process(proc)
