@@ -40,6 +40,7 @@ from mesh.xds import Backoff, ConfigSubscriber
 from waypoint.config import WaypointConfig, build, split_hostport
 from waypoint.errors import WaypointError
 from waypoint.otlp import OtlpExporter
+from waypoint.ratelimit import RateLimiter
 from waypoint.server import HboneDialer, WaypointServer
 from waypoint.state import WaypointState
 from waypoint.upstream import Dialer, tcp_dial
@@ -208,6 +209,9 @@ async def _run(opts: dict[str, object]) -> None:
     if isinstance(snapshot_file, Path):
         config = build(load_snapshot(snapshot_file))
     state = WaypointState(config)
+    if int(opts["worker_index"]) >= 0:  # type: ignore[call-overload]
+        # One of N workers: local rate limits hold 1/N each (waypoint/ratelimit.py).
+        state.rate_limiter = RateLimiter(share=1 / int(opts["workers"]))  # type: ignore[call-overload]
     exporter = None
     if opts["otlp_endpoint"]:
         exporter = OtlpExporter(str(opts["otlp_endpoint"]),
@@ -342,7 +346,7 @@ def worker_argv(opts: dict[str, object], index: int, admin: str) -> list[str]:
     """The command line of worker `index`: this one's options, with the metrics address
     replaced by the admin socket its supervisor asks."""
     argv = [sys.executable, "-m", "waypoint.main"]
-    skip = {"workers", "worker_index", "admin_socket", "metrics_addr"}
+    skip = {"worker_index", "admin_socket", "metrics_addr"}  # --workers N: its share
     for param in main.params:
         if param.name in skip or not isinstance(param, click.Option):
             continue

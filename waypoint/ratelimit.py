@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,19 +42,29 @@ class TokenBucket:
 
 class RateLimiter:
     """Buckets keyed by route (and source); the least recently used per-source buckets
-    are dropped beyond `max_keys`, bounding memory whatever identities call."""
+    are dropped beyond `max_keys`, bounding memory whatever identities call.
 
-    def __init__(self, max_keys: int = 10_000) -> None:
+    `share`: the part of each configured rate and burst this process enforces. With N
+    waypoint workers each holds 1/N (a burst of at least one), so all of them together
+    never admit more than the policy says; a caller whose connections all land on one
+    worker gets 1/N of it (the strict side), as there is no bucket shared between
+    processes."""
+
+    def __init__(self, max_keys: int = 10_000, share: float = 1.0) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1] (got {share})")
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
         self._max_keys = max_keys
+        self.share = share
 
     def allow(self, route: str, cfg: RateLimitConfig, source: str | None, now: float
               ) -> tuple[bool, float]:
         """(allowed, seconds until the next token when refused)."""
         key = (route, (source or "") if cfg.per_source else "")
         bucket = self._buckets.get(key)
-        if bucket is None or bucket.rate != cfg.requests_per_second:
-            bucket = TokenBucket(cfg.requests_per_second, cfg.burst, now)
+        rate = cfg.requests_per_second * self.share
+        if bucket is None or bucket.rate != rate:
+            bucket = TokenBucket(rate, max(1, math.ceil(cfg.burst * self.share - 1e-9)), now)
             self._buckets[key] = bucket
             while len(self._buckets) > self._max_keys:
                 self._buckets.popitem(last=False)

@@ -64,7 +64,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         }
         P = 80
         served = [service("canary", P, [b["v1"].port]), service("flaky", P, [b["flaky"].port]),
-                  service("guarded", P, [b["echo"].port])]
+                  service("guarded", P, [b["echo"].port]), service("limited", P, [b["echo"].port])]
         others = [service("v1", P, [b["v1"].port]), service("v2", P, [b["v2"].port])]
         routes = [
             route("canary", "canary", [
@@ -79,7 +79,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         traffic = [pb.TrafficPolicy(namespace="default", name="flaky-budget",
                                     services=["default/flaky"],
                                     retry_budget=pb.RetryBudget(percent=100,
-                                                                min_retries_per_second=100))]
+                                                                min_retries_per_second=100)),
+                   # 10 requests, then one a minute: no refill within the test.
+                   pb.TrafficPolicy(namespace="default", name="rl", services=["default/limited"],
+                                    rate_limit=pb.RateLimit(requests_per_unit=1, unit_seconds=60,
+                                                            burst=10))]
         authz = [pb.Authorization(
             namespace="default", name="deny-admin", action=pb.DENY,
             targets=[pb.PolicyTarget(kind="Service", namespace="default", name="guarded")],
@@ -256,3 +260,11 @@ def test_workers_without_a_certificate_refuse_hbone_and_serve_nothing(tmp_path: 
         assert proc.poll() is None
     finally:
         stop_process(proc)
+
+
+def test_a_local_rate_limit_holds_in_total_across_workers(mesh: Mesh) -> None:
+    """Each worker enforces half of the policy's burst: together they admit at most
+    the configured 10, not 10 each (an unshared bucket per process would)."""
+    codes = Counter(one_request(mesh.wp, "GET", "/", "limited").status_code for _ in range(40))
+    assert set(codes) <= {200, 429}, codes
+    assert 0 < codes[200] <= 10, codes

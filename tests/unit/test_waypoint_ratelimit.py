@@ -67,3 +67,20 @@ def test_changed_rate_replaces_the_bucket() -> None:
     assert rl.allow("r", RateLimitConfig(1, 1), None, 0.0)[0]
     assert not rl.allow("r", RateLimitConfig(1, 1), None, 0.0)[0]
     assert rl.allow("r", RateLimitConfig(5, 1), None, 0.0)[0]
+
+
+def test_a_share_of_the_rate_and_burst_for_one_of_n_workers() -> None:
+    """Two workers with share 1/2: each admits half the burst (rounded up, at least
+    one) and refills at half the rate, so both together never exceed the policy."""
+    cfg = RateLimitConfig(requests_per_second=10.0, burst=5)
+    half = RateLimiter(share=0.5)
+    admitted = sum(half.allow("r", cfg, None, 0.0)[0] for _ in range(10))
+    assert admitted == 3  # ceil(5 / 2)
+    assert half.allow("r", cfg, None, 0.2)[0] is True  # 0.2 s x 5/s = one token
+    assert half.allow("r", cfg, None, 0.2)[0] is False
+    whole = RateLimiter()
+    assert sum(whole.allow("r", cfg, None, 0.0)[0] for _ in range(10)) == 5
+    tiny = RateLimiter(share=1 / 16)
+    assert sum(tiny.allow("r", RateLimitConfig(1.0, 3), None, 0.0)[0] for _ in range(5)) == 1
+    with pytest.raises(ValueError):
+        RateLimiter(share=0)
