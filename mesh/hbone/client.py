@@ -134,7 +134,7 @@ class HboneClientPool:
         self.warmed = 0  # connections opened by `warm`
         self.warmed_used = 0  # ... of which later carried a tunnel
         self.warm_refused = 0  # ... refused: the peer was not the expected identity
-        self.foreground_dials = 0  # new connections being set up for a tunnel (not warm)
+        self.foreground_setups = 0  # tunnels being opened (`connect` running), not warming
 
     def connections(self, source_identity: str | None = None) -> list[HboneConnection]:
         return [c for key, conns in self._conns.items() for c in conns
@@ -152,6 +152,7 @@ class HboneClientPool:
         whole setup takes longer than the connect timeout, HboneTunnelError when the
         connection cannot be made or the peer is not `expected_peer`."""
         phase = _Phase()
+        self.foreground_setups += 1
         try:
             async with asyncio.timeout(self._connect_timeout):
                 return await self._connect(source, dest, authority, phase, dial, expected_peer,
@@ -159,6 +160,8 @@ class HboneClientPool:
         except TimeoutError:
             raise HboneTunnelTimeout(phase.describe(), self._connect_timeout,
                                      peer=f"{dest[0]}:{dest[1]}") from None
+        finally:
+            self.foreground_setups -= 1
 
     async def _connect(self, source: TlsSource, dest: tuple[str, int], authority: str,
                        phase: _Phase, dial: Dialer | None, expected_peer: SpiffeId | None,
@@ -253,8 +256,7 @@ class HboneClientPool:
         phase = _Phase()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                conn = await self._dial_new(key, ctx, dial or self._dial, phase, expected_peer,
-                                            warm=True)
+                conn = await self._dial_new(key, ctx, dial or self._dial, phase, expected_peer)
         except TimeoutError:
             raise HboneTunnelTimeout(phase.describe(), self._connect_timeout,
                                      peer=f"{dest[0]}:{dest[1]}") from None
@@ -269,18 +271,8 @@ class HboneClientPool:
         return True
 
     async def _dial_new(self, key: PoolKey, ctx: ssl.SSLContext, dial: Dialer,
-                        phase: _Phase, expected_peer: SpiffeId | None = None,
-                        warm: bool = False) -> HboneConnection:
-        if warm:
-            return await self._handshake(key, ctx, dial, phase, expected_peer)
-        self.foreground_dials += 1
-        try:
-            return await self._handshake(key, ctx, dial, phase, expected_peer)
-        finally:
-            self.foreground_dials -= 1
-
-    async def _handshake(self, key: PoolKey, ctx: ssl.SSLContext, dial: Dialer,
-                         phase: _Phase, expected_peer: SpiffeId | None) -> HboneConnection:
+                        phase: _Phase, expected_peer: SpiffeId | None = None
+                        ) -> HboneConnection:
         """Dial, TLS handshake, SVID checks; the connection joins the pool."""
         loop = asyncio.get_running_loop()
         marker: asyncio.Future[None] = loop.create_future()

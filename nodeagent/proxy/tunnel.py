@@ -83,8 +83,8 @@ class Tunnels:
     warmer: Warmer = field(default_factory=lambda: Warmer(enabled_from_environment()))
 
     def __post_init__(self) -> None:
-        # Warming yields to the tunnels being dialled for real connections.
-        self.warmer.busy = lambda: self.pool.foreground_dials > 0
+        # Warming yields to the tunnels being opened for real connections.
+        self.warmer.busy = lambda: self.pool.foreground_setups > 0
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Warming and pool counters on the proxy's metrics registry."""

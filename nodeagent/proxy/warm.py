@@ -10,7 +10,8 @@ endpoints it has no connection to, so those later first connections are pooled.
 Bounded: once per (pod, service) (the set is bounded too, oldest forgotten first),
 at most `per_service` endpoints, each warm bounded by the tunnel connect timeout, and
 at most `in_flight` warming handshakes at a time per proxy process, each started only
-while no foreground tunnel is dialling (`busy`, polled every 2 ms for at most 1 s):
+while no tunnel is being opened for a real connection (`busy`, polled every 2 ms, for
+at most 1 s):
 the proxy is one event loop, and 8 handshakes at once (~1 ms of CPU each on both
 sides) delayed the pod's next foreground first connection from ~10 to ~27 ms on the
 bench.
@@ -40,7 +41,7 @@ log = structlog.get_logger(__name__)
 ENV = "AMBIENT_WARM_TUNNELS"
 PER_SERVICE = 8
 IN_FLIGHT = 1  # warming handshakes at a time per process
-YIELD_POLL = 0.002  # seconds between checks that no foreground dial is running
+YIELD_POLL = 0.002  # seconds between checks that no tunnel is being opened
 YIELD_MAX = 1.0  # ... after which warming goes ahead anyway
 REMEMBERED = 4096  # (pod, service) pairs whose warming is not repeated
 
@@ -68,7 +69,8 @@ class Warmer:
     def __init__(self, enabled: bool = True, per_service: int = PER_SERVICE,
                  remembered: int = REMEMBERED, in_flight: int = IN_FLIGHT,
                  busy: Callable[[], bool] = lambda: False) -> None:
-        """`busy`: True while foreground tunnels are being dialled (warming waits)."""
+        """`busy`: True while tunnels are being opened for real connections (warming
+        waits)."""
         self.enabled = enabled
         self.busy = busy
         self.per_service = per_service

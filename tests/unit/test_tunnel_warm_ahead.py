@@ -334,8 +334,8 @@ def test_at_most_in_flight_warming_handshakes_at_a_time() -> None:
 
 
 def test_warming_waits_while_foreground_tunnels_are_dialled() -> None:
-    """A warming handshake starts only once no foreground dial is running (the pool's
-    foreground_dials), so a pod's real first connections go first."""
+    """A warming handshake starts only while no tunnel is being opened for a real
+    connection (the pool's foreground_setups), so a pod's real connections go first."""
     opened: list[float] = []
     busy = [True]
 
@@ -358,7 +358,7 @@ def test_warming_waits_while_foreground_tunnels_are_dialled() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_pool_counts_foreground_dials_not_warming(tmp_path: Path) -> None:
+async def test_the_pool_counts_foreground_setups_not_warming(tmp_path: Path) -> None:
     ca = new_ca(tmp_path / "ca")
     async with tcp_app(ping) as app, endpoints(ca, [SERVER_ID, SERVER_ID], app) as eps:
         pool = HboneClientPool()
@@ -366,7 +366,7 @@ async def test_the_pool_counts_foreground_dials_not_warming(tmp_path: Path) -> N
         seen: list[int] = []
 
         async def dial(host: str, port: int):  # type: ignore[no-untyped-def]
-            seen.append(pool.foreground_dials)
+            seen.append(pool.foreground_setups)
             return await default_dial(host, port)
 
         try:
@@ -374,6 +374,6 @@ async def test_the_pool_counts_foreground_dials_not_warming(tmp_path: Path) -> N
             stream = await pool.connect(source, (eps[1].address, eps[1].port),
                                         f"127.0.0.1:{app}", dial=dial)
             await stream.aclose()
-            assert seen == [0, 1] and pool.foreground_dials == 0
+            assert seen == [0, 1] and pool.foreground_setups == 0
         finally:
             await pool.aclose()
