@@ -9,6 +9,7 @@ while it happens."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from google.protobuf import json_format
 
 from mesh.api import config_pb2 as pb
 from tests.e2e.waypoint_helpers import (
@@ -268,3 +270,55 @@ def test_a_local_rate_limit_holds_in_total_across_workers(mesh: Mesh) -> None:
     codes = Counter(one_request(mesh.wp, "GET", "/", "limited").status_code for _ in range(40))
     assert set(codes) <= {200, 429}, codes
     assert 0 < codes[200] <= 10, codes
+
+
+def test_workers_die_with_their_supervisor(tmp_path: Path) -> None:
+    """SIGKILL to the supervisor (no chance to stop its workers): the workers get
+    SIGTERM from the kernel (PR_SET_PDEATHSIG) and exit, so no worker keeps serving
+    without the supervisor's readiness and restart checks, and the port is free."""
+    snap = tmp_path / "snap.json"
+    snap.write_text(json_format.MessageToJson(waypoint_snapshot(
+        [service("web", 80, [free_port()])], [], [], [], [])))
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [WAYPOINT, "--name", "w", "--snapshot", str(snap), "--listen", f"127.0.0.1:{port}",
+         "--metrics-addr", f"127.0.0.1:{admin}", "--workers", "2", "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{admin}/healthz/ready", timeout=2
+                             ).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "not ready in 20 s"
+            time.sleep(0.1)
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children"
+                                         ).read_text().split()]
+        assert len(children) == 2
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{c}").exists() and "Z" not in
+                  Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for c in children):
+            assert time.monotonic() < deadline, "a worker outlived its supervisor"
+            time.sleep(0.05)
+        # The kernel may finish closing a dead worker's listener a moment after the
+        # process is a zombie (deferred fput): meanwhile a handshake can complete and
+        # is then reset, never served. Refused soon after.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                    c.settimeout(2)
+                    with contextlib.suppress(ConnectionResetError):
+                        assert c.recv(1) == b""  # reset or closed: nobody serves it
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the port still takes connections"
+            time.sleep(0.05)
+    finally:
+        stop_process(proc)
