@@ -128,14 +128,16 @@ def _service_ip(topo: BenchTopology, service: str) -> str | None:
 
 
 def service_other_endpoints(topo: BenchTopology, services: int = WARM_SERVICES,
-                            endpoints: int = WARM_ENDPOINTS) -> dict[str, Any]:
+                            endpoints: int = WARM_ENDPOINTS, pause: float = 0.5
+                            ) -> dict[str, Any]:
     """Mesh: the first connection from bench/client to each endpoint of a service after
     the client's first connection to that service. Round robin sends the next
     `endpoints - 1` connections to the VIP to the other endpoints, none of which the
     client has a tunnel to: cold without warming, pooled if the first connection
-    warmed them (the measured run starts ~0.1 s after the first connections, a new
-    client process: the warming had time to finish). `first_use` is the services'
-    first connections themselves (cold either way)."""
+    warmed them. The measured run starts `pause` seconds after the first connections
+    (warming waits for 20 ms without a real tunnel setup, then opens one at a time).
+    `first_use` is the services' first connections themselves, back to back (cold
+    either way; with warming they must not be slower)."""
     topo.mesh.apply(warm_services_yaml(services, endpoints), file="warm.yaml")
     pods = [f"s{s}-e{e}" for s in range(1, services + 1) for e in range(1, endpoints + 1)]
     topo.wait("warm pods enrolled", lambda: sum(
@@ -149,8 +151,9 @@ def service_other_endpoints(topo: BenchTopology, services: int = WARM_SERVICES,
     first = topo.run_client("mesh", ["connect", ",".join(f"{v}:{ECHO}" for v in vips),
                                      "--rounds", "1"])
     others = ",".join(f"{v}:{ECHO}" for v in vips for _ in range(endpoints - 1))
+    time.sleep(pause)
     r = topo.run_client("mesh", ["connect", others, "--rounds", "1"], timeout=300)
-    return {"first_use": first["first"], "other_endpoints": r["first"],
+    return {"first_use": first["first"], "other_endpoints": r["first"], "pause_s": pause,
             "warm_tunnels": os.environ.get(WARM_ENV, "1")}
 
 

@@ -135,6 +135,7 @@ class HboneClientPool:
         self.warmed_used = 0  # ... of which later carried a tunnel
         self.warm_refused = 0  # ... refused: the peer was not the expected identity
         self.foreground_setups = 0  # tunnels being opened (`connect` running), not warming
+        self.last_setup_end = 0.0  # loop time the last of them ended
 
     def connections(self, source_identity: str | None = None) -> list[HboneConnection]:
         return [c for key, conns in self._conns.items() for c in conns
@@ -162,6 +163,7 @@ class HboneClientPool:
                                      peer=f"{dest[0]}:{dest[1]}") from None
         finally:
             self.foreground_setups -= 1
+            self.last_setup_end = asyncio.get_running_loop().time()
 
     async def _connect(self, source: TlsSource, dest: tuple[str, int], authority: str,
                        phase: _Phase, dial: Dialer | None, expected_peer: SpiffeId | None,
@@ -234,6 +236,12 @@ class HboneClientPool:
                     and conn.active_streams < min(conn.peer_max_streams, self._max_streams)):
                 return conn
         return None
+
+    def quiet_for(self, seconds: float) -> bool:
+        """No tunnel has been opened for a real connection in the last `seconds` and
+        none is being opened now (background work such as warming waits for this)."""
+        return self.foreground_setups == 0 and \
+            asyncio.get_running_loop().time() - self.last_setup_end >= seconds
 
     async def warm(self, source: TlsSource, dest: tuple[str, int], *,
                    dial: Dialer | None = None, expected_peer: SpiffeId | None = None,

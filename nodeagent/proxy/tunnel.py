@@ -39,7 +39,13 @@ from nodeagent.certs import CertificateUnavailableError
 from nodeagent.outbound_plan import Hop, Transport
 from nodeagent.proxy.pod_listeners import PodEndpoint
 from nodeagent.proxy.streams import dial
-from nodeagent.proxy.warm import WarmCollector, Warmer, WarmTarget, enabled_from_environment
+from nodeagent.proxy.warm import (
+    QUIET,
+    WarmCollector,
+    Warmer,
+    WarmTarget,
+    enabled_from_environment,
+)
 from nodeagent.state import ProxyState
 
 log = structlog.get_logger(__name__)
@@ -84,7 +90,7 @@ class Tunnels:
 
     def __post_init__(self) -> None:
         # Warming yields to the tunnels being opened for real connections.
-        self.warmer.busy = lambda: self.pool.foreground_setups > 0
+        self.warmer.busy = lambda: not self.pool.quiet_for(QUIET)
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Warming and pool counters on the proxy's metrics registry."""

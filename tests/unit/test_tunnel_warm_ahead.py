@@ -375,5 +375,7 @@ async def test_the_pool_counts_foreground_setups_not_warming(tmp_path: Path) -> 
                                         f"127.0.0.1:{app}", dial=dial)
             await stream.aclose()
             assert seen == [0, 1] and pool.foreground_setups == 0
+            # A real tunnel was just opened: not quiet for long (warming waits).
+            assert pool.quiet_for(0.0) and not pool.quiet_for(5.0)
         finally:
             await pool.aclose()
