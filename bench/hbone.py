@@ -76,7 +76,8 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def serve(state: Path, framing: str) -> None:
+async def serve(state: Path, framing: str, flush_gap: float = 50e-6,
+                busy_poll: float = 0.0) -> None:
     ck = CertifiedKey.from_pem((state / "server.key").read_bytes(),
                                (state / "server.pem").read_bytes())
     bundle = TrustBundle.from_pem("cluster.local", (state / "bundle.pem").read_bytes())
@@ -101,7 +102,8 @@ async def serve(state: Path, framing: str) -> None:
     print(json.dumps({"hbone": lsock.getsockname()[1], "sink": sink.sockets[0].getsockname()[1],
                       "echo": echo.sockets[0].getsockname()[1]}), flush=True)
     await HboneServer(lambda: ctx, handler,
-                      settings=TunnelSettings(framing=framing)).serve(lsock)
+                      settings=TunnelSettings(framing=framing, flush_gap=flush_gap,
+                                              busy_poll=busy_poll)).serve(lsock)
 
 
 # ---- client measurements ----------------------------------------------------------------
@@ -171,18 +173,29 @@ async def direct_latency(echo: int, n: int) -> list[float]:
     return samples
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def round_trips(pool: HboneClientPool, src: StaticTls, port: int, echo: int,
-                      n: int) -> list[float]:
-    """1-byte ping-pong on one established tunnel: the added per-message latency."""
+                      n: int, server_pid: int) -> tuple[list[float], dict[str, float]]:
+    """1-byte ping-pong on one established tunnel: the added per-message latency, and
+    the CPU time per round trip of this process (client side: the test loop included)
+    and of the server process (HBONE server + relay + echo app)."""
     stream = await pool.connect(src, ("127.0.0.1", port), f"127.0.0.1:{echo}")
     samples = []
+    cpu0 = (cpu_seconds(os.getpid()), cpu_seconds(server_pid))
     for _ in range(n):
         start = time.perf_counter()
         await stream.send(b"x")
         assert await stream.receive() == b"x"
         samples.append((time.perf_counter() - start) * 1e6)
+    cpu = {"client": round((cpu_seconds(os.getpid()) - cpu0[0]) * 1e6 / n, 1),
+           "server": round((cpu_seconds(server_pid) - cpu0[1]) * 1e6 / n, 1)}
     await stream.aclose()
-    return samples
+    return samples, cpu
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -200,14 +213,17 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, object]:
     os.close(fd)
     (state / "bundle.pem").write_bytes(bundle.to_pem())
     child = subprocess.Popen([sys.executable, "-m", "bench.hbone", "--serve", str(state),
-                              "--framing", args.framing],
+                              "--framing", args.framing,
+                              "--flush-gap", str(args.flush_gap),
+                              "--busy-poll", str(args.busy_poll)],
                              stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         ports = json.loads(child.stdout.readline())
         src = StaticTls(str(CLIENT), tls.client_context(client_ck, bundle))
         total = args.mib * 1024 * 1024
-        tunnel = TunnelSettings(framing=args.framing)
+        tunnel = TunnelSettings(framing=args.framing, flush_gap=args.flush_gap,
+                                busy_poll=args.busy_poll)
         pooled = HboneClientPool(settings=tunnel)
         unpooled = HboneClientPool(settings=tunnel, pooled=False)
         res: dict[str, object] = {}
@@ -221,7 +237,9 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, object]:
         pooled_s = await setup_latency(pooled, src, ports["hbone"], ports["echo"], args.streams)
         unpooled_s = await setup_latency(unpooled, src, ports["hbone"], ports["echo"],
                                          max(100, args.streams // 4))
-        rtt = await round_trips(pooled, src, ports["hbone"], ports["echo"], args.streams)
+        rtt, res["round_trip_cpu_us"] = await round_trips(pooled, src, ports["hbone"],
+                                                          ports["echo"], args.streams,
+                                                          child.pid)
         for name, s in (("direct_connect_echo_us", direct), ("pooled_stream_us", pooled_s),
                         ("unpooled_stream_us", unpooled_s), ("tunnel_round_trip_us", rtt)):
             res[name] = {"p50": round(pct(s, 0.5), 1), "p99": round(pct(s, 0.99), 1),
@@ -243,12 +261,17 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2000, help="latency samples")
     parser.add_argument("--framing", choices=["h2core", "h2"], default="h2core",
                         help="HTTP/2 codec of both ends")
+    parser.add_argument("--flush-gap", type=float, default=50e-6,
+                        help="TunnelSettings.flush_gap of both ends (inf: always batch)")
+    parser.add_argument("--busy-poll", type=float, default=0.0,
+                        help="seconds both ends keep polling after traffic "
+                             "(TunnelSettings.busy_poll)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     tune_malloc()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     if args.serve:
-        uvloop.run(serve(args.serve, args.framing))
+        uvloop.run(serve(args.serve, args.framing, args.flush_gap, args.busy_poll))
         return
     with tempfile.TemporaryDirectory(prefix="bench-hbone-") as tmp:
         result = uvloop.run(run(args, Path(tmp)))

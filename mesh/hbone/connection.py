@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from typing import cast
 
 import structlog
 
+from mesh.hbone.busypoll import BusyPoller
 from mesh.hbone.errors import (
     HboneKeepaliveTimeout,
     HboneProtocolError,
@@ -27,6 +29,7 @@ from mesh.hbone.events import (
     Answered,
     ConnectRequested,
     DataArrived,
+    Event,
     PeerGoingAway,
     PeerSettings,
     StreamAborted,
@@ -76,12 +79,20 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.peer_max_streams = 100
         self._loop = loop = asyncio.get_running_loop()
         self._flush_scheduled = False
+        self._feeding = False  # inside buffer_updated, which flushes once at its end
+        self._last_flush = -1.0  # perf_counter() of the last flush
+        # Flushes made by _flush_soon: at once, or batched to the next loop turn.
+        self.flushes_at_once = 0
+        self.flushes_batched = 0
+        self.bytes_sent_in_place = 0  # framed from a caller's buffer, no copy
         self.ready: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
         # Why the connection ended, when it was not a plain close (keepalive, ...).
         self.failure: HboneTunnelError | None = None
         self._keepalive: Keepalive | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._poller = (BusyPoller.for_loop(loop, settings.busy_poll)
+                        if settings.busy_poll > 0 else None)
 
     # ---- asyncio protocol -----------------------------------------------------------
 
@@ -118,6 +129,8 @@ class HboneConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._keepalive is not None:
             self._keepalive.received(self._loop.time())
+        if self._poller is not None:
+            self._poller.activity()
         try:
             events = self._framing.feed(self._view[:nbytes])
             if (events and self.client_side and not self.ready.done()
@@ -132,6 +145,16 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._fail(HboneTunnelError(str(exc), peer=self.peer_label))
             self.abort()
             return
+        # Acknowledgements and sends made while dispatching leave in the one flush
+        # below, not in a flush of their own a loop turn later.
+        self._feeding = True
+        try:
+            self._dispatch(events)
+        finally:
+            self._feeding = False
+        self._flush()
+
+    def _dispatch(self, events: list[Event]) -> None:
         for ev in events:
             if isinstance(ev, DataArrived):
                 stream = self.streams.get(ev.stream_id)
@@ -164,7 +187,6 @@ class HboneConnection(asyncio.BufferedProtocol):
                 self.going_away = True
                 for sid in [s for s in self.streams if s > ev.last_stream_id]:
                     self._stream_aborted(sid, ev.error_code)
-        self._flush()
 
     def eof_received(self) -> bool:
         return False
@@ -228,21 +250,34 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._responses.clear()
 
     def _flush_soon(self) -> None:
-        """Write once per event-loop iteration: when many streams send in the same
-        iteration (64 connections through one tunnel), their frames leave in one TLS
-        write instead of one record and one send() each."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        """Send now, unless output left less than `settings.flush_gap` ago: then this
+        is a burst (64 connections through one tunnel at saturation) and the frames of
+        the rest of it share one TLS record and one send() at the next loop turn. At low
+        rates every message leaves at once, without waiting a loop turn.
+        Inside buffer_updated nothing is scheduled: it flushes at its end."""
+        if self._feeding or self._flush_scheduled:
+            return
+        now = time.perf_counter()
+        if now - self._last_flush >= self.settings.flush_gap:
+            self.flushes_at_once += 1
+            self._flush()
+            return
+        self._flush_scheduled = True
+        self.flushes_batched += 1
+        self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self) -> int:
+        """Write what the codec has queued; returns how many bytes."""
         self._flush_scheduled = False
+        self._last_flush = time.perf_counter()
         chunks = self._framing.output_chunks()
-        if chunks and self._transport is not None and not self.closed:
-            if len(chunks) == 1:
-                self._transport.write(chunks[0])
-            else:
-                self._transport.writelines(chunks)
+        if not chunks or self._transport is None or self.closed:
+            return 0
+        if len(chunks) == 1:
+            self._transport.write(chunks[0])
+            return len(chunks[0])
+        self._transport.writelines(chunks)
+        return sum(len(c) for c in chunks)
 
     def open_stream(self, authority: str, headers: tuple[tuple[str, str], ...] = ()
                     ) -> tuple[HboneStream, asyncio.Future[int]]:
@@ -278,6 +313,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         """Move a stream's queued bytes into frames as far as flow control allows."""
         if self.closed:
             return
+        if self._poller is not None:
+            self._poller.activity()
         sid = stream.stream_id
         pending = stream.pending
         while pending:
@@ -302,6 +339,38 @@ class HboneConnection(asyncio.BufferedProtocol):
         stream.on_writability_changed()
         if stream.eof_sent:
             stream.maybe_done()
+
+    def send_in_place(self, stream: HboneStream, data: memoryview) -> int:
+        """Frame what flow control allows of `data`, a view the caller reuses once this
+        returns, and flush now so TLS encrypts it from the view; returns bytes taken.
+
+        uvloop's TLS transport encrypts a write at once (TLS 1.3 with memory BIOs:
+        SSL_write cannot ask to read first); its buffer then grows by nothing (sent) or
+        by the ciphertext, always longer than the plaintext (22 bytes per record).
+        Growing by no more than the plaintext means it kept the write unencrypted, with
+        a view of a buffer about to change: the connection is aborted (every stream
+        sees a reset, no peer ever gets altered bytes)."""
+        transport = self._transport
+        if self.closed or transport is None:
+            return len(data)  # dropped, as pump drops a closed connection's data
+        if self._poller is not None:
+            self._poller.activity()
+        framing = self._framing
+        if isinstance(framing, H2Core):
+            taken = framing.send_data(stream.stream_id, data)
+        else:  # the h2 reference codec takes bytes
+            taken = framing.send_data(stream.stream_id, bytes(data))
+        if taken:
+            self.bytes_sent_in_place += taken
+            before = transport.get_write_buffer_size()
+            plain = self._flush()
+            grown = transport.get_write_buffer_size() - before
+            if 0 < grown <= plain:
+                log.error("hbone.write_kept", peer=self.peer_label, queued=grown)
+                self._fail(HboneTunnelError("the TLS transport kept a write unencrypted",
+                                            peer=self.peer_label))
+                self.abort()
+        return taken
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id == 0:

@@ -37,10 +37,12 @@ class Answered:
 @dataclass(frozen=True, slots=True)
 class DataArrived:
     """`flow_length` is what to acknowledge once consumed (payload plus any padding).
-    H2Core may deliver one DATA frame in several pieces, as its bytes arrive."""
+    H2Core may deliver one DATA frame in several pieces, as its bytes arrive, each a
+    view of the bytes it was fed: valid until the caller of `feed` reuses its buffer
+    (HboneConnection: the end of buffer_updated), so consumers copy what they keep."""
 
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
     flow_length: int
 
 

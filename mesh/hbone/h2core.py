@@ -8,8 +8,9 @@ it is tested against h2: docs/performance.md.
 
 Two choices that make it fast:
 - DATA payloads are delivered as they arrive (a 16 MiB frame read in 256 KiB pieces
-  becomes 64 DataArrived events), so big frames are never reassembled or copied twice
-  and the first bytes reach the app before the frame's last byte is read;
+  becomes 64 DataArrived events), as views of the bytes fed, so big frames are never
+  reassembled or copied and the first bytes reach the app before the frame's last
+  byte is read;
 - output is a list of byte strings: small frames are joined once per flush, big
   payloads go to the TLS layer as they are (no copy).
 Connection errors queue GOAWAY with the error code and raise HboneProtocolError; the
@@ -84,7 +85,7 @@ class H2Core:
         self._settings = settings
         self._encoder = hpack.Encoder()
         self._decoder = hpack.Decoder()
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []  # memoryview: send_data's, unjoined
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1 if client_side else 2
         self._highest_peer_stream = 0
@@ -219,7 +220,7 @@ class H2Core:
 
     def _deliver(self, events: list[Event], payload: memoryview, flow: int) -> None:
         if self._data_stream_live and flow:
-            events.append(DataArrived(self._data_stream, bytes(payload), flow))
+            events.append(DataArrived(self._data_stream, payload, flow))
 
     def _data_done(self, events: list[Event]) -> None:
         if self._data_flags & END_STREAM and self._data_stream_live:
@@ -449,7 +450,8 @@ class H2Core:
             return 0
         return max(0, min(st.send_window, self._send_conn_window))
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+    def send_data(self, stream_id: int, data: bytes | memoryview,
+                  end_stream: bool = False) -> int:
         """Frame as much of `data` as the flow-control windows allow; returns bytes taken.
 
         END_STREAM rides on the frame carrying the last byte when all of it fits."""
@@ -549,20 +551,21 @@ class H2Core:
         out = self._out
         if not out:
             return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
+        data = bytes(out[0]) if len(out) == 1 else b"".join(out)
         out.clear()
         return data
 
-    def output_chunks(self) -> list[bytes]:
+    def output_chunks(self) -> list[bytes | memoryview]:
         """What to send, as few pieces as possible without copying big DATA payloads:
         small frames are joined, a payload of BIG_CHUNK or more stays its own piece
         (the TLS layer encrypts pieces one after the other into the same send)."""
         out = self._out
+        chunks: list[bytes | memoryview]
         if len(out) <= 1:
             chunks = list(out)
         else:
             chunks = []
-            small: list[bytes] = []
+            small: list[bytes | memoryview] = []
             for piece in out:
                 if len(piece) >= BIG_CHUNK:
                     if small:

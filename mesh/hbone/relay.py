@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from mesh.hbone.errors import HboneStreamReset
 from mesh.hbone.stream import HboneStream
 
 _LINGER_RST = struct.pack("ii", 1, 0)
+# Reads this big go to TLS straight from the read buffer, each flushed at once (a TLS
+# record per 16 KiB anyway); smaller ones are copied and may wait to be batched.
+IN_PLACE_MIN = 16 * 1024
 
 
 def reset_socket(sock: socket.socket) -> None:
@@ -33,6 +37,8 @@ class RelayResult:
     to_stream: int
     from_stream: int
     reset: bool
+    # of from_stream: bytes written to the socket straight from the tunnel's read buffer
+    from_stream_in_place: int = 0
 
 
 class _TcpSide(asyncio.BufferedProtocol):
@@ -49,11 +55,15 @@ class _TcpSide(asyncio.BufferedProtocol):
         self.was_reset = False
         self.to_stream = 0
         self.from_stream = 0
+        self.written_in_place = 0  # of from_stream: sent from the tunnel's buffer, no copy
+        self._fd = -1
 
     # ---- TCP side ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         self.stream.set_write_callbacks(transport.pause_reading, transport.resume_reading)
         self.stream.attach_sink(self)
 
@@ -63,7 +73,10 @@ class _TcpSide(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.to_stream += nbytes
         try:
-            self.stream.write(bytes(self._view[:nbytes]))
+            if nbytes >= IN_PLACE_MIN:  # encrypted from this buffer, no copy
+                self.stream.write_transient(self._view[:nbytes])
+            else:  # small: copied, so a burst of them can share one TLS record
+                self.stream.write(bytes(self._view[:nbytes]))
         except HboneStreamReset:
             self.reset_tcp()
 
@@ -88,10 +101,28 @@ class _TcpSide(asyncio.BufferedProtocol):
 
     # ---- stream sink ------------------------------------------------------------------
 
-    def data(self, data: bytes) -> None:
+    def data(self, data: bytes | memoryview) -> None:
+        """`data` may be a view of the tunnel's read buffer (reused once this returns).
+        With nothing queued in the transport it goes to the socket from there, without
+        a copy; what the socket does not take now is copied into the transport, which
+        sends it (and what follows) in order."""
         self.from_stream += len(data)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._fd >= 0 and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                transport.write(bytes(data))  # the transport sees the error and reports it
+                return
+            self.written_in_place += sent
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(bytes(data))
 
     def eof(self) -> None:
         self.stream_eof = True
@@ -141,4 +172,5 @@ async def relay(stream: HboneStream, sock: socket.socket, *,
         side.reset_tcp()
         stream.reset()
         raise
-    return RelayResult(side.to_stream, side.from_stream, side.was_reset)
+    return RelayResult(side.to_stream, side.from_stream, side.was_reset,
+                       side.written_in_place)

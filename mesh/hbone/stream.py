@@ -29,9 +29,10 @@ DEFAULT_RECEIVE = 4 * 1024 * 1024
 
 
 class StreamSink(Protocol):
-    """Receives a stream's inbound bytes as they arrive (callback mode)."""
+    """Receives a stream's inbound bytes as they arrive (callback mode). `data` may be
+    a view of the connection's read buffer: consume or copy it before returning."""
 
-    def data(self, data: bytes) -> None: ...
+    def data(self, data: bytes | memoryview) -> None: ...
 
     def eof(self) -> None: ...
 
@@ -87,7 +88,8 @@ class HboneStream(anyio.abc.ByteStream):
 
     # ---- events from the connection -------------------------------------------------
 
-    def on_data(self, data: bytes, flow_length: int) -> None:
+    def on_data(self, data: bytes | memoryview, flow_length: int) -> None:
+        """`data` may be a view of the connection's read buffer, valid during the call."""
         self.bytes_received += len(data)
         if self._error is not None or self._recv_eof:
             self._conn.acknowledge(self.stream_id, flow_length)
@@ -99,7 +101,7 @@ class HboneStream(anyio.abc.ByteStream):
             else:
                 self._conn.acknowledge(self.stream_id, flow_length)
             return
-        self._chunks.append((data, flow_length))
+        self._chunks.append((bytes(data), flow_length))
         self._wake_receiver()
 
     def on_end(self) -> None:
@@ -168,6 +170,24 @@ class HboneStream(anyio.abc.ByteStream):
             self.bytes_sent += len(data)
             self.pending.append(data)
             self.pending_size += len(data)
+            self._conn.pump(self)
+
+    def write_transient(self, data: memoryview) -> None:
+        """`write` for a view of a buffer the caller reuses once this returns (a relay's
+        read buffer): what flow control lets out now is encrypted straight from the
+        view, without a copy; only the rest is copied and queued."""
+        if self._error is not None:
+            raise self._error
+        if self.eof_queued:
+            raise anyio.ClosedResourceError("HBONE stream: cannot write after send_eof")
+        if not data:
+            return
+        self.bytes_sent += len(data)
+        rest = data[self._conn.send_in_place(self, data):] if not self.pending else data
+        if rest:
+            kept = bytes(rest)
+            self.pending.append(kept)
+            self.pending_size += len(kept)
             self._conn.pump(self)
 
     def write_eof(self) -> None:
