@@ -21,6 +21,7 @@ from mesh.hbone.client import HboneWrongPeer
 from mesh.identity import tls
 from mesh.identity.ca import CertificateAuthority
 from mesh.identity.spiffe import SpiffeId
+from nodeagent.certs import CertificateUnavailableError
 from nodeagent.outbound_plan import Hop, Transport
 from nodeagent.proxy.pod_listeners import PodEndpoint
 from nodeagent.proxy.tunnel import Tunnels
@@ -379,3 +380,51 @@ async def test_the_pool_counts_foreground_setups_not_warming(tmp_path: Path) -> 
             assert pool.quiet_for(0.0) and not pool.quiet_for(5.0)
         finally:
             await pool.aclose()
+
+
+class NoCertificate(Materials):
+    """The source pod's certificate is not issued (or expired): no client context."""
+
+    def client_tls(self, identity: SpiffeId) -> StaticTls:
+        def refuse() -> ssl.SSLContext:
+            raise CertificateUnavailableError(f"no valid certificate for {identity}")
+        return StaticTls(str(identity), refuse)
+
+
+@pytest.mark.anyio
+async def test_warming_without_a_source_certificate_opens_nothing(tmp_path: Path) -> None:
+    """Fail closed: no certificate, no warmed connection; counted as failed."""
+    ca = new_ca(tmp_path / "ca")
+    ids = [SERVER_ID, SERVER_ID]
+    async with tcp_app(ping) as app, endpoints(ca, ids, app) as eps:
+        tunnels = Tunnels(NoCertificate(client_tls(ca)), HboneClientPool(),
+                          warmer=Warmer(enabled=True))
+        registry = CollectorRegistry()
+        tunnels.register_metrics(registry)
+        hops = hops_for(eps, ids, app)
+        try:
+            assert tunnels.service_connected(ProxyState(), CLIENT_POD, hops[0], hops) == 1
+            await until(lambda: tunnels.warmer.failed == 1)
+            assert [ep.handshakes for ep in eps] == [0, 0]
+            assert tunnels.pool.connections() == []
+            assert metric(registry, "ambient_tunnel_warmed_total", outcome="failed") == 1
+        finally:
+            await tunnels.pool.aclose()
+
+
+def test_no_warming_through_a_waypoint_or_to_plaintext_endpoints() -> None:
+    """A service bound to a waypoint is reached only through it (nothing to warm
+    beside it); plaintext endpoints have no tunnel."""
+    tunnels = Tunnels(Materials(cast(StaticTls, None)), warmer=Warmer(enabled=True))
+    wl = pb.Workload(name="w", namespace="shop", enrolled=True, identity=str(SERVER_ID))
+    via = Hop(Transport.HBONE, "10.0.0.9", 15008, "10.0.0.1:80", wl, SERVICE, via_waypoint=True,
+              target_port=80, waypoint="shop/waypoint")
+    assert tunnels.service_connected(ProxyState(), CLIENT_POD, via, [via]) == 0
+    plain = [Hop(Transport.PLAINTEXT, f"10.0.0.{i}", 80, f"10.0.0.{i}:80", None, SERVICE,
+                 target_port=80) for i in (1, 2)]
+    assert tunnels.service_connected(ProxyState(), CLIENT_POD, plain[0], plain) == 0
+    hbone_first = Hop(Transport.HBONE, "10.0.0.3", 15008, "10.0.0.3:80", wl, SERVICE,
+                      target_port=80)
+    # Only plaintext others: nothing to warm (and no task started).
+    assert tunnels.service_connected(ProxyState(), CLIENT_POD, hbone_first,
+                                     [hbone_first, *plain]) == 0
