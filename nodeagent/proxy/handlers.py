@@ -138,6 +138,27 @@ async def _splice(ctx: ProxyContext, downstream: socket.socket, upstream: Upstre
         ctx.metrics.connection_closed(labels, transfer.request_bytes, transfer.response_bytes)
 
 
+async def _watched(ctx: ProxyContext, direction: str, record: ConnectionRecord,
+                   recheck: same_node.Recheck, sockets: tuple[socket.socket, ...],
+                   relay: Coroutine[Any, Any, None]) -> None:
+    """Run `relay` as a live connection each new snapshot re-authorizes (`recheck`);
+    one the state now denies is reset (the relay is cancelled: its sockets reset,
+    an HBONE stream reset) and logged as denied by the policy that denies it."""
+    conn = same_node.LiveConnection(recheck, sockets)
+    ctx.live.live.add(conn)
+    conn.task = asyncio.ensure_future(relay)
+    try:
+        await conn.task
+    except asyncio.CancelledError:
+        if not conn.cut_reason:
+            raise
+        record.outcome, record.reason, record.policy = ("denied", conn.cut_reason,
+                                                        conn.cut_policy)
+        ctx.metrics.connections_cut.labels(direction).inc()
+    finally:
+        ctx.live.live.discard(conn)
+
+
 # ---- outbound ------------------------------------------------------------------------
 async def _connect_first(ctx: ProxyContext, pod: PodEndpoint,
                          hops: list[Hop]) -> tuple[Hop, Upstream]:
@@ -304,7 +325,15 @@ async def handle_hbone(ctx: ProxyContext, pod: PodEndpoint,
             source_principal=peer, source_app=src.app, destination_workload=dst_name,
             destination_workload_namespace=dst_ns, destination_principal=pod.identity,
             connection_security_policy="mutual_tls")
-        await _splice(ctx, app, stream, labels, record, downstream_is_client=False)
+
+        def recheck() -> tuple[bool, str, str]:
+            scratch = ConnectionRecord("inbound", request.peer_address[0], "")
+            status, _ = admit_inbound(ctx, pod, scratch, peer, request.peer_address[0], host,
+                                      port)
+            return status == 0, scratch.reason, scratch.policy
+
+        await _watched(ctx, "inbound", record, recheck, (app,),
+                       _splice(ctx, app, stream, labels, record, downstream_is_client=False))
     except (OSError, hbone.HboneError) as e:
         record.outcome, record.reason = "error", f"{type(e).__name__}: {e}"
     finally:
@@ -415,6 +444,29 @@ async def _relay_same_node(ctx: ProxyContext, pod: PodEndpoint, client: socket.s
 
 
 # ---- inbound plaintext ---------------------------------------------------------------
+def admit_plaintext(ctx: ProxyContext, pod: PodEndpoint, record: ConnectionRecord,
+                    wl: pb.Workload | None, peer_ip: str, port: int) -> bool:
+    """The decisions for a plaintext connection to `pod`:`port` from `peer_ip`: new
+    ones and, on each snapshot, live ones. Raises ConnectionRefusedByMesh (not the
+    proxy's port, not the proxy itself, config/policy/certificate known, no waypoint
+    binding); False with `record` saying why when STRICT or a policy denies."""
+    delivery.check_port(pod, port)
+    delivery.check_peer(pod, peer_ip)
+    admission.inbound_plaintext(ctx.state, ctx.tunnels.certs, pod, wl)
+    delivery.check_waypoint(wl, None)  # plaintext never comes from the waypoint
+    if wl is not None and ctx.state.mtls_mode(wl) == pb.STRICT:
+        policy = ctx.state.policies.get(wl.uid)
+        record.outcome, record.reason = "denied", "STRICT mTLS: plaintext refused"
+        record.policy = policy.mtls_policy if policy else ""
+        return False
+    verdict = authz.authorize(ctx.state, wl, None, peer_ip, port)
+    record.policy = verdict.policy or ""
+    if not verdict.allowed:
+        record.outcome, record.reason = "denied", verdict.reason
+        return False
+    return True
+
+
 async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
                                    client: socket.socket) -> None:
     """A plaintext connection to any pod port, steered here by sk_lookup."""
@@ -425,20 +477,7 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
                               transport="plaintext")
     wl = ctx.workload_of(pod)
     try:
-        delivery.check_port(pod, port)
-        delivery.check_peer(pod, peer_ip)
-        admission.inbound_plaintext(ctx.state, ctx.tunnels.certs, pod, wl)
-        delivery.check_waypoint(wl, None)  # plaintext never comes from the waypoint
-        if wl is not None and ctx.state.mtls_mode(wl) == pb.STRICT:
-            policy = ctx.state.policies.get(wl.uid)
-            record.outcome, record.reason = "denied", "STRICT mTLS: plaintext refused"
-            record.policy = policy.mtls_policy if policy else ""
-            hbone.reset_socket(client)
-            return
-        verdict = authz.authorize(ctx.state, wl, None, peer_ip, port)
-        record.policy = verdict.policy or ""
-        if not verdict.allowed:
-            record.outcome, record.reason = "denied", verdict.reason
+        if not admit_plaintext(ctx, pod, record, wl, peer_ip, port):
             hbone.reset_socket(client)
             return
         app = await dial(pod.netns, delivery.app_address(pod, ":" in local_ip), port,
@@ -449,7 +488,17 @@ async def handle_inbound_plaintext(ctx: ProxyContext, pod: PodEndpoint,
             reporter="destination", source_workload=src_name, source_workload_namespace=src_ns,
             destination_workload=dst_name, destination_workload_namespace=dst_ns,
             destination_principal=pod.identity, connection_security_policy="none")
-        await _splice(ctx, client, app, labels, record)
+        def recheck() -> tuple[bool, str, str]:
+            scratch = ConnectionRecord("inbound_plaintext", peer_ip, "")
+            try:
+                allowed = admit_plaintext(ctx, pod, scratch, ctx.workload_of(pod), peer_ip,
+                                          port)
+            except ConnectionRefusedByMesh as e:
+                return False, str(e), ""
+            return allowed, scratch.reason, scratch.policy
+
+        await _watched(ctx, "inbound_plaintext", record, recheck, (client, app),
+                       _splice(ctx, client, app, labels, record))
     except ConnectionRefusedByMesh as e:
         _refused(ctx, record, e)
         hbone.reset_socket(client)

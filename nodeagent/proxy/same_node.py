@@ -20,6 +20,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -81,12 +82,13 @@ Recheck = Callable[[], tuple[bool, str, str]]
 
 @dataclass(eq=False)
 class LiveConnection:
-    """A relayed same-node connection a snapshot may cut."""
+    """A relayed connection a snapshot may cut (same-node, inbound HBONE, inbound
+    plaintext: every connection whose destination this proxy decides)."""
 
     recheck: Recheck
-    sockets: tuple[socket.socket, socket.socket]
+    sockets: tuple[socket.socket, ...]
     transfer: Transfer = field(default_factory=Transfer)  # bytes so far, also when cut
-    task: asyncio.Task[Transfer] | None = None
+    task: asyncio.Future[Any] | None = None
     cut_reason: str = ""
     cut_policy: str = ""
 
@@ -102,7 +104,8 @@ class LiveConnection:
 
 @dataclass
 class LiveConnections:
-    """Every same-node connection being relayed; `reauthorize` runs on each snapshot."""
+    """Every live connection this proxy admitted as the destination;
+    `reauthorize` runs on each snapshot (ztunnel does the same for inbound)."""
 
     live: set[LiveConnection] = field(default_factory=set)
 
