@@ -272,6 +272,9 @@ class HboneClientPool:
             if isinstance(exc, HboneWrongPeer):
                 self.warm_refused += 1
             raise
+        if self._closed:  # closed while the handshake ran: nothing may outlive aclose
+            conn.close()
+            return False
         self.warmed += 1
         if conn.active_streams == 0:  # a tunnel may have taken it already
             self._warm_unused.add(conn)

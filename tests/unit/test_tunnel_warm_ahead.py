@@ -428,3 +428,16 @@ def test_no_warming_through_a_waypoint_or_to_plaintext_endpoints() -> None:
     # Only plaintext others: nothing to warm (and no task started).
     assert tunnels.service_connected(ProxyState(), CLIENT_POD, hbone_first,
                                      [hbone_first, *plain]) == 0
+
+
+@pytest.mark.anyio
+async def test_a_pool_closed_during_warming_keeps_no_connection(tmp_path: Path) -> None:
+    ca = new_ca(tmp_path / "ca")
+    async with tcp_app(ping) as app, endpoints(ca, [SERVER_ID], app) as eps:
+        pool = HboneClientPool()
+        warming = asyncio.ensure_future(pool.warm(client_tls(ca), (eps[0].address, eps[0].port)))
+        await asyncio.sleep(0)  # the warm has started dialling
+        await pool.aclose()
+        assert await warming is False
+        await asyncio.sleep(0.05)
+        assert all(c.closed for c in pool.connections()) and pool.warmed == 0
