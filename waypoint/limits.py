@@ -5,7 +5,7 @@ limit overflowed, rather than piling up latency on a saturated backend."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 OVERFLOW_HEADER = "x-ambient-overloaded"
@@ -16,6 +16,20 @@ class LimitsConfig:
     max_connections: int | None = None
     max_pending_requests: int | None = None
     max_requests_per_connection: int | None = None
+
+
+def share_of(config: LimitsConfig, share: float) -> LimitsConfig:
+    """What one of several waypoint workers enforces: `share` (1/N) of the connection
+    and pending-request limits, rounded down but at least 1 (0 stays 0), so that all
+    workers together stay within the policy wherever it is at least N; below that,
+    each worker still allows one (there are no fractional connections)."""
+    if share >= 1:
+        return config
+
+    def part(v: int | None) -> int | None:
+        return v if not v else max(1, int(v * share + 1e-9))
+    return replace(config, max_connections=part(config.max_connections),
+                   max_pending_requests=part(config.max_pending_requests))
 
 
 class Admission(Enum):

@@ -40,7 +40,6 @@ from mesh.xds import Backoff, ConfigSubscriber
 from waypoint.config import WaypointConfig, build, split_hostport
 from waypoint.errors import WaypointError
 from waypoint.otlp import OtlpExporter
-from waypoint.ratelimit import RateLimiter
 from waypoint.server import HboneDialer, WaypointServer
 from waypoint.state import WaypointState
 from waypoint.upstream import Dialer, tcp_dial
@@ -210,8 +209,8 @@ async def _run(opts: dict[str, object]) -> None:
         config = build(load_snapshot(snapshot_file))
     state = WaypointState(config)
     if int(opts["worker_index"]) >= 0:  # type: ignore[call-overload]
-        # One of N workers: local rate limits hold 1/N each (waypoint/ratelimit.py).
-        state.rate_limiter = RateLimiter(share=1 / int(opts["workers"]))  # type: ignore[call-overload]
+        # One of N workers: local rate and connection limits hold 1/N each.
+        state.set_workers(int(opts["workers"]))  # type: ignore[call-overload]
     exporter = None
     if opts["otlp_endpoint"]:
         exporter = OtlpExporter(str(opts["otlp_endpoint"]),

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from waypoint.config import TrafficSettings, WaypointConfig
-from waypoint.limits import ConnectionLimits
+from waypoint.limits import ConnectionLimits, share_of
 from waypoint.outlier import OutlierDetector
 from waypoint.ratelimit import RateLimiter
 from waypoint.retry import DEFAULT_RETRY_CODES, RetryBudget, RetryPolicy
@@ -30,6 +30,7 @@ class WaypointState:
         self.rng = rng or random.Random()
         self.clock = clock
         self.rate_limiter = RateLimiter()
+        self.share = 1.0  # of the local limits this process enforces (1/N of N workers)
         self._budgets: dict[str, tuple[tuple[float, int], RetryBudget]] = {}
         self._outliers: dict[tuple[str, str], tuple[object, OutlierDetector]] = {}
         self._limits: dict[str, tuple[object, ConnectionLimits]] = {}
@@ -38,6 +39,13 @@ class WaypointState:
         self._pickers: dict[int, tuple[RouteRule, WeightedPicker[BackendTarget]]] = {}
         self._policies: dict[tuple[int, str], tuple[RouteRule, RetryPolicy]] = {}
         self._cursor: dict[tuple[str, int], int] = {}
+
+    def set_workers(self, workers: int) -> None:
+        """One of `workers` processes: local rate and connection limits hold 1/N each,
+        so that together the workers do not exceed the policy."""
+        self.share = 1 / workers
+        self.rate_limiter = RateLimiter(share=self.share)
+        self._limits.clear()
 
     def update(self, config: WaypointConfig) -> None:
         self.config = config
@@ -72,7 +80,7 @@ class WaypointState:
             return None
         held = self._limits.get(service)
         if held is None or held[0] != cfg:
-            held = (cfg, ConnectionLimits(cfg))
+            held = (cfg, ConnectionLimits(share_of(cfg, self.share)))
             self._limits[service] = held
         return held[1]
 
