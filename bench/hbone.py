@@ -76,8 +76,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def serve(state: Path, framing: str, flush_gap: float = 50e-6,
-                busy_poll: float = 0.0) -> None:
+async def serve(state: Path, framing: str, flush_gap: float = 50e-6) -> None:
     ck = CertifiedKey.from_pem((state / "server.key").read_bytes(),
                                (state / "server.pem").read_bytes())
     bundle = TrustBundle.from_pem("cluster.local", (state / "bundle.pem").read_bytes())
@@ -102,8 +101,8 @@ async def serve(state: Path, framing: str, flush_gap: float = 50e-6,
     print(json.dumps({"hbone": lsock.getsockname()[1], "sink": sink.sockets[0].getsockname()[1],
                       "echo": echo.sockets[0].getsockname()[1]}), flush=True)
     await HboneServer(lambda: ctx, handler,
-                      settings=TunnelSettings(framing=framing, flush_gap=flush_gap,
-                                              busy_poll=busy_poll)).serve(lsock)
+                      settings=TunnelSettings(framing=framing, flush_gap=flush_gap)
+                      ).serve(lsock)
 
 
 # ---- client measurements ----------------------------------------------------------------
@@ -214,16 +213,14 @@ async def run(args: argparse.Namespace, state: Path) -> dict[str, object]:
     (state / "bundle.pem").write_bytes(bundle.to_pem())
     child = subprocess.Popen([sys.executable, "-m", "bench.hbone", "--serve", str(state),
                               "--framing", args.framing,
-                              "--flush-gap", str(args.flush_gap),
-                              "--busy-poll", str(args.busy_poll)],
+                              "--flush-gap", str(args.flush_gap)],
                              stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         ports = json.loads(child.stdout.readline())
         src = StaticTls(str(CLIENT), tls.client_context(client_ck, bundle))
         total = args.mib * 1024 * 1024
-        tunnel = TunnelSettings(framing=args.framing, flush_gap=args.flush_gap,
-                                busy_poll=args.busy_poll)
+        tunnel = TunnelSettings(framing=args.framing, flush_gap=args.flush_gap)
         pooled = HboneClientPool(settings=tunnel)
         unpooled = HboneClientPool(settings=tunnel, pooled=False)
         res: dict[str, object] = {}
@@ -263,15 +260,12 @@ def main() -> None:
                         help="HTTP/2 codec of both ends")
     parser.add_argument("--flush-gap", type=float, default=50e-6,
                         help="TunnelSettings.flush_gap of both ends (inf: always batch)")
-    parser.add_argument("--busy-poll", type=float, default=0.0,
-                        help="seconds both ends keep polling after traffic "
-                             "(TunnelSettings.busy_poll)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     tune_malloc()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     if args.serve:
-        uvloop.run(serve(args.serve, args.framing, args.flush_gap, args.busy_poll))
+        uvloop.run(serve(args.serve, args.framing, args.flush_gap))
         return
     with tempfile.TemporaryDirectory(prefix="bench-hbone-") as tmp:
         result = uvloop.run(run(args, Path(tmp)))

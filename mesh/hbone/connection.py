@@ -17,7 +17,6 @@ from typing import cast
 
 import structlog
 
-from mesh.hbone.busypoll import BusyPoller
 from mesh.hbone.errors import (
     HboneKeepaliveTimeout,
     HboneProtocolError,
@@ -80,7 +79,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._loop = loop = asyncio.get_running_loop()
         self._flush_scheduled = False
         self._feeding = False  # inside buffer_updated, which flushes once at its end
-        self._last_flush = -1.0  # perf_counter() of the last flush
+        self._last_send = -1.0  # perf_counter() of the last send (_flush_soon)
         # Flushes made by _flush_soon: at once, or batched to the next loop turn.
         self.flushes_at_once = 0
         self.flushes_batched = 0
@@ -91,8 +90,6 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.failure: HboneTunnelError | None = None
         self._keepalive: Keepalive | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
-        self._poller = (BusyPoller.for_loop(loop, settings.busy_poll)
-                        if settings.busy_poll > 0 else None)
 
     # ---- asyncio protocol -----------------------------------------------------------
 
@@ -129,8 +126,6 @@ class HboneConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._keepalive is not None:
             self._keepalive.received(self._loop.time())
-        if self._poller is not None:
-            self._poller.activity()
         try:
             events = self._framing.feed(self._view[:nbytes])
             if (events and self.client_side and not self.ready.done()
@@ -250,15 +245,18 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._responses.clear()
 
     def _flush_soon(self) -> None:
-        """Send now, unless output left less than `settings.flush_gap` ago: then this
-        is a burst (64 connections through one tunnel at saturation) and the frames of
-        the rest of it share one TLS record and one send() at the next loop turn. At low
-        rates every message leaves at once, without waiting a loop turn.
+        """Send now, unless the previous send came less than `settings.flush_gap` ago:
+        then this is a burst (64 connections through one tunnel at saturation) and the
+        frames of the rest of it share one TLS record and one send() at the next loop
+        turn. At low rates every message leaves at once, without waiting a loop turn.
         Inside buffer_updated nothing is scheduled: it flushes at its end."""
-        if self._feeding or self._flush_scheduled:
+        if self._feeding:
             return
         now = time.perf_counter()
-        if now - self._last_flush >= self.settings.flush_gap:
+        last, self._last_send = self._last_send, now
+        if self._flush_scheduled:
+            return
+        if now - last >= self.settings.flush_gap:
             self.flushes_at_once += 1
             self._flush()
             return
@@ -269,7 +267,6 @@ class HboneConnection(asyncio.BufferedProtocol):
     def _flush(self) -> int:
         """Write what the codec has queued; returns how many bytes."""
         self._flush_scheduled = False
-        self._last_flush = time.perf_counter()
         chunks = self._framing.output_chunks()
         if not chunks or self._transport is None or self.closed:
             return 0
@@ -313,8 +310,6 @@ class HboneConnection(asyncio.BufferedProtocol):
         """Move a stream's queued bytes into frames as far as flow control allows."""
         if self.closed:
             return
-        if self._poller is not None:
-            self._poller.activity()
         sid = stream.stream_id
         pending = stream.pending
         while pending:
@@ -353,8 +348,6 @@ class HboneConnection(asyncio.BufferedProtocol):
         transport = self._transport
         if self.closed or transport is None:
             return len(data)  # dropped, as pump drops a closed connection's data
-        if self._poller is not None:
-            self._poller.activity()
         framing = self._framing
         if isinstance(framing, H2Core):
             taken = framing.send_data(stream.stream_id, data)

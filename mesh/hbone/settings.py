@@ -38,13 +38,10 @@ class TunnelSettings:
     transport_high_water: int = 1 * MIB
     # Server side: how long an accepted connection may take to finish TLS.
     handshake_timeout: float = 10.0
-    # Writes leave at once unless output left less than this many seconds ago; then
-    # they are batched into one flush at the next event-loop turn (one TLS record for
-    # a burst). math.inf: always batch (each message then waits one loop turn).
+    # Writes leave at once unless the previous one came less than this many seconds
+    # ago; then they are batched into one flush at the next event-loop turn (one TLS
+    # record for a burst). math.inf: always batch (each message waits one loop turn).
     flush_gap: float = 50e-6
-    # Seconds the event loop keeps polling (no sleep) after HBONE traffic; 0: off.
-    # An experiment (busypoll.py): it buys wake-ups with CPU time.
-    busy_poll: float = 0.0
     # HTTP/2 codec: "h2core" (ours, narrow and fast) or "h2" (the reference library).
     framing: str = "h2core"
     # Client side: one bound on opening a tunnel, TCP connect + TLS handshake + the

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from mesh.hbone import HboneClientPool, HboneStream, TunnelSettings, relay
-from mesh.hbone.busypoll import BusyPoller
 from tests.hbone_helpers import echo, hbone_mesh, tcp_app
 
 
@@ -174,28 +173,3 @@ async def test_big_reads_cross_the_relay_without_copies_and_arrive_intact(
             app.close()
             await pool.aclose()
 
-
-@pytest.mark.anyio
-async def test_busy_poll_keeps_the_loop_turning_for_its_window_then_stops(
-        tmp_path: Path) -> None:
-    loop = asyncio.get_running_loop()
-    async with hbone_mesh(tmp_path) as mesh, tcp_app(echo) as app_port:
-        quiet = HboneClientPool()
-        spinning = HboneClientPool(settings=TunnelSettings(busy_poll=0.005))
-        try:
-            (plain,) = await _streams(quiet, mesh, app_port, 1)
-            assert plain._conn._poller is None  # off by default: no spinning
-            (a,) = await _streams(spinning, mesh, app_port, 1)
-            poller = BusyPoller.for_loop(loop, 0.005)
-            assert a._conn._poller is poller
-            start = poller.turns
-            a.write(b"x")
-            assert await _echoed(a, 1) == b"x"
-            await asyncio.sleep(0.05)
-            assert poller.turns > start  # it kept turning after the message
-            stopped = poller.turns
-            await asyncio.sleep(0.05)
-            assert poller.turns == stopped  # and stopped once the window had passed
-        finally:
-            await quiet.aclose()
-            await spinning.aclose()
