@@ -230,8 +230,9 @@ class Splicer:
             if loop.time() < next_check:
                 continue
             counts = maps.counters(side.cookie)
-            if counts.passed > side.taken and await self._readable(maps, side):
-                return  # passed bytes (no peer in the map a moment) are forwarded here
+            if counts.passed > side.taken:  # resumed, or no peer in the map a moment
+                await self._drained(maps, side)
+                await self._catch_up(maps, side)
             backlog = counts.redirected + side.user_bytes - (written(side.dst) - side.base)
             if backlog > SPLICE_HIGH_WATER:
                 side.paused = True
@@ -305,19 +306,30 @@ class Splicer:
             if err := _socket_error(side.dst):
                 raise SpliceReset(f"{side.peer}: {errno.errorcode.get(err, err)}")
             return
+        side.paused = False
+        maps.set_control(side.cookie, side.peer, side.taken, False)
+        await self._catch_up(maps, side)
+
+    async def _catch_up(self, maps: SpliceMaps, side: _Side) -> None:
+        """Forward every byte the program passed to the proxy. The program redirects
+        again from the first skb that finds passed == taken, i.e. once the proxy has
+        sent all that came before it: nothing overtakes. Passed bytes can sit a while
+        in the psock's queue behind bytes redirected to this socket (unreadable yet)."""
         loop = asyncio.get_running_loop()
-        while True:
+        while maps.counters(side.cookie).passed > side.taken:
             try:
                 data = side.src.recv(READ_SIZE, socket.MSG_DONTWAIT)
             except (BlockingIOError, OSError):
-                break  # EOF, reset and EPIPE are the readable path's to judge
+                data = b""  # EOF, reset and EPIPE are the closing path's to judge
             if not data:
-                break
+                if _fin_received(side.src) or _socket_error(side.src):
+                    return
+                await asyncio.sleep(DRAIN_POLL)
+                continue
             await loop.sock_sendall(side.dst, data)
             side.user_bytes += len(data)
             side.taken += len(data)
-        side.paused = False
-        maps.set_control(side.cookie, side.peer, side.taken, False)
+            maps.set_control(side.cookie, side.peer, side.taken, side.paused)
 
     async def _drained(self, maps: SpliceMaps, side: _Side) -> None:
         """Until the peer socket took every byte redirected to it so far."""
