@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import math
 import os
 import socket
 import statistics
@@ -76,7 +77,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def serve(state: Path, framing: str, flush_gap: float = 50e-6) -> None:
+async def serve(state: Path, framing: str, flush_gap: float = math.inf) -> None:
     ck = CertifiedKey.from_pem((state / "server.key").read_bytes(),
                                (state / "server.pem").read_bytes())
     bundle = TrustBundle.from_pem("cluster.local", (state / "bundle.pem").read_bytes())
@@ -258,7 +259,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2000, help="latency samples")
     parser.add_argument("--framing", choices=["h2core", "h2"], default="h2core",
                         help="HTTP/2 codec of both ends")
-    parser.add_argument("--flush-gap", type=float, default=50e-6,
+    parser.add_argument("--flush-gap", type=float, default=math.inf,
                         help="TunnelSettings.flush_gap of both ends (inf: always batch)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -245,10 +245,10 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._responses.clear()
 
     def _flush_soon(self) -> None:
-        """Send now, unless the previous send came less than `settings.flush_gap` ago:
-        then this is a burst (64 connections through one tunnel at saturation) and the
-        frames of the rest of it share one TLS record and one send() at the next loop
-        turn. At low rates every message leaves at once, without waiting a loop turn.
+        """Batch: the frames of everything sent in this loop turn (64 connections
+        through one tunnel at saturation) leave in one TLS record and one send() at the
+        next turn. With a finite `settings.flush_gap`, a send that follows a quiet
+        moment leaves at once instead (measured: no faster, more writes and wake-ups).
         Inside buffer_updated nothing is scheduled: it flushes at its end."""
         if self._feeding:
             return
