@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mesh.hbone import HboneClientPool, HboneStream, TunnelSettings, relay
+from mesh.hbone.errors import HboneSettingsError
 from tests.hbone_helpers import echo, hbone_mesh, tcp_app
 
 
@@ -173,3 +174,9 @@ async def test_big_reads_cross_the_relay_without_copies_and_arrive_intact(
             app.close()
             await pool.aclose()
 
+
+
+@pytest.mark.parametrize("gap", [-1e-6, float("nan")])
+def test_a_negative_or_nan_flush_gap_is_refused(gap: float) -> None:
+    with pytest.raises(HboneSettingsError, match="flush_gap"):
+        TunnelSettings(flush_gap=gap)
