@@ -51,7 +51,6 @@ READ_SIZE = 256 * 1024
 SIOCOUTQ = 0x5411
 TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in struct tcp_info
 SPLICE_HIGH_WATER = 64 * 1024 * 1024  # redirected bytes the peer socket has not taken
-SPLICE_LOW_WATER = 1024 * 1024  # the peer's send queue below this: redirect again
 WATCH_FAST = 0.005  # backlog check while bytes flow...
 WATCH_SLOW = 0.05  # ...backing off to this while idle or slow
 WATCH_BULK = 4 * 1024 * 1024  # bytes moved since the last check that mean "bulk"
@@ -300,12 +299,12 @@ class Splicer:
     async def _resume_when_drained(self, maps: SpliceMaps, side: _Side) -> None:
         """Paused: the program passes what arrives to the source socket, whose receive
         buffer fills (TCP closes the window: the sender waits). Once the peer socket
-        took every redirected byte and its send queue is low, forward what was passed
-        (at most a receive buffer) and let the program redirect again."""
-        await asyncio.sleep(WATCH_FAST)
+        took every redirected byte (its own send queue still full: no bubble in the
+        pipe), forward what was passed (at most a receive buffer) and let the program
+        redirect again."""
+        await asyncio.sleep(DRAIN_POLL)
         redirected = maps.counters(side.cookie).redirected
-        if written(side.dst) - side.base < redirected + side.user_bytes or \
-                _outq(side.dst) > SPLICE_LOW_WATER:
+        if written(side.dst) - side.base < redirected + side.user_bytes:
             if err := _socket_error(side.dst):
                 raise SpliceReset(f"{side.peer}: {errno.errorcode.get(err, err)}")
             return
