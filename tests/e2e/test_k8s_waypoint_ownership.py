@@ -104,6 +104,7 @@ async def test_a_refused_write_is_logged_with_the_api_servers_message(
         async with kube_controller(server, tmp_path / "c", waypoint_resync=0.3):
             server.refuse_writes = {"deployments"}
             server.create(WAYPOINT_GATEWAY)
-            await until(lambda: any(e["event"] == "waypoint_apply_failed" for e in logs))
+            await until(lambda: any(e["event"] == "waypoint_apply_failed" for e in logs),
+                        timeout=15)
     failed = next(e for e in logs if e["event"] == "waypoint_apply_failed")
     assert "writes to deployments are refused for now (test)" in failed["error"], failed

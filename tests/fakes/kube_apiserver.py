@@ -207,9 +207,14 @@ class FakeApiServer:
         return self.url
 
     async def stop(self) -> None:
+        """Stop serving. Bounded: after a test failed halfway a watch handler can outlive
+        its client, and a teardown that never ends would hold the whole test run."""
         self.break_watches()
         if self._runner is not None:
-            await self._runner.cleanup()
+            cleanup = asyncio.ensure_future(self._runner.cleanup())
+            _, pending = await asyncio.wait({cleanup}, timeout=10)
+            for task in pending:
+                task.cancel()
 
     # ---- state changes tests make ----------------------------------------------------
     def _rtype(self, obj: Obj) -> ResourceType:
