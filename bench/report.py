@@ -43,6 +43,11 @@ def rr_table(rr: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | {q} µs | {_f(v[0])} | {_f(v[1])} | {_f(v[2])} | "
                          f"{_r(v[1], v[0])} | {_r(v[1], v[2])} | {_added_ratio(am, ae)} "
                          f"({_f(am)} / {_f(ae)} µs) |")
+        cpu = [res[s].get("cpu_us_per_rt") for s in ("mesh", "envoy")]
+        if all(cpu):
+            m, e = (sum(c.values()) for c in cpu if c)
+            lines.append(f"| {label} | proxy CPU µs per round trip (both proxies) | | "
+                         f"{_f(m)} | {_f(e)} | | {_r(m, e)} | |")
         v = [res[s]["rps"] for s in SCEN]
         lines.append(f"| {label} | round trips/s | {_f(v[0])} | {_f(v[1])} | {_f(v[2])} | "
                      f"{_r(v[1], v[0])} | {_r(v[1], v[2])} | |")
@@ -53,6 +58,10 @@ def connect_table(conn: dict[str, Any], cold: dict[str, Any] | None) -> list[str
     rows = [("direct (TCP)", conn["direct"]), ("mesh, pooled tunnel", conn["mesh"])]
     if cold:
         rows.append(("mesh, cold tunnel (new mTLS connection)", cold["cold"]))
+        other = cold.get("service_other_endpoints", {}).get("other_endpoints")
+        if other:
+            rows.append(("mesh, first connection to another endpoint of a service already "
+                         "used (warmed ahead)", other))
     rows.append(("envoy pair (new upstream mTLS connection each time)", conn["envoy"]))
     lines = ["| path | p50 µs | p90 µs | p99 µs | p50 / direct | p50 / envoy |",
              "|---|---|---|---|---|---|"]
@@ -76,9 +85,11 @@ def bulk_table(bulk: dict[str, Any]) -> list[str]:
 def l7_table(l7: dict[str, Any]) -> list[str]:
     names = {"direct": "direct", "mesh": "mesh via waypoint (3 proxies)",
              "mesh_l4": "mesh L4 only (2 node proxies, no waypoint)",
-             "envoy": "envoy pair (HTTP route + mTLS)"}
-    lines = ["| path | requests/s | p50 µs | p90 µs | p99 µs | rps / direct | rps / envoy |",
-             "|---|---|---|---|---|---|---|"]
+             "envoy": "envoy pair (HTTP route + mTLS)",
+             "mesh_workers2": "mesh via waypoint, 2 waypoint workers",
+             "envoy_concurrency2": "envoy pair, --concurrency 2"}
+    lines = ["| path | requests/s | p50 µs | p90 µs | p99 µs | rps / direct | rps / envoy "
+             "| proxy CPU µs/request |", "|---|---|---|---|---|---|---|---|"]
     d, e = l7["direct"]["rps"], l7["envoy"]["rps"]
     for key, name in names.items():
         if key not in l7:
@@ -88,8 +99,17 @@ def l7_table(l7: dict[str, Any]) -> list[str]:
         errs = f" ({s['non_2xx']} non-2xx)" if s.get("non_2xx") else ""
         lines.append(f"| {name}{errs} | {_f(s['rps'])} | {_f(lat.get('p50', 0))} | "
                      f"{_f(lat.get('p90', 0))} | {_f(lat.get('p99', 0))} | "
-                     f"{_r(s['rps'], d)} | {_r(s['rps'], e)} |")
+                     f"{_r(s['rps'], d)} | {_r(s['rps'], e)} | {_cpu(s)} |")
     return lines
+
+
+def _cpu(s: dict[str, Any]) -> str:
+    """Every proxy's CPU time per request on the path, and their total."""
+    cpu = s.get("proxy_cpu_us_per_request")
+    if not cpu:
+        return ""
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items() if k != "total")
+    return f"{cpu['total']:.0f} ({parts})"
 
 
 def memory_table(mem: dict[str, Any]) -> list[str]:
@@ -144,6 +164,11 @@ def targets(res: dict[str, Any]) -> list[str]:
         out.append(f"- new connection, cold tunnel, p50: {ratio:.2f}x Envoy's "
                    f"({cold['cold']['p50']:,.0f} vs {envoy_new:,.0f} µs; target <= 1.5x): "
                    f"{_verdict(ratio <= 1.5)}")
+        other = cold.get("service_other_endpoints", {}).get("other_endpoints")
+        if other:
+            ratio = other["p50"] / envoy_new
+            out.append(f"  - of which a first connection to another endpoint of a service "
+                       f"already used (warmed ahead): {ratio:.2f}x ({other['p50']:,.0f} µs)")
     ratio = conn["mesh"]["p50"] / envoy_new
     out.append(f"- new connection, pooled tunnel, p50: {ratio:.2f}x Envoy's "
                f"({conn['mesh']['p50']:,.0f} vs {envoy_new:,.0f} µs; target <= 1.0x): "
@@ -162,6 +187,12 @@ def targets(res: dict[str, Any]) -> list[str]:
         ratio = res["l7"]["mesh"]["rps"] / res["l7"]["envoy"]["rps"]
         out.append(f"- L7 rate at 64 connections, one core each: {ratio:.2f}x Envoy's "
                    f"(target >= 0.9x): {_verdict(ratio >= 0.9)}")
+        two = res["l7"].get("mesh_workers2"), res["l7"].get("envoy_concurrency2")
+        if two[0] and two[1]:
+            ratio = two[0]["rps"] / two[1]["rps"]
+            out.append(f"- L7 rate at 64 connections, two cores each (2 waypoint workers vs "
+                       f"Envoy --concurrency 2): {ratio:.2f}x (target >= 0.9x): "
+                       f"{_verdict(ratio >= 0.9)}")
     if "memory" in res:
         top = res["memory"]["node_proxy"]["rss_mb"].get("100")
         if top is not None:
