@@ -118,6 +118,12 @@ class HboneConnection(asyncio.BufferedProtocol):
         return self._view
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this connection runs on: streams create their waiters on it
+        (asyncio.get_running_loop() costs a getpid() system call per call on 3.11)."""
+        return self._loop
+
+    @property
     def scratch(self) -> memoryview:
         """The read buffer, lent to relays: whatever lands here is copied out (or
         consumed) before the callback that received it returns."""

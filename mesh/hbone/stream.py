@@ -250,7 +250,7 @@ class HboneStream(anyio.abc.ByteStream):
                 raise anyio.EndOfStream
             if self._sink is not None:
                 raise anyio.BusyResourceError("receiving (a sink is attached)")
-            self._recv_waiter = asyncio.get_running_loop().create_future()
+            self._recv_waiter = self._conn.loop.create_future()
             try:
                 await self._recv_waiter
             finally:
@@ -279,7 +279,7 @@ class HboneStream(anyio.abc.ByteStream):
 
     async def drain(self) -> None:
         while not self._writable and self._error is None:
-            self._send_waiter = asyncio.get_running_loop().create_future()
+            self._send_waiter = self._conn.loop.create_future()
             try:
                 await self._send_waiter
             finally:
