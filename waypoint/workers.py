@@ -44,6 +44,7 @@ import anyio.abc
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.backoff import Backoff
 from nodeagent.workers import merge_expositions
 from waypoint.http1 import DownstreamInfo
 from waypoint.messages import BodySource, BytesBody, RequestHead, Response, local_response
@@ -99,6 +100,8 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0  # consecutive quick exits: the restart delay grows with them
+    # 1 s after the second quick exit in a row, doubling up to 10 s (jittered).
+    restart_backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0))
 
     @property
     def alive(self) -> bool:
@@ -138,7 +141,7 @@ class Supervisor:
                     code = w.proc.returncode
                     quick = time.monotonic() - w.started < 10
                     w.failures = w.failures + 1 if quick else 0
-                    delay = min(10.0, 0.5 * (2 ** w.failures)) if w.failures else 0.0
+                    delay = w.restart_backoff.delay(w.failures - 1) if w.failures else 0.0
                     self.restarts += 1
                     log.warning("worker exited: restarting", worker=w.index, pid=w.proc.pid,
                                 code=code, restarts=self.restarts, in_s=delay)
